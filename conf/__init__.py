@@ -1,0 +1,1 @@
+"""nexfort's Hydra configuration tree (shipped inside nexfort-core as ``nexfort.core.conf``)."""

@@ -1,0 +1,187 @@
+"""The ``nexfort`` torch.compile backend: configuration -> plugin passes -> TorchInductor.
+
+Registered through the ``torch_dynamo_backends`` entry point (this module never calls
+``register_backend``: on torch 2.5+ a second registration of the same name is an error).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from typing import Any, Callable, Dict, List, Sequence
+
+import torch
+
+from nexfort.core import compat
+from nexfort.core.config import flags_turned_on, resolve_config
+from nexfort.core.counters import counters
+from nexfort.core.errors import NexfortConfigError
+from nexfort.core.graph_pass import GraphPass, combined_uuid, run_passes
+from nexfort.core.plugins import get_plugin_manager
+
+logger = logging.getLogger("nexfort")
+
+#: Features that only a plugin can implement; turning one on with no plugin claiming it is an error.
+PLUGIN_FEATURES = ("max_optimize", "quant", "cache_all")
+_warned: set = set()
+
+
+def _warn_once(key: str, message: str, once: bool = True) -> None:
+    if once and key in _warned:
+        return
+    _warned.add(key)
+    warnings.warn(message, stacklevel=3)
+
+
+def nexfort_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], **kwargs: Any) -> Callable:
+    """``torch.compile(model, backend="nexfort", options={...})`` lands here for each captured graph.
+
+    torch passes ``mode=`` and ``options=`` only when they were given (2.15 adds ``name=``); a ``mode`` given to
+    torch.compile itself is read as nexfort's mode string.
+    """
+    mode = kwargs.pop("mode", None)
+    options = kwargs.pop("options", None)
+    spec: Dict[str, Any] = {}
+    if options is not None:
+        from nexfort.core.config import _parse_spec
+
+        spec = _parse_spec(options)
+    if mode is not None:
+        spec = {**spec, "mode": mode}
+    cfg = resolve_config(spec)
+    late = [k for k in ("dynamic", "fullgraph") if spec.get(k) is not None]
+    if late:
+        _warn_once("late-" + ",".join(late),
+                   f"nexfort: options {late} are decided by Dynamo before a backend sees the graph; "
+                   "torch.compile(backend='nexfort', options=...) cannot apply them. Pass them to torch.compile "
+                   "itself (torch.compile(m, backend='nexfort', dynamic=True, ...)) or use "
+                   "nexfort.compilers.nexfort_compile(), which does.")
+    return compile_graph(gm, example_inputs, cfg)
+
+
+class NexfortBackend:
+    """A backend bound to one resolved configuration (what ``nexfort_compile`` hands to torch.compile)."""
+
+    __name__ = "nexfort"
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    def __call__(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any], **kwargs: Any) -> Callable:
+        return compile_graph(gm, example_inputs, self.config)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, NexfortBackend) and other.config is self.config
+
+    def __hash__(self) -> int:
+        return id(self.config)
+
+
+def check_features(cfg: Any) -> None:
+    """Every plugin-implemented feature that is on must be claimed by an installed plugin."""
+    pm = get_plugin_manager()
+    on = set(flags_turned_on(cfg))
+    for feature in PLUGIN_FEATURES:
+        if feature not in on:
+            continue
+        if not any(pm.hook.nexfort_claims_feature(feature=feature, config=cfg)):
+            flag = feature.replace("_", "-")
+            pkg = {"cache_all": "nexfort-cache"}.get(feature, "nexfort-passes")
+            raise NexfortConfigError(
+                f"Mode flag {flag!r} is on but no installed nexfort plugin implements it "
+                f"(pip install {pkg}, or check NEXFORT_DISABLE_PLUGIN_AUTOLOAD / NEXFORT_DISABLED_PLUGINS).")
+
+
+def apply_overrides(cfg: Any) -> Dict[str, Any]:
+    """Set torch's global backend flags named by ``options.overrides`` (process-wide, as in eager)."""
+    applied = {}
+    for name, value in cfg.options.overrides.items():
+        if value is None:
+            continue
+        old = compat.set_backend_flag(name, bool(value))
+        if old is None:
+            _warn_once("override-" + name, f"nexfort: overrides.{name} is not available in torch "
+                       f"{torch.__version__}; left unchanged.")
+            continue
+        if old != bool(value):
+            logger.info("nexfort: set %s=%s (overrides.%s)", name, value, name)
+        applied[name] = value
+    return applied
+
+
+def collect_passes(cfg: Any) -> List[GraphPass]:
+    pm = get_plugin_manager()
+    passes: List[GraphPass] = []
+    for result in pm.hook.nexfort_graph_passes(config=cfg):
+        for p in result or ():
+            if not isinstance(p, GraphPass):
+                raise TypeError(f"nexfort_graph_passes must return GraphPass objects, got {p!r}")
+            passes.append(p)
+    return passes
+
+
+def inductor_patches(cfg: Any) -> Dict[str, Any]:
+    """Plugins' Inductor settings, then the configuration's (flags and user), which win."""
+    from nexfort.core.config import _check_inductor_key
+
+    pm = get_plugin_manager()
+    patches: Dict[str, Any] = {}
+    for contribution in pm.hook.nexfort_inductor_config(config=cfg):
+        for k, v in (contribution or {}).items():
+            _check_inductor_key(k, v, f"inductor.{k} (from a plugin)")
+            patches[k] = v
+    patches.update(dict(cfg.options.inductor))
+    if cfg.memory_format == "channels_last" and compat.has_inductor_knob("force_layout_optimization"):
+        patches.setdefault("force_layout_optimization", True)
+    if cfg.flags.freezing and torch.is_grad_enabled():
+        _warn_once("freezing-grad", "nexfort: 'freezing' only applies to graphs compiled under torch.no_grad() "
+                   "or torch.inference_mode(); this graph was compiled with grad enabled, so its weights stay "
+                   "parameters.")
+    return patches
+
+
+def _has_symbolic_inputs(example_inputs: Sequence[Any]) -> bool:
+    for x in example_inputs:
+        if isinstance(x, torch.SymInt):
+            return True
+        if isinstance(x, torch.Tensor) and any(isinstance(s, torch.SymInt) for s in x.shape):
+            return True
+    return False
+
+
+def compile_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], cfg: Any) -> Callable:
+    """Compile one Dynamo graph under a resolved configuration."""
+    check_features(cfg)  # configuration errors are never "fallen back" from
+    counters["backend"]["graphs"] += 1
+    if _has_symbolic_inputs(example_inputs):
+        counters["backend"]["dynamic_graphs"] += 1
+    apply_overrides(cfg)
+    patches = inductor_patches(cfg)
+    passes = collect_passes(cfg)
+    pre = [p for p in passes if p.stage == "pre_grad"]
+    post = [p for p in passes if p.stage == "post_grad"]
+    try:
+        work = gm
+        if pre:
+            # rewrite a copy of the graph (sharing the module's parameters): the original stays intact for
+            # the eager fallback
+            work = torch.fx.GraphModule(gm, copy.deepcopy(gm.graph))
+            if run_passes(pre, work):
+                work.graph.lint()
+                work.recompile()
+        post_fn = (lambda graph: run_passes(post, graph)) if post else None
+        return compat.compile_fx(work, example_inputs, patches, post_fn, combined_uuid(post))
+    except NexfortConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any compiler failure
+        if cfg.options.compiler.on_error == "raise":
+            raise
+        counters["backend"]["fallbacks"] += 1
+        n = len(gm.graph.nodes)
+        _warn_once(f"fallback-{type(e).__name__}",
+                   f"nexfort: compiling a graph of {n} nodes failed ({type(e).__name__}: {str(e)[:500]}); "
+                   "running that graph eagerly. Set options={'compiler.on_error': 'raise'} to raise instead.",
+                   once=bool(cfg.options.compiler.warn_once))
+        logger.debug("nexfort: compile failure", exc_info=True)
+        return gm.forward

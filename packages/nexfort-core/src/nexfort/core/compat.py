@@ -1,0 +1,203 @@
+"""The one place that knows how torch's internals differ between versions (2.1 -> current).
+
+Feature detection only: nothing here (or anywhere in nexfort) parses ``torch.__version__`` to decide
+behaviour. ``../shared/reference/torch-compat.md`` in the project's notes explains each branch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+from typing import Any, Callable, Dict, Optional, Sequence
+
+import torch
+
+# Inductor knobs that some supported torch versions lack, with the first torch that has them (for error
+# messages only: whether the running torch has a knob is always read off its config).
+INDUCTOR_KNOB_SINCE: Dict[str, str] = {
+    "post_grad_custom_pre_pass": "2.2",
+    "post_grad_custom_post_pass": "2.2",
+    "pre_grad_custom_pass": "2.2",
+    "fx_graph_cache": "2.2",
+    "force_fuse_int_mm_with_mul": "2.2",
+    "joint_custom_pre_pass": "2.4",
+    "joint_custom_post_pass": "2.4",
+    "triton.cudagraph_skip_dynamic_graphs": "2.4",
+    "emulate_precision_casts": "2.5",
+    "autotune_local_cache": "2.5",
+    "max_autotune_gemm_search_space": "2.5",
+    "bundled_autotune_remote_cache": "2.6",
+}
+
+
+@functools.lru_cache(maxsize=None)
+def inductor_config_defaults() -> Dict[str, Any]:
+    """``{key: default}`` of the running torch's Inductor config (dotted keys for sub-configs)."""
+    import torch._inductor.config as cfg
+
+    if hasattr(cfg, "get_config_copy"):
+        return dict(cfg.get_config_copy())
+    return dict(cfg.to_dict())  # pragma: no cover (very old torch)
+
+
+def has_inductor_knob(key: str) -> bool:
+    return key in inductor_config_defaults()
+
+
+def has_custom_graph_pass() -> bool:
+    """torch 2.6+: post-grad passes must be ``CustomGraphPass`` objects with a uuid to stay cache-safe."""
+    try:
+        from torch._inductor import custom_graph_pass  # noqa: F401
+    except ImportError:
+        return False
+    return hasattr(custom_graph_pass, "CustomGraphPass")
+
+
+def make_post_grad_pass(run: Callable[[Any], None], uuid: str) -> Any:
+    """Wrap ``run(graph)`` as a value for ``post_grad_custom_post_pass`` that Inductor's caches key on ``uuid``.
+
+    - torch 2.6+: a ``CustomGraphPass`` subclass whose ``uuid()`` enters the FX/AOTAutograd cache keys.
+    - torch 2.2-2.5: the pass object is pickled into the cache key: ``__reduce__`` makes it pickle as its
+      uuid, so a changed pass is a miss (a module-level function would pickle by name: a stale hit).
+    """
+    if has_custom_graph_pass():
+        from torch._inductor.custom_graph_pass import CustomGraphPass
+
+        class _NexfortPostGradPass(CustomGraphPass):
+            def __call__(self, graph: torch.fx.Graph) -> None:
+                run(graph)
+
+            def uuid(self) -> Optional[Any]:
+                return uuid
+
+        return _NexfortPostGradPass()
+
+    class _NexfortPostGradPassLegacy:
+        def __call__(self, graph: torch.fx.Graph) -> None:
+            run(graph)
+
+        def __reduce__(self):
+            return (str, ("nexfort-post-grad-pass-" + uuid,))
+
+    return _NexfortPostGradPassLegacy()
+
+
+def compile_fx(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], config_patches: Dict[str, Any],
+               post_grad: Optional[Callable[[Any], None]] = None, post_grad_uuid: Optional[str] = None) -> Any:
+    """Lower through Inductor with ``config_patches``; run ``post_grad(graph)`` on the ATen graph.
+
+    Where Inductor has the ``post_grad_custom_post_pass`` hook (2.2+) the pass goes there (cache-safe, see
+    :func:`make_post_grad_pass`). On torch 2.1 (no hook, no FX graph cache) it runs inside a wrapper of
+    ``inner_compile``, which is safe there because no cache can skip it.
+    """
+    from torch._inductor.compile_fx import compile_fx as _compile_fx
+    from torch._inductor.compile_fx import compile_fx_inner
+
+    patches = dict(config_patches)
+    if post_grad is None:
+        return _compile_fx(gm, example_inputs, config_patches=patches)
+    if has_inductor_knob("post_grad_custom_post_pass"):
+        existing = patches.get("post_grad_custom_post_pass")
+        if existing is not None:
+            raise ValueError("options.inductor.post_grad_custom_post_pass is owned by nexfort's pass plugins; "
+                             "contribute a GraphPass with stage='post_grad' instead")
+        patches["post_grad_custom_post_pass"] = make_post_grad_pass(post_grad, post_grad_uuid or "")
+        return _compile_fx(gm, example_inputs, config_patches=patches)
+
+    def inner_compile(graph_module: torch.fx.GraphModule, *args: Any, **kwargs: Any) -> Any:
+        post_grad(graph_module.graph)
+        graph_module.recompile()
+        return compile_fx_inner(graph_module, *args, **kwargs)
+
+    return _compile_fx(gm, example_inputs, inner_compile=inner_compile, config_patches=patches)
+
+
+def set_backend_flag(name: str, value: bool) -> Optional[bool]:
+    """Set one of torch's global backend flags by nexfort's override name; return the previous value.
+
+    Returns ``None`` (and sets nothing) when the running torch lacks the flag."""
+    target = _BACKEND_FLAGS.get(name)
+    if target is None:
+        raise KeyError(name)
+    obj, attr = target()
+    if obj is None or not hasattr(obj, attr):
+        return None
+    old = getattr(obj, attr)
+    setattr(obj, attr, value)
+    return old
+
+
+_BACKEND_FLAGS: Dict[str, Callable[[], Any]] = {
+    "conv_benchmark": lambda: (torch.backends.cudnn, "benchmark"),
+    "conv_allow_tf32": lambda: (torch.backends.cudnn, "allow_tf32"),
+    "matmul_allow_tf32": lambda: (torch.backends.cuda.matmul, "allow_tf32"),
+    "matmul_allow_fp16_reduction": lambda: (torch.backends.cuda.matmul, "allow_fp16_reduced_precision_reduction"),
+    "matmul_allow_bf16_reduction": lambda: (torch.backends.cuda.matmul, "allow_bf16_reduced_precision_reduction"),
+    # torch 2.7+
+    "matmul_allow_fp16_accumulation": lambda: (torch.backends.cuda.matmul, "allow_fp16_accumulation"),
+}
+
+
+def backend_flag_names() -> Sequence[str]:
+    return tuple(_BACKEND_FLAGS)
+
+
+def mark_dynamic(t: torch.Tensor, dim: int, min: Optional[int] = None, max: Optional[int] = None) -> None:
+    """``torch._dynamo.mark_dynamic`` (min/max only where the running torch takes them, 2.3+)."""
+    fn = torch._dynamo.mark_dynamic
+    if (min is not None or max is not None) and "min" in inspect.signature(fn).parameters:
+        fn(t, dim, min=min, max=max)
+    else:
+        fn(t, dim)
+
+
+def cudagraph_mark_step_begin() -> None:
+    fn = getattr(torch.compiler, "cudagraph_mark_step_begin", None)
+    if fn is None:  # torch 2.1
+        fn = torch._inductor.cudagraph_mark_step_begin
+    fn()
+
+
+def sdpa_kernel(backends: Sequence[Any]) -> contextlib.AbstractContextManager:
+    """Select SDPA backends: ``torch.nn.attention.sdpa_kernel`` (2.3+) or the older ``sdp_kernel``."""
+    try:
+        from torch.nn.attention import sdpa_kernel as _sdpa_kernel
+
+        return _sdpa_kernel(list(backends))
+    except ImportError:  # torch < 2.3
+        names = {getattr(b, "name", str(b)).upper() for b in backends}
+        return torch.backends.cuda.sdp_kernel(
+            enable_flash="FLASH_ATTENTION" in names,
+            enable_math="MATH" in names,
+            enable_mem_efficient="EFFICIENT_ATTENTION" in names,
+        )
+
+
+def is_registered_backend(name: str) -> bool:
+    from torch._dynamo import list_backends
+
+    try:
+        return name in list_backends(exclude_tags=())
+    except TypeError:  # pragma: no cover
+        return name in list_backends()
+
+
+def inductor_cache_dir() -> str:
+    """Inductor's cache directory (``TORCHINDUCTOR_CACHE_DIR`` or its default), without creating it."""
+    import os
+
+    env = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if env:
+        return os.path.abspath(env)
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    except ImportError:  # torch < 2.3
+        try:
+            from torch._inductor.utils import default_cache_dir  # type: ignore
+        except ImportError:  # pragma: no cover
+            import getpass
+            import tempfile
+
+            return os.path.join(tempfile.gettempdir(), "torchinductor_" + getpass.getuser())
+    return default_cache_dir()

@@ -1,0 +1,89 @@
+"""Hook specifications of nexfort: everything between core and its plugins goes through these.
+
+Plugins (the project's own ``nexfort-passes``, ``nexfort-cache``, ``nexfort-diffusers`` and any third
+party's) implement them with :data:`nexfort.core.hookimpl` and are found through the ``nexfort`` entry-point
+group. Core never imports a plugin by name.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
+
+import pluggy
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from nexfort.core.graph_pass import GraphPass
+    from nexfort.core.schema import NexfortConfig
+
+hookspec = pluggy.HookspecMarker("nexfort")
+
+
+@hookspec
+def nexfort_config_schema() -> Optional[Mapping[str, type]]:
+    """Declare the option namespaces a plugin owns.
+
+    Return a mapping ``{namespace: dataclass}``; the dataclass's fields are the plugin's switches and their
+    defaults, and become ``options.<namespace>.<field>`` of the configuration (``options={"attention.enabled":
+    False}``). A namespace must not collide with a core namespace or with another plugin's: that is an error
+    raised when the configuration is resolved. Return ``None`` when the plugin has no options.
+    """
+
+
+@hookspec
+def nexfort_inductor_config(config: "NexfortConfig") -> Optional[Mapping[str, Any]]:
+    """Contribute Inductor settings (keys of ``torch._inductor.config``) for this configuration.
+
+    All results are merged in plugin-registration order; the user's explicit ``options.inductor.*`` and
+    ``options.triton.*`` are applied last and win. Keys the running torch does not have are reported as
+    errors, so feature-detect (``nexfort.core.compat``) before contributing a key that is not in every torch.
+    """
+
+
+@hookspec
+def nexfort_graph_passes(config: "NexfortConfig") -> Optional[Sequence["GraphPass"]]:
+    """Contribute graph passes for this configuration.
+
+    Return the passes that this configuration enables (an empty sequence or ``None`` for none). Each is a
+    :class:`nexfort.core.graph_pass.GraphPass` whose ``stage`` says where it runs (``"pre_grad"``: on the
+    torch-level FX graph Dynamo captured; ``"post_grad"``: on the ATen graph, inside Inductor) and whose
+    ``uuid()`` changes whenever its behaviour can change, so that Inductor's caches never return code compiled
+    with another version of the pass. Passes of one stage run in ascending ``priority``.
+    """
+
+
+@hookspec
+def nexfort_transform_module(module: "torch.nn.Module", config: "NexfortConfig") -> Optional[str]:
+    """Transform a whole ``nn.Module`` in place before it is compiled (only through ``nexfort_compile`` and
+    ``compile_pipe``, which see the module; ``torch.compile(backend="nexfort")`` only sees graphs).
+
+    Keep parameters shared with the original where at all possible (in-place LoRA fusing must keep working).
+    Return a one-line description of what was done, or ``None`` when nothing was.
+    """
+
+
+@hookspec
+def nexfort_claims_feature(feature: str, config: "NexfortConfig") -> Optional[bool]:
+    """Say whether this plugin implements a mode feature (``"max_optimize"``, ``"quant"``, ...).
+
+    Core raises a clear error when the user turns on a feature that no installed plugin claims, so no flag
+    is ever accepted and then ignored. Return ``True`` to claim it, ``None`` otherwise.
+    """
+
+
+@hookspec(firstresult=True)
+def nexfort_cache_store(config: "NexfortConfig") -> Optional[Any]:
+    """Provide the store behind nexfort's compiled-artifact cache for this configuration.
+
+    ``firstresult``: the first plugin that returns a store wins (the most recently registered plugin is
+    asked first). Return ``None`` to let another plugin answer.
+    """
+
+
+@hookspec
+def nexfort_cache_dirs() -> Optional[Sequence[str]]:
+    """Name directories that ``python -m nexfort.utils.clear_inductor_cache`` should clear.
+
+    Return the paths of caches this plugin writes (they may not exist), or ``None``.
+    """
