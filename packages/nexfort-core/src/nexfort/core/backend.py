@@ -161,7 +161,9 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], cfg: 
     passes = collect_passes(cfg)
     pre = [p for p in passes if p.stage == "pre_grad"]
     post = [p for p in passes if p.stage == "post_grad"]
+    pm = get_plugin_manager()
     try:
+        pm.hook.nexfort_pre_compile(gm=gm, example_inputs=example_inputs, config=cfg)
         work = gm
         if pre:
             # rewrite a copy of the graph (sharing the module's parameters): the original stays intact for
@@ -171,7 +173,9 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], cfg: 
                 work.graph.lint()
                 work.recompile()
         post_fn = (lambda graph: run_passes(post, graph)) if post else None
-        return compat.compile_fx(work, example_inputs, patches, post_fn, combined_uuid(post))
+        compiled = compat.compile_fx(work, example_inputs, patches, post_fn, combined_uuid(post))
+        pm.hook.nexfort_post_compile(gm=gm, example_inputs=example_inputs, config=cfg, compiled=compiled)
+        return compiled
     except NexfortConfigError:
         raise
     except Exception as e:  # noqa: BLE001 - any compiler failure

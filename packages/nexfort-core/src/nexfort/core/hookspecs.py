@@ -87,3 +87,21 @@ def nexfort_cache_dirs() -> Optional[Sequence[str]]:
 
     Return the paths of caches this plugin writes (they may not exist), or ``None``.
     """
+
+
+@hookspec
+def nexfort_pre_compile(gm: "torch.fx.GraphModule", example_inputs: Sequence[Any], config: "NexfortConfig") -> None:
+    """Called for each graph before nexfort's passes and Inductor run (e.g. a cache loads its artifacts).
+
+    Must not modify ``gm``. Exceptions propagate (and fall back to eager like any compile failure), so a
+    plugin that can recover (a corrupt cache entry) handles its own errors and warns.
+    """
+
+
+@hookspec
+def nexfort_post_compile(gm: "torch.fx.GraphModule", example_inputs: Sequence[Any], config: "NexfortConfig",
+                         compiled: Any) -> None:
+    """Called for each graph after Inductor compiled it successfully (e.g. a cache saves its artifacts).
+
+    ``compiled`` is what the backend returns to Dynamo. The return value is ignored.
+    """

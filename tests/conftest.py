@@ -1,0 +1,70 @@
+"""Shared fixtures: fresh counters, a private Inductor cache directory, seeded random inputs, the gpu marker."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pytest
+
+# Each test session compiles into its own Inductor cache so that results never come from a stale cache
+# of another run (tests that exercise caching make their own directories).
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="nexfort-test-inductor-"))
+
+import torch  # noqa: E402
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped with a reason on CPU-only machines)")
+    config.addinivalue_line("markers", "slow: takes more than a minute on the CPU")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU; this machine has none (torch.cuda.is_available() is False)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_state():
+    """Reset nexfort's counters and Dynamo's caches around every test."""
+    from nexfort.core import counters
+    from nexfort.core.counters import reset
+
+    reset()
+    torch._dynamo.reset()
+    yield counters
+    torch._dynamo.reset()
+
+
+@pytest.fixture
+def counters():
+    from nexfort.core import counters as c
+
+    return c
+
+
+@pytest.fixture
+def device():
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def rel_l2(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """Relative L2 error; NaN/inf anywhere gives inf so it never passes a tolerance."""
+    out, ref = out.detach().double(), ref.detach().double()
+    if not torch.isfinite(out).all():
+        return float("inf")
+    return float((out - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
+@pytest.fixture
+def assert_close():
+    def check(out, ref, tol=1e-4):
+        err = rel_l2(out, ref)
+        assert err <= tol, f"relative L2 error {err:.3e} > {tol:.1e}"
+        return err
+
+    return check
