@@ -153,9 +153,6 @@ def _has_symbolic_inputs(example_inputs: Sequence[Any]) -> bool:
 def compile_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], cfg: Any) -> Callable:
     """Compile one Dynamo graph under a resolved configuration."""
     check_features(cfg)  # configuration errors are never "fallen back" from
-    counters["backend"]["graphs"] += 1
-    if _has_symbolic_inputs(example_inputs):
-        counters["backend"]["dynamic_graphs"] += 1
     apply_overrides(cfg)
     patches = inductor_patches(cfg)
     passes = collect_passes(cfg)
@@ -175,9 +172,12 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], cfg: 
         post_fn = (lambda graph: run_passes(post, graph)) if post else None
         compiled = compat.compile_fx(work, example_inputs, patches, post_fn, combined_uuid(post))
         pm.hook.nexfort_post_compile(gm=gm, example_inputs=example_inputs, config=cfg, compiled=compiled)
+        counters["backend"]["graphs"] += 1
+        if _has_symbolic_inputs(example_inputs):
+            counters["backend"]["dynamic_graphs"] += 1
         return compiled
-    except NexfortConfigError:
-        raise
+    except (NexfortConfigError, *compat.dynamo_control_flow_exceptions()):
+        raise  # configuration errors are the user's to fix; Dynamo's restart signals are not failures
     except Exception as e:  # noqa: BLE001 - any compiler failure
         if cfg.options.compiler.on_error == "raise":
             raise

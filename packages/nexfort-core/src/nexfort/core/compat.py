@@ -201,3 +201,14 @@ def inductor_cache_dir() -> str:
 
             return os.path.join(tempfile.gettempdir(), "torchinductor_" + getpass.getuser())
     return default_cache_dir()
+
+
+@functools.lru_cache(maxsize=None)
+def dynamo_control_flow_exceptions() -> tuple:
+    """Exceptions Dynamo uses as signals through a backend (restart the analysis, skip the frame...).
+
+    A backend must let them through: catching one as a "compile failure" breaks dynamic-shape tracing."""
+    import torch._dynamo.exc as exc
+
+    return tuple(getattr(exc, n) for n in ("TorchDynamoException", "RestartAnalysis", "SkipFrame")
+                 if isinstance(getattr(exc, n, None), type))

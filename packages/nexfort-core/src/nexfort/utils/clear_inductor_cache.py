@@ -56,13 +56,6 @@ def main(argv=None) -> int:
         print(f"removed  {d} ({size / 2**20:.1f} MiB)")
         removed += size
     if not args.dry_run:
-        try:
-            import torch._inductor.utils as iu
-
-            if hasattr(iu, "clear_inductor_caches"):
-                iu.clear_inductor_caches()
-        except Exception:  # noqa: BLE001 - in-memory caches are best effort
-            pass
         print(f"total    {removed / 2**20:.1f} MiB removed")
     return 0
 

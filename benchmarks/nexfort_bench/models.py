@@ -1,0 +1,180 @@
+"""Pipelines for the benchmarks: real ``from_pretrained`` loading, or built-in architectures with random weights.
+
+Nothing here downloads anything unless ``--model`` names a hub id. The built-in defaults are the published
+architecture configs (PixArt-α XL-2 1024-MS; SDXL base UNet) with random weights, or small variants of the same
+architectures for machines without a GPU. Pipelines without a text encoder get ready random prompt embeddings of
+the shape their text encoder would produce.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+import torch
+
+BUILTIN = ("pixart-alpha", "pixart-alpha-small", "sdxl", "sdxl-small", "tiny-pixart", "tiny-sdxl")
+
+# --------------------------------------------------------------------------------------- architectures
+PIXART_ALPHA_XL2_1024 = dict(  # PixArt-alpha/PixArt-XL-2-1024-MS transformer/config.json
+    sample_size=128, num_layers=28, num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8,
+    patch_size=2, cross_attention_dim=1152, caption_channels=4096, norm_type="ada_norm_single",
+    norm_elementwise_affine=False, norm_eps=1e-6, num_embeds_ada_norm=1000, activation_fn="gelu-approximate",
+    attention_bias=True, dropout=0.0, upcast_attention=False, use_additional_conditions=True)
+PIXART_SMALL = {**PIXART_ALPHA_XL2_1024, "num_layers": 2, "num_attention_heads": 4, "attention_head_dim": 32,
+                "cross_attention_dim": 128, "caption_channels": 256}
+PIXART_TINY = {**PIXART_ALPHA_XL2_1024, "num_layers": 1, "num_attention_heads": 2, "attention_head_dim": 8,
+               "cross_attention_dim": 16, "caption_channels": 32, "sample_size": 8,
+               "use_additional_conditions": False}
+
+SD_VAE = dict(  # stabilityai/sd-vae-ft-ema (PixArt-α's VAE); SDXL's differs in scaling_factor
+    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32,
+    block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4, scaling_factor=0.18215, sample_size=1024)
+VAE_SMALL = {**SD_VAE, "layers_per_block": 1, "norm_num_groups": 8, "block_out_channels": (16, 32, 32, 32)}
+VAE_TINY = {**SD_VAE, "layers_per_block": 1, "norm_num_groups": 4, "block_out_channels": (4, 8, 8, 8)}
+
+SDXL_UNET = dict(  # stabilityai/stable-diffusion-xl-base-1.0 unet/config.json
+    sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(5, 10, 20),
+    transformer_layers_per_block=(1, 2, 10), cross_attention_dim=2048, use_linear_projection=True,
+    addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+    norm_num_groups=32)
+SDXL_SMALL = {**SDXL_UNET, "layers_per_block": 1, "block_out_channels": (32, 64, 64), "attention_head_dim": (2, 4, 4),
+              "transformer_layers_per_block": (1, 1, 1), "cross_attention_dim": 64, "addition_time_embed_dim": 8,
+              "projection_class_embeddings_input_dim": 6 * 8 + 32, "norm_num_groups": 8}
+SDXL_TINY = {**SDXL_SMALL, "block_out_channels": (8, 16, 16), "attention_head_dim": (2, 2, 2),
+             "cross_attention_dim": 16, "addition_time_embed_dim": 4, "projection_class_embeddings_input_dim": 6 * 4 + 8,
+             "norm_num_groups": 4, "sample_size": 8}
+SDXL_VAE = {**SD_VAE, "scaling_factor": 0.13025, "force_upcast": True}
+
+PIXART_SCHEDULER = dict(beta_start=0.0001, beta_end=0.02, beta_schedule="linear", num_train_timesteps=1000,
+                        prediction_type="epsilon", solver_order=2, algorithm_type="dpmsolver++",
+                        lower_order_final=True)
+SDXL_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+                      prediction_type="epsilon", steps_offset=1, timestep_spacing="leading")
+
+SCHEDULERS = {"none": None, "dpmsolver": "DPMSolverMultistepScheduler", "euler": "EulerDiscreteScheduler",
+              "ddim": "DDIMScheduler", "euler_a": "EulerAncestralDiscreteScheduler"}
+PIXART_SEQ_LEN = 120  # T5 tokens PixArt-α was trained with
+CLIP_SEQ_LEN = 77
+
+
+@dataclass
+class Loaded:
+    pipe: Any
+    name: str
+    kind: str  # "pixart" | "sdxl" | "generic"
+    denoiser_name: str
+    info: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        return getattr(self.pipe, self.denoiser_name)
+
+
+def default_model(family: str = "pixart") -> str:
+    small = not torch.cuda.is_available()
+    return {"pixart": "pixart-alpha", "sdxl": "sdxl"}[family] + ("-small" if small else "")
+
+
+def build_pixart(variant: str = "pixart-alpha", seed: int = 0) -> Any:
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
+
+    tcfg, vcfg = {"pixart-alpha": (PIXART_ALPHA_XL2_1024, SD_VAE), "pixart-alpha-small": (PIXART_SMALL, VAE_SMALL),
+                  "tiny-pixart": (PIXART_TINY, VAE_TINY)}[variant]
+    torch.manual_seed(seed)
+    transformer = PixArtTransformer2DModel(**tcfg)
+    vae = AutoencoderKL(**vcfg)
+    scheduler = DPMSolverMultistepScheduler(**PIXART_SCHEDULER)
+    return PixArtAlphaPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer,
+                               scheduler=scheduler)
+
+
+def build_sdxl(variant: str = "sdxl", seed: int = 0) -> Any:
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    ucfg, vcfg = {"sdxl": (SDXL_UNET, SDXL_VAE), "sdxl-small": (SDXL_SMALL, {**VAE_SMALL, "force_upcast": True}),
+                  "tiny-sdxl": (SDXL_TINY, {**VAE_TINY, "force_upcast": True})}[variant]
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**ucfg)
+    vae = AutoencoderKL(**vcfg)
+    scheduler = EulerDiscreteScheduler(**SDXL_SCHEDULER)
+    return StableDiffusionXLPipeline(vae=vae, text_encoder=None, text_encoder_2=None, tokenizer=None,
+                                     tokenizer_2=None, unet=unet, scheduler=scheduler, add_watermarker=False)
+
+
+def _kind(pipe: Any) -> str:
+    tr = getattr(pipe, "transformer", None)
+    if tr is not None and "caption_channels" in getattr(tr, "config", {}):
+        return "pixart"
+    unet = getattr(pipe, "unet", None)
+    if unet is not None and getattr(unet.config, "addition_embed_type", None) == "text_time":
+        return "sdxl"
+    return "generic"
+
+
+def _denoiser_name(pipe: Any) -> str:
+    for name in ("transformer", "unet", "prior", "decoder"):
+        if isinstance(getattr(pipe, name, None), torch.nn.Module):
+            return name
+    raise ValueError(f"{type(pipe).__name__} has no transformer/unet/prior/decoder to benchmark")
+
+
+def _load_model_folder(path: str, torch_dtype: torch.dtype) -> Optional[Any]:
+    """A folder holding one denoiser (``config.json`` with ``_class_name``): wrap it in a built-in pipeline."""
+    cfg_file = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg_file):
+        return None
+    with open(cfg_file) as f:
+        cls_name = json.load(f).get("_class_name", "")
+    import diffusers
+
+    cls = getattr(diffusers, cls_name, None)
+    if cls is None:
+        raise ValueError(f"{cfg_file}: unknown diffusers class {cls_name!r}")
+    model = cls.from_pretrained(path, torch_dtype=torch_dtype)
+    if "caption_channels" in model.config:
+        pipe = build_pixart("pixart-alpha" if torch.cuda.is_available() else "pixart-alpha-small")
+        pipe.transformer = model
+    elif getattr(model.config, "addition_embed_type", None) == "text_time":
+        pipe = build_sdxl("sdxl" if torch.cuda.is_available() else "sdxl-small")
+        pipe.unet = model
+    else:
+        raise ValueError(f"{path}: a lone {cls_name} is not supported; save the whole pipeline (model_index.json)")
+    return pipe
+
+
+def load_pipeline(model: Optional[str], dtype: torch.dtype, device: str, scheduler: str = "none",
+                  seed: int = 0, family: str = "pixart") -> Loaded:
+    """``model``: a built-in name (see :data:`BUILTIN`), a local folder or a hub id; None: the default."""
+    model = model or default_model(family)
+    if model in BUILTIN:
+        pipe = build_pixart(model, seed) if "pixart" in model else build_sdxl(model, seed)
+    elif os.path.isdir(model) and not os.path.isfile(os.path.join(model, "model_index.json")):
+        pipe = _load_model_folder(model, dtype)
+        if pipe is None:
+            raise ValueError(f"{model}: neither a pipeline (model_index.json) nor a model folder (config.json)")
+    else:
+        from diffusers import DiffusionPipeline
+
+        pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=dtype)
+    pipe.to(device=device, dtype=dtype)
+    if SCHEDULERS.get(scheduler, "?") is None:
+        pass
+    elif scheduler in SCHEDULERS:
+        import diffusers
+
+        pipe.scheduler = getattr(diffusers, SCHEDULERS[scheduler]).from_config(pipe.scheduler.config)
+    else:
+        raise ValueError(f"unknown scheduler {scheduler!r}; valid: {', '.join(SCHEDULERS)}")
+    pipe.set_progress_bar_config(disable=True)
+    name = _denoiser_name(pipe)
+    den = getattr(pipe, name)
+    info = {"model": model, "pipeline": type(pipe).__name__, "denoiser": type(den).__name__,
+            "denoiser_params_M": round(sum(p.numel() for p in den.parameters()) / 1e6, 2),
+            "scheduler": type(pipe.scheduler).__name__, "text_encoder": getattr(pipe, "text_encoder", None) is not None}
+    return Loaded(pipe, model, _kind(pipe), name, info)

@@ -1,0 +1,177 @@
+"""Clocks (CUDA events on a GPU, perf_counter on the CPU), per-step timing, peak memory, compile counters."""
+
+from __future__ import annotations
+
+import inspect
+import statistics
+import sys
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+
+
+def progress(iterable: Any = None, total: Optional[int] = None, desc: str = "") -> Any:
+    """tqdm when installed, else a plain print per item."""
+    try:
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, total=total, desc=desc, leave=False, file=sys.stderr)
+    except ImportError:  # pragma: no cover
+        items = list(iterable)
+
+        def gen():
+            for i, x in enumerate(items):
+                print(f"{desc}: {i + 1}/{len(items)}", file=sys.stderr, flush=True)
+                yield x
+
+        return gen()
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+class Clock:
+    """Marks on the device's timeline: CUDA events on a GPU, host perf_counter otherwise."""
+
+    def __init__(self, device: str) -> None:
+        self.cuda = device.startswith("cuda")
+        self.marks: List[Any] = []
+
+    def mark(self) -> None:
+        if self.cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            self.marks.append(ev)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def intervals_ms(self) -> List[float]:
+        if self.cuda:
+            torch.cuda.synchronize()
+            return [a.elapsed_time(b) for a, b in zip(self.marks, self.marks[1:])]
+        return [(b - a) * 1e3 for a, b in zip(self.marks, self.marks[1:])]
+
+
+def step_callback_kwargs(pipe: Any, clock: Clock) -> Dict[str, Any]:
+    """Pipeline arguments that mark the clock at the end of each denoising step (both callback APIs)."""
+    params = inspect.signature(type(pipe).__call__).parameters
+    if "callback_on_step_end" in params:
+        def on_step_end(_pipe: Any, _i: int, _t: Any, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+            clock.mark()
+            return kwargs
+
+        return {"callback_on_step_end": on_step_end}
+    if "callback" in params and "callback_steps" in params:
+        return {"callback": lambda *_: clock.mark(), "callback_steps": 1}
+    return {}
+
+
+def median(xs: List[float]) -> Optional[float]:
+    return statistics.median(xs) if xs else None
+
+
+def reset_peak_memory(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory_mb(device: str) -> Dict[str, Any]:
+    if device.startswith("cuda"):
+        return {"peak_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1),
+                "peak_memory_kind": "torch.cuda.max_memory_allocated"}
+    try:
+        import resource
+
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        return {"peak_memory_mb": round(rss / 1024, 1), "peak_memory_kind": "process peak RSS"}
+    except ImportError:  # pragma: no cover
+        return {"peak_memory_mb": None, "peak_memory_kind": "unavailable"}
+
+
+def compile_counts() -> Dict[str, int]:
+    """Graphs compiled so far: nexfort's backend counter and Dynamo's own statistics."""
+    from torch._dynamo.utils import counters as dynamo_counters
+
+    from nexfort.core import counters
+
+    return {"nexfort_graphs": int(counters["backend"]["graphs"]),
+            "nexfort_fallbacks": int(counters["backend"]["fallbacks"]),
+            "dynamo_graphs": int(dynamo_counters["stats"]["unique_graphs"]),
+            "graph_breaks": int(sum(dynamo_counters["graph_break"].values()))}
+
+
+def counts_delta(before: Dict[str, int], after: Dict[str, int]) -> Dict[str, int]:
+    return {k: after[k] - before.get(k, 0) for k in after}
+
+
+def timed_call(fn: Callable[[], Any], device: str) -> tuple:
+    """``(result, seconds)`` of one call, synchronized."""
+    sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    sync(device)
+    return out, time.perf_counter() - t0
+
+
+def time_pipeline(pipe: Any, kwargs: Dict[str, Any], *, warmups: int, iters: int, device: str, steps: int,
+                  batch: int, label: str) -> Dict[str, Any]:
+    """Warm-up calls (the first compiles), then timed calls: end-to-end and per-step denoiser time."""
+    res: Dict[str, Any] = {}
+    c0 = compile_counts()
+    warm = []
+    for _ in progress(range(max(warmups, 1)), desc=f"{label}: compile/warm-up"):
+        _, dt = timed_call(lambda: pipe(**kwargs), device)
+        warm.append(dt)
+    c1 = compile_counts()
+    reset_peak_memory(device)
+    e2e, steps_ms, out = [], [], None
+    for _ in progress(range(iters), desc=f"{label}: timed runs ({steps} steps)"):
+        clock = Clock(device)
+        call_kw = {**kwargs, **step_callback_kwargs(pipe, clock)}
+        out, dt = timed_call(lambda: pipe(**call_kw), device)
+        e2e.append(dt)
+        steps_ms += clock.intervals_ms()
+    c2 = compile_counts()
+    e2e_med = median(e2e)
+    res.update(warmup_s=round(warm[0], 3), warmup_all_s=[round(x, 3) for x in warm],
+               step_ms_median=_r(median(steps_ms)), step_ms_min=_r(min(steps_ms) if steps_ms else None),
+               e2e_s_median=_r(e2e_med, 4), e2e_s_per_image=_r(e2e_med / batch if e2e_med else None, 4),
+               it_per_s=_r(steps / e2e_med if e2e_med else None), denoiser_it_per_s=_r(
+                   1e3 / median(steps_ms) if steps_ms else None),
+               compiled_in_warmup=counts_delta(c0, c1), recompiles_in_timed_runs=counts_delta(c1, c2))
+    res.update(peak_memory_mb(device))
+    return {"result": res, "output": getattr(out, "images", out)}
+
+
+def time_callable(fn: Callable[[], Any], *, warmups: int, iters: int, device: str, label: str) -> Dict[str, Any]:
+    """``--denoiser-only``: one forward per call, CUDA-event timed, median."""
+    c0 = compile_counts()
+    warm = []
+    for _ in progress(range(max(warmups, 1)), desc=f"{label}: compile/warm-up"):
+        _, dt = timed_call(fn, device)
+        warm.append(dt)
+    c1 = compile_counts()
+    reset_peak_memory(device)
+    clock, out = Clock(device), None
+    sync(device)
+    clock.mark()
+    for _ in progress(range(iters), desc=f"{label}: timed forwards"):
+        out = fn()
+        clock.mark()
+    times = clock.intervals_ms()
+    c2 = compile_counts()
+    res = {"warmup_s": round(warm[0], 3), "warmup_all_s": [round(x, 3) for x in warm],
+           "step_ms_median": _r(median(times)), "step_ms_min": _r(min(times) if times else None),
+           "denoiser_it_per_s": _r(1e3 / median(times) if times else None),
+           "compiled_in_warmup": counts_delta(c0, c1), "recompiles_in_timed_runs": counts_delta(c1, c2)}
+    res.update(peak_memory_mb(device))
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    return {"result": res, "output": out}
+
+
+def _r(x: Optional[float], nd: int = 3) -> Optional[float]:
+    return None if x is None else round(float(x), nd)

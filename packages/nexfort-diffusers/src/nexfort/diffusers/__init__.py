@@ -1,0 +1,22 @@
+"""nexfort-diffusers: compile whole diffusers pipelines with nexfort.
+
+``compile_pipe(pipe, mode=..., options=..., ignores=(), fuse_qkv_projections=True)``. ``quantize_pipe`` is
+not provided yet.
+"""
+
+from __future__ import annotations
+
+from nexfort.diffusers.pipe import (
+    compilable_components,
+    compile_module,
+    compile_pipe,
+    resolve_pipe_config,
+    uncompile_pipe,
+    upcast_vae_once,
+    valid_ignore_names,
+)
+
+__all__ = ["compile_pipe", "compile_module", "compilable_components", "resolve_pipe_config", "uncompile_pipe",
+           "upcast_vae_once",
+           "valid_ignore_names"]
+__version__ = "0.1.0"

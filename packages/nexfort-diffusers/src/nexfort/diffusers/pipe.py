@@ -1,0 +1,255 @@
+"""``compile_pipe``: compile what matters in a diffusers pipeline with nexfort (or plain Inductor)."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import logging
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+
+from nexfort.core.errors import NexfortConfigError
+
+logger = logging.getLogger("nexfort")
+
+#: Denoiser component names, in the order they are compiled.
+DENOISERS = ("transformer", "transformer_2", "unet", "controlnet", "prior", "decoder")
+#: VAE submodules compiled (the VAE's ``decode``/``encode`` run them).
+VAE_PARTS = ("decoder", "encoder")
+BACKENDS = ("nexfort", "inductor")
+
+
+def _is_text_encoder(name: str) -> bool:
+    return name.startswith("text_encoder") or name.startswith("image_encoder")
+
+
+def _components(pipe: Any) -> Dict[str, Any]:
+    comps = getattr(pipe, "components", None)
+    if not isinstance(comps, Mapping):
+        raise TypeError(f"compile_pipe expects a diffusers pipeline (with .components), got {type(pipe).__name__}")
+    return dict(comps)
+
+
+def compilable_components(pipe: Any, text_encoders: bool = True) -> List[str]:
+    """Names ``compile_pipe`` would compile in ``pipe`` (``vae.decoder`` style for VAE parts)."""
+    out = []
+    comps = _components(pipe)
+    for name in DENOISERS:
+        if isinstance(comps.get(name), torch.nn.Module):
+            out.append(name)
+    vae = comps.get("vae")
+    if isinstance(vae, torch.nn.Module):
+        out += [f"vae.{p}" for p in VAE_PARTS if isinstance(getattr(vae, p, None), torch.nn.Module)]
+    if text_encoders:
+        out += [n for n, m in comps.items() if _is_text_encoder(n) and isinstance(m, torch.nn.Module)]
+    return out
+
+
+def valid_ignore_names(pipe: Any) -> List[str]:
+    """What ``ignores`` accepts for this pipeline: its component names and ``vae.decoder``/``vae.encoder``."""
+    comps = _components(pipe)
+    names = list(comps)
+    vae = comps.get("vae")
+    if isinstance(vae, torch.nn.Module):
+        names += [f"vae.{p}" for p in VAE_PARTS if isinstance(getattr(vae, p, None), torch.nn.Module)]
+    return names
+
+
+def _check_ignores(pipe: Any, ignores: Union[str, Iterable[str], None]) -> set:
+    if ignores is None:
+        return set()
+    if isinstance(ignores, str):
+        ignores = [ignores]
+    ignores = list(ignores)
+    valid = valid_ignore_names(pipe)
+    for name in ignores:
+        if not isinstance(name, str) or name not in valid:
+            raise NexfortConfigError(
+                f"compile_pipe: unknown component {name!r} in ignores; this {type(pipe).__name__} has: "
+                f"{', '.join(valid)}.")
+    skipped = set(ignores)
+    if "vae" in skipped:
+        skipped |= {f"vae.{p}" for p in VAE_PARTS}
+    return skipped
+
+
+def _spec(mode: Optional[str], options: Any, dynamic: Optional[bool], fullgraph: Optional[bool],
+          memory_format: Any, fuse_qkv_projections: bool, with_plugin: bool) -> Dict[str, Any]:
+    if isinstance(options, (str, bytes)):
+        try:
+            options = json.loads(options)
+        except json.JSONDecodeError as e:
+            raise NexfortConfigError(f"compile_pipe: 'options' is not valid JSON ({e.msg}): {options!r}") from None
+    if options is not None and not isinstance(options, Mapping):
+        raise NexfortConfigError(f"compile_pipe: 'options' must be a mapping, got {type(options).__name__}.")
+    options = dict(options or {})
+    if with_plugin and not isinstance(fuse_qkv_projections, bool):
+        raise NexfortConfigError("compile_pipe: 'fuse_qkv_projections' must be True or False.")
+    if with_plugin:
+        nested = options.get("diffusers")
+        given = "diffusers.fuse_qkv_projections" in options or (
+            isinstance(nested, Mapping) and "fuse_qkv_projections" in nested)
+        if not given:  # an explicit option wins over the keyword's default
+            options["diffusers.fuse_qkv_projections"] = fuse_qkv_projections
+    spec = {"mode": mode, "options": options, "dynamic": dynamic, "fullgraph": fullgraph,
+            "memory_format": memory_format}
+    return {k: v for k, v in spec.items() if v is not None}
+
+
+def ensure_plugin() -> bool:
+    """Register this package's plugin if entry points did not (autoload off); False if it is blocked."""
+    from nexfort.core import config as core_config
+    from nexfort.core.plugins import get_plugin_manager
+    from nexfort.diffusers import plugin
+
+    pm = get_plugin_manager()
+    if pm.is_registered(plugin):
+        return True
+    if pm.is_blocked(plugin.PLUGIN_NAME):
+        return False
+    if pm.get_plugin(plugin.PLUGIN_NAME) is not None:  # another object under our name: leave it alone
+        return False
+    pm.register(plugin, name=plugin.PLUGIN_NAME)
+    core_config.clear_caches()
+    return True
+
+
+def resolve_pipe_config(mode: Optional[str] = None, options: Any = None, *, dynamic: Optional[bool] = None,
+                        fullgraph: Optional[bool] = None, memory_format: Any = None,
+                        fuse_qkv_projections: bool = True) -> Any:
+    """The resolved nexfort configuration ``compile_pipe`` uses (raises ``NexfortConfigError``)."""
+    from nexfort.core.backend import check_features
+    from nexfort.core.config import resolve_config
+
+    with_plugin = ensure_plugin()
+    cfg = resolve_config(_spec(mode, options, dynamic, fullgraph, memory_format, fuse_qkv_projections,
+                               with_plugin))
+    check_features(cfg)
+    return cfg
+
+
+def _apply_memory_format(module: torch.nn.Module, cfg: Any) -> None:
+    if cfg.memory_format == "channels_last" and any(
+            isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) for m in module.modules()):
+        module.to(memory_format=torch.channels_last)
+
+
+def compile_module(module: torch.nn.Module, cfg: Any, backend: str = "nexfort") -> torch.nn.Module:
+    """Compile ``module`` in place (``nn.Module.compile``) so that it keeps its type, its ``state_dict`` keys and
+    its parameters; where torch lacks ``nn.Module.compile`` return ``torch.compile``'s wrapper (which shares the
+    parameters too). ``backend="nexfort"`` is what ``nexfort_compile`` does: memory format and the plugins'
+    module transforms (``prepare_module``), then the nexfort backend bound to ``cfg``."""
+    if backend == "nexfort":
+        from nexfort.compilers import prepare_module
+        from nexfort.core.backend import NexfortBackend
+
+        prepare_module(module, cfg)
+        be: Any = NexfortBackend(cfg)
+    else:
+        _apply_memory_format(module, cfg)
+        be = "inductor"
+    kwargs = {"backend": be, "dynamic": cfg.dynamic, "fullgraph": bool(cfg.fullgraph)}
+    if callable(getattr(torch.nn.Module, "compile", None)):
+        module.compile(**kwargs)
+        return module
+    return torch.compile(module, **kwargs)  # pragma: no cover (torch < 2.2)
+
+
+def _pipe_upcasts_vae(pipe: Any) -> bool:
+    """Whether the pipeline itself moves an fp16 VAE to fp32 around every decode (SDXL-style)."""
+    if callable(getattr(pipe, "upcast_vae", None)):
+        return True
+    try:
+        return "force_upcast" in inspect.getsource(type(pipe).__call__)
+    except (OSError, TypeError):  # pragma: no cover
+        return False
+
+
+def _cast_inputs(fn: Any, dtype: torch.dtype) -> Any:
+    @functools.wraps(fn)
+    def wrapper(x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        return fn(x.to(dtype) if torch.is_tensor(x) and x.is_floating_point() else x, *args, **kwargs)
+
+    wrapper.__nexfort_cast__ = dtype  # type: ignore[attr-defined]
+    return wrapper
+
+
+def upcast_vae_once(pipe: Any) -> bool:
+    """An fp16 VAE with ``force_upcast`` that the pipeline would move to fp32 and back at every call: move it to
+    fp32 once (the compiled VAE then sees one dtype, no recompilation, no per-call casts) and cast the latents
+    that ``vae.decode``/``vae.encode`` receive. Returns True when done."""
+    vae = getattr(pipe, "vae", None)
+    if not isinstance(vae, torch.nn.Module) or getattr(vae, "dtype", None) != torch.float16:
+        return False
+    if not bool(getattr(getattr(vae, "config", None), "force_upcast", False)) or not _pipe_upcasts_vae(pipe):
+        return False
+    vae.to(dtype=torch.float32)
+    for name in ("decode", "encode", "tiled_decode", "tiled_encode"):
+        fn = getattr(vae, name, None)
+        if callable(fn) and not hasattr(fn, "__nexfort_cast__"):
+            setattr(vae, name, _cast_inputs(fn, torch.float32))
+    logger.info("nexfort: the fp16 VAE needs force_upcast: moved it to fp32 once (inputs cast at decode/encode)")
+    return True
+
+
+def compile_pipe(pipe: Any, mode: Optional[str] = None, options: Any = None, *, ignores: Sequence[str] = (),
+                 fuse_qkv_projections: bool = True, dynamic: Optional[bool] = None,
+                 fullgraph: Optional[bool] = None, memory_format: Any = None, backend: str = "nexfort",
+                 text_encoders: bool = False) -> Any:
+    """Compile a diffusers pipeline in place and return it.
+
+    Compiles the denoiser(s) present (``transformer``, ``unet``, ``controlnet``, ``prior``, ``decoder``), the VAE's
+    ``decoder``/``encoder`` (what ``vae.decode``/``vae.encode`` run) and, with ``text_encoders=True``, the text
+    encoders. ``mode``/``options``/``dynamic``/``fullgraph``/``memory_format`` are nexfort's configuration keys
+    (validated entirely before anything is touched); ``memory_format="channels_last"`` applies to convolutional
+    models only. ``ignores`` names components to leave alone (``"vae"``, ``"vae.decoder"``, ``"transformer"``,
+    ...). ``fuse_qkv_projections`` lets the diffusers plugin fuse attention projections when ``max-optimize`` is
+    on. Modules are compiled in place (``nn.Module.compile``): they keep their parameters, so in-place weight
+    changes (``load_state_dict``, LoRA fusing) reach the compiled pipeline without recompiling, except weights
+    of QKV projections fused by max-optimize, which are copies. ``backend="inductor"`` compiles with plain
+    ``torch.compile`` (default mode; only ``dynamic``, ``fullgraph`` and ``memory_format`` apply), for
+    comparison.
+    """
+    if backend not in BACKENDS:
+        raise NexfortConfigError(f"compile_pipe: unknown backend {backend!r}; valid: {', '.join(BACKENDS)}.")
+    cfg = resolve_pipe_config(mode, options, dynamic=dynamic, fullgraph=fullgraph, memory_format=memory_format,
+                              fuse_qkv_projections=fuse_qkv_projections)
+    skipped = _check_ignores(pipe, ignores)
+    if backend == "inductor" and (cfg.mode or options):
+        logger.info("nexfort: backend='inductor' compiles with torch.compile defaults; mode %r and options ignored",
+                    cfg.mode)
+    if "vae" not in skipped:
+        upcast_vae_once(pipe)
+    done: List[Tuple[str, str]] = []
+    comps = _components(pipe)
+    for name in compilable_components(pipe, text_encoders=bool(text_encoders)):
+        if name in skipped:
+            continue
+        if name.startswith("vae."):
+            vae, part = comps["vae"], name.split(".", 1)[1]
+            compiled = compile_module(getattr(vae, part), cfg, backend)
+            if compiled is not getattr(vae, part):  # pragma: no cover (torch < 2.2)
+                setattr(vae, part, compiled)
+        else:
+            compiled = compile_module(comps[name], cfg, backend)
+            if compiled is not comps[name]:  # pragma: no cover (torch < 2.2)
+                setattr(pipe, name, compiled)
+        done.append((name, type(comps[name.split(".")[0]]).__name__))
+    pipe._nexfort_compiled = {"backend": backend, "mode": cfg.mode, "components": [n for n, _ in done]}
+    logger.info("nexfort: compile_pipe(%s) compiled %s", type(pipe).__name__, ", ".join(n for n, _ in done))
+    return pipe
+
+
+def uncompile_pipe(pipe: Any) -> Any:
+    """Undo ``compile_pipe``'s in-place compilation (the modules run eagerly again; model transforms such as
+    fused QKV projections and the memory format stay). For comparing compilers in one process."""
+    comps = _components(pipe)
+    for name in compilable_components(pipe, text_encoders=True):
+        mod = getattr(comps["vae"], name.split(".", 1)[1]) if name.startswith("vae.") else comps[name]
+        if getattr(mod, "_compiled_call_impl", None) is not None:
+            mod._compiled_call_impl = None
+    if "_nexfort_compiled" in pipe.__dict__:
+        del pipe.__dict__["_nexfort_compiled"]
+    return pipe

@@ -1,0 +1,149 @@
+"""The backend end to end on small diffusers models, on the CPU through Inductor's C++ backend."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+from nexfort.compilers import nexfort_compile
+from nexfort.core import GraphPass, get_plugin_manager, hookimpl
+from nexfort.core.errors import NexfortConfigError
+
+from .models import pixart_inputs, tiny_pixart, tiny_unet, unet_inputs
+
+
+@pytest.mark.parametrize("mode", ["", "jit:disable-runtime-fusion", "max-autotune:low-precision", "O3"])
+def test_pixart_transformer_matches_eager(mode, counters, assert_close):
+    model = tiny_pixart()
+    inputs = pixart_inputs()
+    with torch.no_grad():
+        ref = model(**inputs)[0]
+        compiled = torch.compile(model, backend="nexfort", options={"mode": mode})
+        out = compiled(**inputs)[0]
+    assert_close(out, ref, tol=1e-4)
+    assert counters["backend"]["graphs"] >= 1
+    assert counters["backend"]["fallbacks"] == 0
+
+
+def test_unet_freezing_channels_last_matches_eager(counters, assert_close):
+    model = tiny_unet()
+    inputs = unet_inputs()
+    with torch.no_grad():
+        ref = model(**inputs)[0]
+        compiled = nexfort_compile(model, mode="freezing:benchmark", memory_format="channels_last")
+        out = compiled(**inputs)[0]
+    assert model.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert_close(out, ref, tol=1e-4)
+    assert counters["backend"]["fallbacks"] == 0
+
+
+def test_nexfort_compile_dynamic_serves_new_batch_sizes_without_recompiling(counters, assert_close):
+    # (new resolutions of diffusers' PixArt still recompile once: its PatchEmbed guards on the size; issue 6)
+    model = tiny_pixart()
+    compiled = nexfort_compile(model, mode="jit", dynamic=True)
+    with torch.no_grad():
+        for batch in (2, 3, 5):
+            inputs = pixart_inputs(batch=batch, seed=batch)
+            assert_close(compiled(**inputs)[0], model(**inputs)[0], tol=1e-4)
+    assert counters["backend"]["graphs"] == 1
+    assert counters["backend"]["dynamic_graphs"] == 1
+
+
+def test_bad_options_fail_before_compiling(counters):
+    model = tiny_pixart()
+    with pytest.raises(NexfortConfigError, match="did you mean 'max-autotune'"):
+        nexfort_compile(model, mode="max-autotun")
+    with pytest.raises(Exception, match="Unknown mode flag 'max-autotun'"):
+        torch.compile(model, backend="nexfort", options={"mode": "max-autotun"})(**pixart_inputs())
+    assert counters["backend"]["graphs"] == 0
+
+
+def test_late_dynamic_option_is_explained():
+    f = torch.compile(lambda x: x.sin() + 1, backend="nexfort", options={"dynamic": True})
+    with pytest.warns(UserWarning, match="decided by Dynamo before a backend sees the graph"):
+        f(torch.randn(3))
+
+
+class _BrokenPass(GraphPass):
+    name = "broken_for_test"
+    stage = "pre_grad"
+
+    def apply(self, gm):
+        raise RuntimeError("deliberately broken pass")
+
+
+class _BrokenPlugin:
+    @hookimpl
+    def nexfort_graph_passes(self, config):
+        return [_BrokenPass()]
+
+
+@pytest.fixture
+def broken_plugin():
+    pm = get_plugin_manager()
+    plugin = _BrokenPlugin()
+    pm.register(plugin, name="broken-for-test")
+    yield
+    pm.unregister(plugin)
+
+
+def test_failed_graph_falls_back_to_eager_with_one_warning(broken_plugin, counters, assert_close):
+    fn = torch.compile(lambda x: torch.relu(x) * 2, backend="nexfort")
+    x = torch.randn(5)
+    with pytest.warns(UserWarning, match="running that graph eagerly") as record:
+        out = fn(x)
+    assert len([w for w in record if "nexfort" in str(w.message)]) == 1
+    assert_close(out, torch.relu(x) * 2, tol=0)
+    assert counters["backend"]["fallbacks"] == 1
+    assert counters["backend"]["graphs"] == 0
+
+
+def test_on_error_raise(broken_plugin):
+    fn = torch.compile(lambda x: x + 1, backend="nexfort", options={"options": {"compiler.on_error": "raise"}})
+    with pytest.raises(Exception, match="deliberately broken pass"):
+        fn(torch.randn(3))
+
+
+def test_feature_without_a_plugin_is_an_error_not_ignored(monkeypatch):
+    import pluggy
+
+    from nexfort.core import backend, hookspecs
+    from nexfort.core.config import resolve_config
+
+    empty = pluggy.PluginManager("nexfort")
+    empty.add_hookspecs(hookspecs)
+    monkeypatch.setattr(backend, "get_plugin_manager", lambda: empty)
+    with pytest.raises(NexfortConfigError, match="Mode flag 'quant' is on but no installed nexfort plugin"):
+        backend.check_features(resolve_config({"mode": "quant"}))
+
+
+def test_overrides_set_torch_flags():
+    old = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = False
+        torch.compile(lambda x: x * 3, backend="nexfort", options={"mode": "benchmark"})(torch.randn(2))
+        assert torch.backends.cudnn.benchmark is True
+    finally:
+        torch.backends.cudnn.benchmark = old
+
+
+def test_backend_is_found_through_its_entry_point_without_importing_nexfort():
+    code = ("import sys, torch\n"
+            "f = torch.compile(lambda x: x.cos() * 2, backend='nexfort', options={'mode': 'jit'})\n"
+            "x = torch.randn(4)\n"
+            "assert torch.allclose(f(x), x.cos() * 2)\n"
+            "assert 'nexfort.core.backend' in sys.modules\n"
+            "print('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "ok"
+
+
+def test_no_warning_on_clean_compile():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        torch.compile(lambda x: x * 2 + 1, backend="nexfort", options={"mode": "jit"})(torch.randn(3))
