@@ -13,6 +13,8 @@ os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="nexfor
 
 import torch  # noqa: E402
 
+from tests.helpers import rel_l2  # noqa: E402
+
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped with a reason on CPU-only machines)")
@@ -50,14 +52,6 @@ def counters():
 @pytest.fixture
 def device():
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def rel_l2(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """Relative L2 error; NaN/inf anywhere gives inf so it never passes a tolerance."""
-    out, ref = out.detach().double(), ref.detach().double()
-    if not torch.isfinite(out).all():
-        return float("inf")
-    return float((out - ref).norm() / ref.norm().clamp_min(1e-30))
 
 
 @pytest.fixture

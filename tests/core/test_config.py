@@ -71,7 +71,9 @@ def test_json_string_and_keywords():
 
 def test_config_is_read_only():
     cfg = resolve_config({"mode": "jit"})
-    with pytest.raises(Exception):
+    from omegaconf.errors import ReadonlyConfigError
+
+    with pytest.raises(ReadonlyConfigError):
         cfg.flags.jit = False
 
 

@@ -13,7 +13,7 @@ import importlib.resources
 import json
 import os
 import threading
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Tuple
 
 from nexfort.core import compat
 from nexfort.core.errors import NexfortConfigError, suggest, unknown_message
@@ -270,9 +270,9 @@ def _normalize_top(spec: Dict[str, Any], plugin_ns: Mapping[str, type]) -> Dict[
         raise NexfortConfigError(unknown_message("option", key, TOP_LEVEL_KEYS, hint=hint)
                                  .replace("Valid options:", "Valid top-level keys:"))
     top["options"] = options
-    for key in ("dynamic",):
-        if key in top and top[key] is not None and not isinstance(top[key], bool):
-            raise NexfortConfigError(f"{key!r} must be true, false or null, got {type(top[key]).__name__} {top[key]!r}.")
+    dyn = top.get("dynamic")
+    if dyn is not None and not isinstance(dyn, bool):
+        raise NexfortConfigError(f"'dynamic' must be true, false or null, got {type(dyn).__name__} {dyn!r}.")
     if "fullgraph" in top and not isinstance(top["fullgraph"], bool):
         raise NexfortConfigError(
             f"'fullgraph' must be true or false, got {type(top['fullgraph']).__name__} {top['fullgraph']!r}.")

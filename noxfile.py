@@ -1,0 +1,91 @@
+"""nox sessions: the test suite on the current torch and on torch 2.1-2.4, lint, and the benchmark.
+
+    nox -s tests            # current torch (2.13.0: a CPU build from this machine's disk), what CI runs
+    nox -s tests-torch21    # ... tests-torch24: older torch (PyPI's CUDA builds, ~2.7 GB each, run on the CPU)
+    nox -s lint
+    nox -s benchmark        # the main job: the benchmark on the built-in default model
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+PYTHON = "3.11"  # the one CPython on which torch.compile works for every torch 2.1-2.15
+PACKAGES = ["./packages/nexfort-core", "./packages/nexfort-passes", "./packages/nexfort-cache[redis]",
+            "./packages/nexfort-diffusers", "./tests/plugins/nexfort-example-plugin"]
+COMMON = ["pytest>=7", "pluggy>=1.3", "hydra-core>=1.3,<1.4", "omegaconf>=2.3,<2.4", "matplotlib", "redis>=4",
+          "hatchling>=1.18", "editables", "sentencepiece", "protobuf"]
+
+# torch -> the dependency versions that support it (Python 3.11)
+MATRIX = {
+    "current": ["torch==2.13.0", "diffusers==0.42.1", "transformers>=5,<5.25", "numpy"],
+    "torch21": ["torch==2.1.2", "diffusers==0.30.3", "transformers==4.44.2", "numpy<2", "huggingface_hub<0.26"],
+    "torch22": ["torch==2.2.2", "diffusers==0.30.3", "transformers==4.44.2", "numpy<2", "huggingface_hub<0.26"],
+    "torch23": ["torch==2.3.1", "diffusers==0.31.0", "transformers==4.46.3", "numpy<2", "huggingface_hub<0.27"],
+    "torch24": ["torch==2.4.1", "diffusers==0.32.2", "transformers==4.48.3", "numpy<2", "huggingface_hub<0.28"],
+}
+
+
+def _ensure_redis_server(session: nox.Session) -> None:
+    """Tests start a real redis-server on a loopback port; install Debian's package where we can."""
+    if shutil.which("redis-server"):
+        return
+    if shutil.which("apt-get") and hasattr(os, "geteuid") and os.geteuid() == 0:
+        session.run("apt-get", "update", "-qq", external=True)
+        session.run("apt-get", "install", "-y", "-qq", "redis-server", external=True,
+                    env={"DEBIAN_FRONTEND": "noninteractive"})
+    else:
+        session.warn("redis-server is not installed and cannot be installed here: the Redis tests will skip "
+                     "(apt-get install redis-server)")
+
+
+def _install(session: nox.Session, deps: list) -> None:
+    session.install(*deps, *COMMON)
+    # the project's own packages, built from this checkout with the dependencies installed above
+    session.install("--no-deps", "--no-build-isolation", *PACKAGES)
+
+
+def _pytest(session: nox.Session, name: str) -> None:
+    _ensure_redis_server(session)
+    _install(session, MATRIX[name])
+    session.run("python", "-c", "import torch, diffusers; print('torch', torch.__version__, "
+                "'diffusers', diffusers.__version__)")
+    args = session.posargs or ["-q", "-p", "no:cacheprovider"]
+    session.run("python", "-m", "pytest", *args)
+
+
+@nox.session(python=PYTHON, name="tests")
+def tests(session: nox.Session) -> None:
+    """The whole suite on the current torch (what CI runs)."""
+    _pytest(session, "current")
+
+
+for _name in ("torch21", "torch22", "torch23", "torch24"):
+    def _make(name: str):
+        @nox.session(python=PYTHON, name=f"tests-{name}")
+        def _session(session: nox.Session) -> None:
+            _pytest(session, name)
+
+        _session.__doc__ = f"The whole suite on {MATRIX[name][0]} (on demand; not in CI)."
+        return _session
+
+    globals()[f"tests_{_name}"] = _make(_name)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", "packages", "tests", "benchmarks", "examples", "noxfile.py")
+
+
+@nox.session(python=PYTHON)
+def benchmark(session: nox.Session) -> None:
+    """The main job: benchmarks/text_to_image.py on the built-in default model (posargs are passed on)."""
+    _install(session, MATRIX["current"])
+    args = session.posargs or ["--compiler", "all", "--output-json", "benchmarks/out/text_to_image.json"]
+    session.run("python", "benchmarks/text_to_image.py", *args)
