@@ -10,6 +10,7 @@ import pytest
 # Each test session compiles into its own Inductor cache so that results never come from a stale cache
 # of another run (tests that exercise caching make their own directories).
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="nexfort-test-inductor-"))
+os.environ.setdefault("NEXFORT_CACHE_DIR", tempfile.mkdtemp(prefix="nexfort-test-cache-"))
 
 import torch  # noqa: E402
 

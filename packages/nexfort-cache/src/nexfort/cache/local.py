@@ -23,8 +23,16 @@ import threading
 import time
 from typing import Any, Dict, List, Optional
 
-from nexfort.cache.store import EntryInfo, InvalidEntry, SignedStore, default_max_size, env_secret, envelope_key
-from nexfort.cache.store import logger, warn_once
+from nexfort.cache.store import (
+    EntryInfo,
+    InvalidEntry,
+    SignedStore,
+    default_max_size,
+    env_secret,
+    envelope_key,
+    logger,
+    warn_once,
+)
 from nexfort.core import hookimpl
 
 DIR_ENV = "NEXFORT_CACHE_DIR"

@@ -22,7 +22,7 @@ import struct
 import threading
 import warnings
 from dataclasses import dataclass
-from typing import Iterable, List, Optional, Protocol, runtime_checkable
+from typing import List, Optional, Protocol, runtime_checkable
 
 from nexfort.core.errors import NexfortConfigError
 
@@ -69,7 +69,10 @@ class CacheStore(Protocol):
 
     def delete(self, key: str) -> bool: ...
 
-    def entries(self) -> List[EntryInfo]: ...
+    def entries(self) -> List[EntryInfo]:
+        """Every entry with its size and last access time."""
+
+    def keys(self) -> List[str]: ...
 
     def clear(self) -> int: ...
 
@@ -199,18 +202,6 @@ class SignedStore:
             self.reject(key, str(e))
             return None
 
-    def get_blob(self, key: str) -> Optional[bytes]:
-        """The verified envelope itself (for export), or ``None``."""
-        blob = self._read(key)
-        if blob is None:
-            return None
-        try:
-            unseal(blob, self.secret, key)
-        except InvalidEntry as e:
-            self.reject(key, str(e))
-            return None
-        return blob
-
     def put(self, key: str, payload: bytes) -> None:
         blob = seal(key, payload, self.secret)
         try:
@@ -231,6 +222,9 @@ class SignedStore:
                 self._remove(key)
             except Exception:  # noqa: BLE001
                 logger.debug("removing a bad entry failed", exc_info=True)
+
+    def keys(self) -> List[str]:
+        return [e.key for e in self.entries()]
 
     def total_size(self) -> int:
         return sum(e.size for e in self.entries())
@@ -261,16 +255,9 @@ class SignedStore:
     def _remove(self, key: str) -> bool:  # pragma: no cover
         raise NotImplementedError
 
-    def _write_verified(self, key: str, blob: bytes) -> None:
-        """Store an envelope already checked against this store's secret (import)."""
-        self._write(key, blob)
-
     def entries(self) -> List[EntryInfo]:  # pragma: no cover
         raise NotImplementedError
 
     def clear(self) -> int:  # pragma: no cover
         raise NotImplementedError
 
-
-def keys_of(store: CacheStore) -> Iterable[str]:
-    return [e.key for e in store.entries()]

@@ -116,17 +116,29 @@ def compile_fx(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], config_p
 def set_backend_flag(name: str, value: bool) -> Optional[bool]:
     """Set one of torch's global backend flags by nexfort's override name; return the previous value.
 
-    Returns ``None`` (and sets nothing) when the running torch lacks the flag."""
-    target = _BACKEND_FLAGS.get(name)
-    if target is None:
+    Returns ``None`` (and sets nothing) when the running torch lacks the flag. TF32 goes through the
+    ``fp32_precision`` API where torch has it (newer torch raises when the legacy and new APIs are mixed)."""
+    if name not in _BACKEND_FLAGS:
         raise KeyError(name)
-    obj, attr = target()
+    precision = _FP32_PRECISION.get(name)
+    if precision is not None:
+        obj = precision()
+        if obj is not None and hasattr(obj, "fp32_precision"):
+            old = obj.fp32_precision == "tf32"
+            obj.fp32_precision = "tf32" if value else "ieee"
+            return old
+    obj, attr = _BACKEND_FLAGS[name]()
     if obj is None or not hasattr(obj, attr):
         return None
     old = getattr(obj, attr)
     setattr(obj, attr, value)
     return old
 
+
+_FP32_PRECISION: Dict[str, Callable[[], Any]] = {
+    "matmul_allow_tf32": lambda: torch.backends.cuda.matmul,
+    "conv_allow_tf32": lambda: getattr(torch.backends.cudnn, "conv", None),
+}
 
 _BACKEND_FLAGS: Dict[str, Callable[[], Any]] = {
     "conv_benchmark": lambda: (torch.backends.cudnn, "benchmark"),

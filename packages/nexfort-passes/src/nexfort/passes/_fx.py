@@ -130,10 +130,15 @@ def is_scalar_node(node: Any) -> bool:
 
 MATMUL_FUNCTIONS = (operator.matmul, torch.matmul, torch.bmm)
 MATMUL_METHODS = ("matmul", "bmm", "__matmul__")
+EINSUM_FUNCTIONS = tuple({torch.einsum, torch.functional.einsum})
 
 
 def matmul_operands(node: Any) -> Optional[tuple]:
-    """``(a, b)`` when ``node`` is ``a @ b`` / ``torch.matmul`` / ``torch.bmm`` without extra arguments."""
+    """``(a, b, b_transposed)`` when ``node`` computes ``a @ b`` (``b_transposed``: ``a @ b.mT``) with ``@``,
+    ``torch.matmul``, ``torch.bmm``, or a batched-matmul ``torch.einsum`` (``"b i d, b j d -> b i j"``, as in
+    latent-diffusion's ``CrossAttention``), without extra arguments; else ``None``."""
+    if is_op(node, EINSUM_FUNCTIONS, ()):
+        return _einsum_operands(node)
     if not is_op(node, MATMUL_FUNCTIONS, MATMUL_METHODS):
         return None
     if len(node.args) != 2 or node.kwargs:
@@ -141,20 +146,51 @@ def matmul_operands(node: Any) -> Optional[tuple]:
     a, b = node.args
     if not (isinstance(a, Node) and isinstance(b, Node)):
         return None
-    return a, b
+    return a, b, False
+
+
+def _einsum_operands(node: Node) -> Optional[tuple]:
+    if len(node.args) != 3 or node.kwargs:
+        return None
+    eq, a, b = node.args
+    if not (isinstance(eq, str) and isinstance(a, Node) and isinstance(b, Node)) or "->" not in eq:
+        return None
+    lhs, out = eq.replace(" ", "").split("->", 1)
+    terms = lhs.split(",") + [out]
+    if len(terms) != 3 or any(t.count("...") > 1 for t in terms):
+        return None
+    if any("..." in t for t in terms):  # a leading ellipsis in all three: one batch "letter"
+        if not all(t.startswith("...") for t in terms):
+            return None
+        terms = ["#" + t[3:] for t in terms]
+    sa, sb, so = terms
+    if any(len(set(t)) != len(t) or len(t) < 2 or "." in t for t in terms) or not len(sa) == len(sb) == len(so):
+        return None
+    batch, (i, x), o = sa[:-2], sa[-2:], so[-1]
+    if sb[:-2] != batch or so[:-2] != batch or so[-2] != i or len(set(batch + i + x + o)) != len(batch) + 3:
+        return None
+    if sb[-2:] == x + o:
+        return a, b, False
+    if sb[-2:] == o + x:
+        return a, b, True
+    return None
 
 
 def cast_source(node: Any, allowed: Sequence[torch.dtype]) -> Optional[Node]:
     """If ``node`` is a pure dtype cast (``x.float()``, ``x.half()``, ``x.bfloat16()``, ``x.to(dtype)``,
-    ``x.type(dtype)``) whose result dtype is in ``allowed``, its input; else ``None``."""
+    ``x.type(dtype)``, ``x.type_as(y)``) or ``x.contiguous()``, whose result dtype is in ``allowed`` (and device
+    that of ``x``), its input ``x``; else ``None``."""
     if not isinstance(node, Node) or node.op != "call_method":
         return None
     src = node.args[0] if node.args else None
     out, inp = fake(node), fake(src)
     if out is None or inp is None or out.dtype not in allowed or out.device != inp.device:
         return None
-    if node.target in ("float", "half", "bfloat16"):
-        ok = len(node.args) == 1 and not node.kwargs
+    if node.target in ("float", "half", "bfloat16", "contiguous"):
+        allowed_kwargs = {"memory_format"} if node.target == "contiguous" else set()
+        ok = len(node.args) == 1 and not set(node.kwargs) - allowed_kwargs
+    elif node.target == "type_as":
+        ok = len(node.args) == 2 and isinstance(node.args[1], Node) and not node.kwargs
     elif node.target in ("to", "type"):
         rest, kw = node.args[1:], dict(node.kwargs)
         dtypes = [a for a in rest if isinstance(a, torch.dtype)] + ([kw.pop("dtype")] if "dtype" in kw else [])
@@ -176,8 +212,8 @@ def dropout_source(node: Any, gm: Optional[torch.fx.GraphModule] = None) -> Opti
         if inplace is not False or not isinstance(training, bool):
             return None
         if training is False:  # eval dropout is the identity whatever p is (p may be a SymFloat)
-            return node.args[0]
-        return node.args[0] if scalar_constant(p) == 0 else None
+            return arg(node, 0, "input")
+        return arg(node, 0, "input") if scalar_constant(p) == 0 else None
     if node.op == "call_module" and gm is not None:  # torch 2.1-2.4 may keep nn.Dropout as a module
         try:
             mod = gm.get_submodule(node.target)

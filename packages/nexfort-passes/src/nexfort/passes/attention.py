@@ -14,20 +14,24 @@ Recognised on the torch-level graph Dynamo captures:
 
 - ``q @ kT``: ``@``, ``torch.matmul``, ``torch.bmm`` and their method forms; ``kT`` may be any tensor (a
   ``transpose``/``permute`` of the last two dims is undone, anything else gets a ``transpose(-2, -1)``);
+  or ``torch.einsum("b i d, b j d -> b i j", q, k)`` (latent-diffusion's ``CrossAttention``; ``...`` batch too),
+  and ``einsum("b i j, b j d -> b i d", probs, v)`` for ``probs @ v``;
 - ``torch.baddbmm(mask_or_empty, q, kT, beta=0 or 1, alpha=scale)`` (diffusers' ``get_attention_scores``);
 - the scale: ``* c``, ``c *``, ``/ c`` (or baddbmm's ``alpha``) with ``c`` a Python number (SDPA's ``scale=``;
   none: ``scale=1.0``) or a symbolic scalar of the graph (``dynamic=True`` makes float module attributes such
   as diffusers' ``attn.scale`` SymFloats: it is folded into q, ``(q * c) @ kT``); then an additive mask
   ``+ mask`` of q's dtype that broadcasts into the scores without enlarging them; in-place forms too;
 - ``softmax(dim=-1)`` in its function, ``F.softmax`` and method forms, optionally inside an upcast
-  (``.float()`` ... ``.to(dtype)``: fp16/bf16 scores may pass through float32, nothing else), and dropouts that
-  are the identity (``p == 0`` or eval) before ``@ v``.
+  (``.float()``/``.to(dtype)``/``.type_as(q)`` or ``softmax(dtype=torch.float32)``: fp16/bf16 scores may pass
+  through float32, nothing else; ``.contiguous()`` too), and dropouts that are the identity (``p == 0`` or eval)
+  before ``@ v``. Rank-3 (``(B*H, L, E)``) inputs get a leading batch dim so that the fused 4-D kernels apply.
 
 Left alone (the guard returns False, it never raises): a softmax over another dim, an op between the
 pieces that changes the result (a scale applied after the mask, a tensor (not scalar) scale, ``beta``
 other than 0/1), an intermediate result used elsewhere (returned attention probabilities), mixed dtypes
 (e.g. diffusers' ``upcast_attention``: float32 q/k with a half v), ranks below 3, batch dims that only
-broadcast, a live dropout, and every node without Dynamo's fake-tensor metadata.
+broadcast, a live dropout, masks applied with ``masked_fill`` (fully masked rows differ), autocast regions
+(the fake dtypes disagree), and every node without Dynamo's fake-tensor metadata.
 """
 
 from __future__ import annotations
@@ -70,7 +74,8 @@ class _Scores:
     """What the walk back from the softmax found: ``softmax(q @ kT * scale + mask)``."""
 
     q: Node
-    kt: Node
+    kt: Optional[Node]  # the right operand of q @ kT
+    k: Optional[Node] = None  # or the key itself (einsum "b i d, b j d -> b i j")
     scale: float = 1.0
     scale_nodes: List[Tuple[Node, bool]] = dataclasses.field(default_factory=list)  # (symbolic scalar, divides)
     mask: Optional[Node] = None
@@ -127,10 +132,32 @@ def _walk_scores(node: Any, have_mask: bool = False, have_scale: bool = False) -
         found = _baddbmm(node, have_mask, have_scale)
     else:
         ops = _fx.matmul_operands(node)
-        found = _Scores(q=ops[0], kt=ops[1]) if ops else None
+        if ops is None:
+            found = None
+        else:  # einsum "b i d, b j d -> b i j" names the key itself
+            found = _Scores(q=ops[0], kt=None, k=ops[1]) if ops[2] else _Scores(q=ops[0], kt=ops[1])
     if found is not None:
         found.nodes.append(node)
     return found
+
+
+def _softmax(gm: GraphModule, node: Node) -> Optional[tuple]:
+    """``(input, dim, dtype)`` of a softmax: function, method, or an ``nn.Softmax`` call_module (torch 2.1-2.4)."""
+    if node.op == "call_module":
+        try:
+            mod = gm.get_submodule(node.target)
+        except AttributeError:
+            return None
+        if type(mod) is not torch.nn.Softmax or len(node.args) != 1 or node.kwargs:
+            return None
+        return node.args[0], mod.dim, None
+    if not is_op(node, SOFTMAX_FUNCTIONS, ("softmax",)):
+        return None
+    max_args = 4 if node.target is F.softmax else 3  # F.softmax(input, dim, _stacklevel, dtype)
+    if set(node.kwargs) - {"input", "dim", "dtype", "_stacklevel"} or len(node.args) > max_args:
+        return None
+    dtype = node.kwargs.get("dtype", node.args[max_args - 1] if len(node.args) == max_args else None)
+    return arg(node, 0, "input"), arg(node, 1, "dim"), dtype
 
 
 def _operand_orders(node: Node, commutative: bool = True) -> list:
@@ -177,7 +204,7 @@ class AttentionPass(GraphPass):
         if not sdpa_takes_scale():
             return 0
         count = 0
-        for node in [n for n in gm.graph.nodes if is_op(n, SOFTMAX_FUNCTIONS, ("softmax",))]:
+        for node in [n for n in gm.graph.nodes if _softmax(gm, n) is not None]:
             match = self.match(gm, node)  # matches never overlap: each holds one softmax, single-use chains
             if match is not None:
                 self.replace(gm, *match)
@@ -188,15 +215,10 @@ class AttentionPass(GraphPass):
     def match(self, gm: GraphModule, softmax: Node) -> Optional[tuple]:
         """``(scores, softmax, post, final, v)`` when ``softmax`` sits in an attention we can prove equal to
         SDPA; ``None`` (leave it alone) otherwise."""
-        inp = arg(softmax, 0, "input")
+        inp, dim, sm_dtype = _softmax(gm, softmax)
         t = fake(inp)
-        if t is None or not _fx.last_dim(arg(softmax, 1, "dim"), t.dim()):
+        if t is None or not _fx.last_dim(dim, t.dim()):
             return None
-        extra = set(softmax.kwargs) - {"input", "dim", "dtype", "_stacklevel"}
-        max_args = 4 if softmax.target is F.softmax else 3
-        if extra or len(softmax.args) > max_args:
-            return None
-        sm_dtype = softmax.kwargs.get("dtype", softmax.args[max_args - 1] if len(softmax.args) == max_args else None)
         # forward: identity dropouts and casts, then "probs @ v"
         post: List[Node] = []
         cur = softmax
@@ -209,7 +231,7 @@ class AttentionPass(GraphPass):
                 cur = user
                 continue
             ops = _fx.matmul_operands(user)
-            if ops is None or ops[0] is not cur or ops[1] is cur:
+            if ops is None or ops[0] is not cur or ops[1] is cur or ops[2]:
                 return None
             final, v = user, ops[1]
             break
@@ -219,7 +241,8 @@ class AttentionPass(GraphPass):
         return scores, softmax, post, final, v
 
     def _check(self, s: _Scores, softmax: Node, post: List[Node], final: Node, v: Node, sm_dtype: Any) -> bool:
-        fq, fk, fv, fout, fscores = fake(s.q), fake(s.kt), fake(v), fake(final), fake(s.nodes[0])
+        key = s.k if s.k is not None else s.kt
+        fq, fk, fv, fout, fscores = fake(s.q), fake(key), fake(v), fake(final), fake(s.nodes[0])
         if any(x is None for x in (fq, fk, fv, fout, fscores)):
             return False
         dtype, rank = fq.dtype, fq.dim()
@@ -242,7 +265,7 @@ class AttentionPass(GraphPass):
         if sm_dtype is not None and sm_dtype not in allowed:
             return False
         inner = set(chain) | {final}
-        if any(x in inner for x in (s.q, s.kt, v, s.mask)):
+        if any(x in inner for x in (s.q, key, v, s.mask)):
             return False
         if s.mask is not None:
             fm = fake(s.mask)
@@ -258,7 +281,7 @@ class AttentionPass(GraphPass):
         rank = fake(s.q).dim()
         mask = s.mask
         with graph.inserting_before(final):
-            k = _fx.is_last_two_transpose(s.kt)
+            k = s.k if s.k is not None else _fx.is_last_two_transpose(s.kt)
             if k is None:
                 k = graph.call_method("transpose", (s.kt, -2, -1))
             q = s.q
@@ -280,7 +303,7 @@ class AttentionPass(GraphPass):
         final.replace_all_uses_with(out)
         for n in [final] + post[::-1] + [softmax] + s.nodes[::-1]:
             graph.erase_node(n)
-        if not s.kt.users and _fx.is_last_two_transpose(s.kt) is not None:
+        if s.kt is not None and not s.kt.users and _fx.is_last_two_transpose(s.kt) is not None:
             graph.erase_node(s.kt)
         dead = s.dead_input
         if dead is not None and not dead.users and dead.op == "call_function" and dead.target in EMPTY_LIKE:
@@ -295,12 +318,11 @@ def nexfort_config_schema():
 
 @hookimpl
 def nexfort_graph_passes(config):
-    opts = config.options[NAME]
-    enabled = opts.enabled if opts.enabled is not None else bool(config.flags.max_optimize)
-    if not enabled:
-        return None
-    options = AttentionOptions(**{f.name: opts[f.name] for f in dataclasses.fields(AttentionOptions)})
-    return [AttentionPass(options)]
+    opts = config.options.get(NAME) if hasattr(config.options, "get") else None
+    options = AttentionOptions(**{f.name: opts.get(f.name, f.default) for f in dataclasses.fields(AttentionOptions)}
+                               if opts is not None else {})
+    enabled = options.enabled if options.enabled is not None else bool(config.flags.max_optimize)
+    return [AttentionPass(options)] if enabled else None
 
 
 @hookimpl

@@ -1,0 +1,235 @@
+"""nexfort's compiled-artifact cache: a second process (or machine) skips Inductor's work for a graph.
+
+On when ``options.cache.enabled`` is set (the ``cache-all`` mode flag sets it) or ``NEXFORT_GRAPH_CACHE=1``.
+
+torch with ``torch.compiler.save_cache_artifacts`` / ``load_cache_artifacts`` (2.7+):
+
+- ``nexfort_pre_compile``: computes the graph's key (:mod:`nexfort.cache.key`), asks the store
+  (``nexfort_cache_store``) for a verified entry and hot-loads it with ``load_cache_artifacts`` (once per key
+  per process). That writes the artifacts (Inductor graphs and kernels, AOTAutograd entries, autotuning
+  results, PGO profiles) into Inductor's local caches, so the compilation that follows hits them. Inductor and
+  AOTAutograd check their own keys again, so a loaded artifact that does not fit is a miss, never wrong code.
+- ``nexfort_post_compile``: on a miss, serializes the artifacts recorded while this graph compiled and stores
+  them under the key, with the C++ kernels' shared objects that torch's bundle leaves out
+  (:mod:`nexfort.cache.bundle`).
+
+Older torch (2.1-2.6) has no portable bundle: this plugin then stores nothing and loads nothing (one info
+message; a warning where the FX graph cache is off, e.g. ``NEXFORT_GRAPH_CACHE=1`` without ``cache-all``).
+``cache-all`` then relies on Inductor's FX graph cache in ``TORCHINDUCTOR_CACHE_DIR`` (2.2+; persisted between
+processes on the same machine: ship that directory to warm another one; torch 2.1 has none). Nothing fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Any, Dict, Mapping, Optional, Sequence
+
+import torch
+
+from nexfort.cache import bundle
+from nexfort.cache import key as keymod
+from nexfort.cache.store import NexfortCacheConfigError, warn_once
+from nexfort.core import counters, hookimpl
+
+logger = logging.getLogger("nexfort.cache")
+ENV = "NEXFORT_GRAPH_CACHE"
+
+_loaded: set = set()
+_logged: set = set()
+_pending: "weakref.WeakKeyDictionary[Any, tuple]" = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+@dataclass
+class CacheStoreOptions:
+    """Where nexfort's compiled-artifact cache stores entries (``options.cache_store.*``)."""
+
+    redis_url: Optional[str] = None  # a shared Redis store (else $NEXFORT_CACHE_REDIS_URL; else local only)
+
+
+@hookimpl
+def nexfort_config_schema() -> Mapping[str, type]:
+    return {"cache_store": CacheStoreOptions}
+
+
+@hookimpl
+def nexfort_claims_feature(feature: str, config: Any) -> Optional[bool]:
+    return True if feature == "cache_all" else None
+
+
+def enabled(config: Any) -> bool:
+    if os.environ.get(ENV, "").strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    try:
+        return bool(config.options.cache.enabled)
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def has_artifact_api() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return hasattr(compiler, "save_cache_artifacts") and hasattr(compiler, "load_cache_artifacts")
+
+
+def get_store(config: Any) -> Any:
+    from nexfort.core.plugins import get_plugin_manager
+
+    store = get_plugin_manager().hook.nexfort_cache_store(config=config)
+    if store is None:  # the store plugins are disabled: use the local directory
+        from nexfort.cache.local import local_store
+
+        store = local_store(config)
+    return store
+
+
+# ------------------------------------------------------------------------------------ artifact bundle
+def _manager() -> Any:
+    try:
+        from torch.compiler._cache import CacheArtifactManager
+    except ImportError:  # pragma: no cover
+        return None
+    return CacheArtifactManager if hasattr(CacheArtifactManager, "_seen_artifacts") else None
+
+
+def artifacts_mark() -> Optional[int]:
+    """Where the process's record of cache artifacts stands now (to serialize only what one graph adds)."""
+    mgr = _manager()
+    return len(mgr._seen_artifacts) if mgr is not None else None
+
+
+def artifacts_since(mark: Optional[int]) -> Optional[bytes]:
+    """The artifacts recorded since ``mark``, in ``load_cache_artifacts``'s format.
+
+    Uses the manager's record (private, feature-detected) to bundle one graph's artifacts only; falls back to
+    the public ``save_cache_artifacts()`` (all artifacts of the process so far) where that is not available.
+    """
+    mgr = _manager()
+    if mgr is not None and mark is not None:
+        try:
+            from torch.compiler._cache import _serialize_single_cache
+            from torch.utils._appending_byte_serializer import AppendingByteSerializer
+
+            new = list(mgr._seen_artifacts)[mark:]
+            if not new:
+                return None
+            groups: Dict[str, list] = {}
+            for a in new:
+                groups.setdefault(a.type(), []).append(a)
+            ser = AppendingByteSerializer(serialize_fn=_serialize_single_cache)
+            ser.extend(groups.items())
+            return ser.to_bytes()
+        except Exception:  # noqa: BLE001 - internals moved: use the public API
+            logger.debug("nexfort cache: per-graph artifact bundle failed", exc_info=True)
+    result = torch.compiler.save_cache_artifacts()
+    return result[0] if result else None
+
+
+# ---------------------------------------------------------------------------------------------- hooks
+@hookimpl
+def nexfort_pre_compile(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], config: Any) -> None:
+    if not enabled(config):
+        return
+    if not has_artifact_api():
+        _no_artifact_api(config)
+        return
+    try:
+        store = get_store(config)
+        key = keymod.cache_key(gm, example_inputs, config)
+    except NexfortCacheConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the cache never stops a compilation
+        warn_once(f"key-{type(e).__name__}", f"nexfort cache: disabled for a graph ({type(e).__name__}: {e}).")
+        return
+    with _lock:
+        already = key in _loaded
+    loaded = already
+    if not already:
+        payload = store.get(key)
+        if payload is not None:
+            loaded = _load(key, payload)
+    counters["cache"]["hits" if loaded else "misses"] += 1
+    _pending[gm] = (key, store, loaded, artifacts_mark(), bundle.now(), _inductor_misses())
+
+
+def _inductor_misses() -> int:
+    """Inductor's and AOTAutograd's cache misses so far in this process."""
+    from torch._dynamo.utils import counters as torch_counters
+
+    return torch_counters["inductor"]["fxgraph_cache_miss"] + torch_counters["aot_autograd"]["autograd_cache_miss"]
+
+
+def _no_artifact_api(config: Any) -> None:
+    msg = (f"nexfort cache: torch {torch.__version__} cannot export compiled artifacts "
+           "(torch.compiler.save_cache_artifacts, torch 2.7+); only Inductor's FX graph cache in "
+           "TORCHINDUCTOR_CACHE_DIR persists between processes")
+    try:
+        fx_cache_on = bool(config.options.inductor.get("fx_graph_cache"))
+    except Exception:  # noqa: BLE001
+        fx_cache_on = False
+    if fx_cache_on:  # cache-all turned it on: that is the documented fallback, nothing to warn about
+        if "no-artifact-api" not in _logged:
+            _logged.add("no-artifact-api")
+            logger.info("%s.", msg)
+        return
+    warn_once("no-artifact-api", msg + ", and it is not on: use mode 'cache-all' or options "
+              "{'inductor.fx_graph_cache': True}.")
+
+
+def _load(key: str, payload: bytes) -> bool:
+    from nexfort.core.compat import inductor_cache_dir
+
+    try:
+        torch_bundle, files = bundle.unpack(payload)
+        written = bundle.install_kernel_files(inductor_cache_dir(), files)
+        if written:
+            counters["cache"]["kernel_files"] += len(written)
+        info = torch.compiler.load_cache_artifacts(torch_bundle)
+    except Exception as e:  # noqa: BLE001 - a verified but unusable bundle (e.g. another torch): a miss
+        warn_once(f"load-{key}", f"nexfort cache: could not load entry {key[:16]}... "
+                  f"({type(e).__name__}: {e}); compiling without it.")
+        return False
+    if info is None:
+        return False
+    with _lock:
+        _loaded.add(key)
+    counters["cache"]["loaded"] += 1
+    logger.info("nexfort cache: loaded %s (%d bytes)", key[:16], len(payload))
+    return True
+
+
+@hookimpl
+def nexfort_post_compile(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], config: Any,
+                         compiled: Any) -> None:
+    pending = _pending.pop(gm, None)
+    if pending is None:
+        return
+    key, store, loaded, mark, started, misses = pending
+    if loaded and _inductor_misses() == misses:
+        return
+    if loaded:  # Inductor could not use what was loaded (e.g. its keys changed): replace the entry
+        counters["cache"]["stale"] += 1
+    try:
+        from nexfort.core.compat import inductor_cache_dir
+
+        data = artifacts_since(mark)
+        if not data:
+            return
+        data = bundle.pack(data, bundle.kernel_files_since(inductor_cache_dir(), started))
+        store.put(key, data)
+        with _lock:
+            _loaded.add(key)  # this process has these artifacts in Inductor's caches already
+        counters["cache"]["saved"] += 1
+        logger.info("nexfort cache: saved %s (%d bytes)", key[:16], len(data))
+    except Exception as e:  # noqa: BLE001
+        warn_once(f"save-{type(e).__name__}", f"nexfort cache: could not save a graph's artifacts "
+                  f"({type(e).__name__}: {e}).")
+
+
+def reset() -> None:
+    """Forget which keys this process loaded (tests)."""
+    with _lock:
+        _loaded.clear()

@@ -1,0 +1,95 @@
+"""Fixtures of the nexfort-cache tests: a private cache directory and environment for every test."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+ENV_VARS = ("NEXFORT_CACHE_DIR", "NEXFORT_CACHE_SECRET", "NEXFORT_CACHE_REDIS_URL", "NEXFORT_GRAPH_CACHE",
+            "NEXFORT_CACHE_MAX_SIZE")
+
+
+@pytest.fixture(autouse=True)
+def cache_env(tmp_path, monkeypatch):
+    """Every test gets its own cache directory, no secret, no Redis, and fresh per-process cache state."""
+    from nexfort.cache import local, plugin, store
+    from nexfort.cache import redis as redis_mod
+
+    for var in ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+    cache_dir = tmp_path / "nexfort-cache"
+    monkeypatch.setenv("NEXFORT_CACHE_DIR", str(cache_dir))
+    local._stores.clear()
+    redis_mod._stores.clear()
+    store._warned.clear()
+    plugin.reset()
+    yield cache_dir
+    local._stores.clear()
+    redis_mod._stores.clear()
+    plugin.reset()
+
+
+def child_env(**extra: str) -> dict:
+    """The environment of a subprocess: this one's, with the given variables set (values as strings)."""
+    env = dict(os.environ)
+    for var in ENV_VARS:
+        env.pop(var, None)
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real redis-server on a free loopback port, for the whole session; its URL."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("needs the redis-server binary (Debian/Ubuntu: apt-get install -y redis-server)")
+    pytest.importorskip("redis", reason="needs redis-py: pip install nexfort-cache[redis]")
+    import redis
+
+    workdir = tmp_path_factory.mktemp("redis")
+    port = _free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    deadline = time.time() + 15
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.exceptions.ConnectionError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                pytest.fail(f"redis-server did not start on port {port}")
+            time.sleep(0.05)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    """The session's Redis, emptied for this test."""
+    import redis
+
+    redis.Redis.from_url(redis_server).flushdb()
+    return redis_server
+
+
+PYTHON = sys.executable

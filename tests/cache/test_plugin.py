@@ -1,0 +1,151 @@
+"""The compiled-artifact cache plugin: hooks, feature claim, and a warm start in a second process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import warnings
+
+import pytest
+import torch
+
+from nexfort.cache import bundle, plugin
+from nexfort.cache.local import LocalStore
+from nexfort.core.config import resolve_config
+from nexfort.core.plugins import get_plugin_manager
+
+from .conftest import PYTHON, child_env
+
+CHILD = os.path.join(os.path.dirname(__file__), "_compile_child.py")
+needs_artifacts = pytest.mark.skipif(not plugin.has_artifact_api(),
+                                     reason="torch.compiler.save_cache_artifacts needs torch 2.7+")
+
+
+def run_child(**env) -> dict:
+    proc = subprocess.run([PYTHON, CHILD], env=child_env(**env), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _graph():
+    gm = torch.fx.symbolic_trace(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU()))
+    return gm, [torch.randn(2, 4)]
+
+
+def test_plugins_are_registered_and_claim_cache_all(cache_env):
+    from nexfort.core.backend import check_features
+    from nexfort.core.plugins import plugin_names
+
+    assert {"cache", "cache-local", "cache-redis"} <= set(plugin_names())
+    check_features(resolve_config({"mode": "cache-all"}))  # no "no plugin implements it" error
+    pm = get_plugin_manager()
+    assert str(cache_env) in [d for dirs in pm.hook.nexfort_cache_dirs() for d in (dirs or ())]
+
+
+def test_store_hook_picks_local_or_redis(cache_env, monkeypatch):
+    from nexfort.cache.redis import TieredStore
+    from nexfort.cache.store import NexfortCacheConfigError
+
+    pm = get_plugin_manager()
+    cfg = resolve_config({"mode": "cache-all"})
+    assert isinstance(pm.hook.nexfort_cache_store(config=cfg), LocalStore)
+    monkeypatch.setenv("NEXFORT_CACHE_REDIS_URL", "redis://127.0.0.1:1/0")
+    with pytest.raises(NexfortCacheConfigError, match="NEXFORT_CACHE_SECRET"):
+        pm.hook.nexfort_cache_store(config=cfg)
+    monkeypatch.setenv("NEXFORT_CACHE_SECRET", "s3cret")
+    assert isinstance(pm.hook.nexfort_cache_store(config=cfg), TieredStore)
+
+
+def test_enabled_by_flag_or_env(cache_env, monkeypatch):
+    assert plugin.enabled(resolve_config({"mode": "cache-all"}))
+    off = resolve_config({})
+    assert not plugin.enabled(off)
+    gm, inputs = _graph()
+    plugin.nexfort_pre_compile(gm=gm, example_inputs=inputs, config=off)
+    assert not os.path.exists(cache_env)  # disabled: the store is never even opened
+    monkeypatch.setenv("NEXFORT_GRAPH_CACHE", "1")
+    assert plugin.enabled(off)
+
+
+def test_old_torch_falls_back_without_failing(cache_env, monkeypatch, counters, caplog):
+    monkeypatch.setattr(plugin, "has_artifact_api", lambda: False)
+    gm, inputs = _graph()
+    for cfg, n_warnings in ((resolve_config({"mode": "cache-all"}), 0), (resolve_config({}), 1)):
+        monkeypatch.setenv("NEXFORT_GRAPH_CACHE", "1")
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            for _ in range(2):
+                plugin.nexfort_pre_compile(gm=gm, example_inputs=inputs, config=cfg)
+                plugin.nexfort_post_compile(gm=gm, example_inputs=inputs, config=cfg, compiled=None)
+        msgs = [str(w.message) for w in record if "nexfort cache" in str(w.message)]
+        assert len(msgs) == n_warnings and all("fx_graph_cache" in m for m in msgs)
+    assert not counters["cache"] and not os.path.exists(cache_env)
+
+
+@needs_artifacts
+def test_signed_but_unusable_entry_is_a_miss(cache_env, counters):
+    from nexfort.cache.key import cache_key
+
+    cfg = resolve_config({"mode": "cache-all"})
+    gm, inputs = _graph()
+    key = cache_key(gm, inputs, cfg)
+    LocalStore().put(key, b"NXB1 not really a bundle")
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        plugin.nexfort_pre_compile(gm=gm, example_inputs=inputs, config=cfg)
+    assert counters["cache"]["misses"] == 1 and not counters["cache"]["loaded"]
+    assert len([w for w in record if "could not load" in str(w.message)]) == 1
+
+
+def test_bundle_format_round_trip_and_rejects_bad_paths():
+    files = {"ab/cabc.so": b"\x7fELF", "ab/cabc.cpp": b"int x;"}
+    packed = bundle.pack(b"torch-bytes", files)
+    assert bundle.unpack(packed) == (b"torch-bytes", files)
+    evil = bundle.pack(b"", {"../../etc/passwd": b"x"})
+    with pytest.raises(bundle.BundleError, match="unexpected path"):
+        bundle.unpack(evil)
+    with pytest.raises(bundle.BundleError):
+        bundle.unpack(packed[:-3])
+
+
+@needs_artifacts
+def test_second_process_loads_from_shared_local_dir(tmp_path):
+    shared = tmp_path / "shared-cache"
+    first = run_child(NEXFORT_CACHE_DIR=shared, TORCHINDUCTOR_CACHE_DIR=tmp_path / "inductor-1")
+    assert first["cache"].get("saved", 0) >= 1 and not first["cache"].get("loaded")
+    assert first["max_abs_diff"] < 1e-5 and not first["warnings"]
+    second = run_child(NEXFORT_CACHE_DIR=shared, TORCHINDUCTOR_CACHE_DIR=tmp_path / "inductor-2")
+    assert second["cache"].get("loaded", 0) >= 1 and second["cache"].get("hits", 0) >= 1, second
+    hits = second["aot_autograd"].get("autograd_cache_hit", 0) + second["inductor"].get("fxgraph_cache_hit", 0)
+    assert hits >= 1, second  # Inductor used what nexfort loaded, in a fresh TORCHINDUCTOR_CACHE_DIR
+    assert second["max_abs_diff"] < 1e-5 and not second["warnings"]
+    assert second["backend"].get("fallbacks", 0) == 0
+
+    # a tampered entry: one warning, a miss, a correct result, and a good entry stored again
+    (entry,) = (shared / "entries").iterdir()
+    blob = bytearray(entry.read_bytes())
+    blob[len(blob) // 2] ^= 0x01
+    entry.write_bytes(bytes(blob))
+    third = run_child(NEXFORT_CACHE_DIR=shared, TORCHINDUCTOR_CACHE_DIR=tmp_path / "inductor-3")
+    assert len(third["warnings"]) == 1 and "bad signature" in third["warnings"][0]
+    assert not third["cache"].get("loaded") and third["cache"].get("saved", 0) >= 1
+    assert third["max_abs_diff"] < 1e-5
+
+
+@needs_artifacts
+def test_loaded_entry_that_inductor_could_not_use_is_replaced(cache_env, monkeypatch, counters):
+    from nexfort.cache.key import cache_key
+
+    cfg = resolve_config({"mode": "cache-all"})
+    gm, inputs = _graph()
+    key = cache_key(gm, inputs, cfg)
+    LocalStore().put(key, b"old entry")
+    misses = iter([0, 2])
+    monkeypatch.setattr(plugin, "_load", lambda key, payload: True)
+    monkeypatch.setattr(plugin, "_inductor_misses", lambda: next(misses))
+    monkeypatch.setattr(plugin, "artifacts_since", lambda mark: b"new torch bundle")
+    plugin.nexfort_pre_compile(gm=gm, example_inputs=inputs, config=cfg)
+    plugin.nexfort_post_compile(gm=gm, example_inputs=inputs, config=cfg, compiled=None)
+    assert counters["cache"]["stale"] == 1 and counters["cache"]["saved"] == 1
+    assert bundle.unpack(LocalStore().get(key))[0] == b"new torch bundle"
