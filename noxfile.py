@@ -2,6 +2,7 @@
 
     nox -s tests            # current torch (2.13.0: a CPU build from this machine's disk), what CI runs
     nox -s tests-torch21    # ... tests-torch24: older torch (PyPI's CUDA builds, ~2.7 GB each, run on the CPU)
+    nox -s torch-matrix     # the feature-by-torch table (docs/torch-matrix.md) from the sessions' JUnit XML
     nox -s lint
     nox -s benchmark        # the main job: the benchmark on the built-in default model
 """
@@ -15,6 +16,7 @@ import nox
 
 nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = True
+JUNIT_DIR = "build/junit"
 PYTHON = "3.11"  # the one CPython on which torch.compile works for every torch 2.1-2.15
 PACKAGES = ["./packages/nexfort-core", "./packages/nexfort-passes", "./packages/nexfort-cache[redis]",
             "./packages/nexfort-diffusers", "./tests/plugins/nexfort-example-plugin"]
@@ -55,7 +57,10 @@ def _pytest(session: nox.Session, name: str) -> None:
     _install(session, MATRIX[name])
     session.run("python", "-c", "import torch, diffusers; print('torch', torch.__version__, "
                 "'diffusers', diffusers.__version__)")
-    args = session.posargs or ["-q", "-p", "no:cacheprovider"]
+    # the whole suite records one JUnit XML per session, which `nox -s torch-matrix` turns into the feature
+    # table (with posargs, e.g. a subset of the tests, add --junitxml=... yourself if you want it recorded)
+    args = session.posargs or ["-q", "-p", "no:cacheprovider", f"--junitxml={JUNIT_DIR}/{session.name}.xml"]
+    os.makedirs(JUNIT_DIR, exist_ok=True)
     session.run("python", "-m", "pytest", *args)
 
 
@@ -77,10 +82,22 @@ for _name in ("torch21", "torch22", "torch23", "torch24"):
     globals()[f"tests_{_name}"] = _make(_name)
 
 
+@nox.session(python=False, name="torch-matrix")
+def torch_matrix(session: nox.Session) -> None:
+    """The torch feature table from the sessions' JUnit XML (build/junit/<session>.xml): updates
+    benchmarks/results/torch-matrix.json (date, torch version, passed/skipped/failed per session) and renders
+    docs/torch-matrix.md from it. Run after any of the tests sessions; posargs replace the XML files."""
+    import glob
+    import sys
+
+    files = session.posargs or sorted(glob.glob(f"{JUNIT_DIR}/tests*.xml"))
+    session.run(sys.executable, "tools/torch_matrix.py", *files, external=True)
+
+
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     session.install("ruff")
-    session.run("ruff", "check", "packages", "tests", "benchmarks", "examples", "noxfile.py")
+    session.run("ruff", "check", "packages", "tests", "benchmarks", "examples", "tools", "noxfile.py")
 
 
 @nox.session(python=PYTHON)

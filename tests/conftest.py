@@ -31,6 +31,21 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _record_versions(record_testsuite_property):
+    """The versions this run tested, in the JUnit XML (``--junitxml``) for ``tools/torch_matrix.py``."""
+    import importlib.metadata
+    import platform
+
+    record_testsuite_property("torch", torch.__version__)
+    record_testsuite_property("python", platform.python_version())
+    for dist in ("diffusers", "transformers"):
+        try:
+            record_testsuite_property(dist, importlib.metadata.version(dist))
+        except importlib.metadata.PackageNotFoundError:
+            pass
+
+
 @pytest.fixture(autouse=True)
 def _fresh_state():
     """Reset nexfort's counters and Dynamo's caches around every test."""

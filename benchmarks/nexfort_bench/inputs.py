@@ -88,9 +88,9 @@ def denoiser_kwargs(loaded: Loaded, *, batch: int, height: int, width: int, seed
         cfg = den.config
         pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
         time_ids = torch.tensor([[height, width, 0, 0, height, width]] * b, dtype=dtype, device=device)
-        return {"sample": x, "timestep": t,
-                "encoder_hidden_states": _randn((b, CLIP_SEQ_LEN, cfg.cross_attention_dim), seed + 1, dtype, device),
-                "added_cond_kwargs": {"text_embeds": _randn((b, pooled), seed + 3, dtype, device), "time_ids": time_ids},
+        text = _randn((b, CLIP_SEQ_LEN, cfg.cross_attention_dim), seed + 1, dtype, device)
+        added = {"text_embeds": _randn((b, pooled), seed + 3, dtype, device), "time_ids": time_ids}
+        return {"sample": x, "timestep": t, "encoder_hidden_states": text, "added_cond_kwargs": added,
                 "return_dict": False}
     raise ValueError(f"--denoiser-only does not know how to call a {type(den).__name__}; "
                      "it supports PixArt transformers and SDXL-style UNets")

@@ -23,8 +23,8 @@ PIXART_ALPHA_XL2_1024 = dict(  # PixArt-alpha/PixArt-XL-2-1024-MS transformer/co
     patch_size=2, cross_attention_dim=1152, caption_channels=4096, norm_type="ada_norm_single",
     norm_elementwise_affine=False, norm_eps=1e-6, num_embeds_ada_norm=1000, activation_fn="gelu-approximate",
     attention_bias=True, dropout=0.0, upcast_attention=False, use_additional_conditions=True)
-PIXART_SMALL = {**PIXART_ALPHA_XL2_1024, "num_layers": 2, "num_attention_heads": 4, "attention_head_dim": 32,
-                "cross_attention_dim": 128, "caption_channels": 256}
+PIXART_SMALL = {**PIXART_ALPHA_XL2_1024, "num_layers": 2, "num_attention_heads": 4, "attention_head_dim": 48,
+                "cross_attention_dim": 192, "caption_channels": 256}  # hidden divisible by 3 (micro-conditions)
 PIXART_TINY = {**PIXART_ALPHA_XL2_1024, "num_layers": 1, "num_attention_heads": 2, "attention_head_dim": 8,
                "cross_attention_dim": 16, "caption_channels": 32, "sample_size": 8,
                "use_additional_conditions": False}
@@ -47,8 +47,8 @@ SDXL_SMALL = {**SDXL_UNET, "layers_per_block": 1, "block_out_channels": (32, 64,
               "transformer_layers_per_block": (1, 1, 1), "cross_attention_dim": 64, "addition_time_embed_dim": 8,
               "projection_class_embeddings_input_dim": 6 * 8 + 32, "norm_num_groups": 8}
 SDXL_TINY = {**SDXL_SMALL, "block_out_channels": (8, 16, 16), "attention_head_dim": (2, 2, 2),
-             "cross_attention_dim": 16, "addition_time_embed_dim": 4, "projection_class_embeddings_input_dim": 6 * 4 + 8,
-             "norm_num_groups": 4, "sample_size": 8}
+             "cross_attention_dim": 16, "addition_time_embed_dim": 4, "norm_num_groups": 4, "sample_size": 8,
+             "projection_class_embeddings_input_dim": 6 * 4 + 8}
 SDXL_VAE = {**SD_VAE, "scaling_factor": 0.13025, "force_upcast": True}
 
 PIXART_SCHEDULER = dict(beta_start=0.0001, beta_end=0.02, beta_schedule="linear", num_train_timesteps=1000,
@@ -153,7 +153,8 @@ def load_pipeline(model: Optional[str], dtype: torch.dtype, device: str, schedul
     """``model``: a built-in name (see :data:`BUILTIN`), a local folder or a hub id; None: the default."""
     model = model or default_model(family)
     if model in BUILTIN:
-        pipe = build_pixart(model, seed) if "pixart" in model else build_sdxl(model, seed)
+        with torch.device(device):  # random init on the GPU: seconds instead of minutes for SDXL's UNet
+            pipe = build_pixart(model, seed) if "pixart" in model else build_sdxl(model, seed)
     elif os.path.isdir(model) and not os.path.isfile(os.path.join(model, "model_index.json")):
         pipe = _load_model_folder(model, dtype)
         if pipe is None:

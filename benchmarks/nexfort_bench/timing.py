@@ -2,13 +2,54 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import inspect
+import os
 import statistics
 import sys
+import tempfile
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import torch
+
+
+@contextlib.contextmanager
+def inductor_cache(fresh: bool, made: List[str]) -> Iterator[None]:
+    """With ``fresh``: compile into a new, empty Inductor (and Triton) cache directory, appended to ``made``."""
+    if not fresh:
+        yield
+        return
+    directory = tempfile.mkdtemp(prefix="nexfort-bench-inductor-")
+    made.append(directory)
+    try:
+        from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
+    except ImportError:  # older torch: the environment variable, and Inductor's in-memory caches cleared
+        temporary_cache_dir = _temporary_cache_dir
+    with temporary_cache_dir(directory):
+        yield
+
+
+@contextlib.contextmanager
+def _temporary_cache_dir(directory: str) -> Iterator[None]:
+    old = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = directory
+    try:
+        from torch._inductor.utils import clear_caches as clear
+    except ImportError:  # pragma: no cover
+        clear = None
+    try:
+        if clear:
+            clear()
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        else:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = old
+        if clear:
+            clear()
 
 
 def progress(iterable: Any = None, total: Optional[int] = None, desc: str = "") -> Any:
@@ -122,16 +163,23 @@ def time_pipeline(pipe: Any, kwargs: Dict[str, Any], *, warmups: int, iters: int
     res: Dict[str, Any] = {}
     c0 = compile_counts()
     warm = []
-    for _ in progress(range(max(warmups, 1)), desc=f"{label}: compile/warm-up"):
-        _, dt = timed_call(lambda: pipe(**kwargs), device)
-        warm.append(dt)
+    set_bar = getattr(pipe, "set_progress_bar_config", None)
+    if set_bar is not None:  # the pipeline's own bar over the steps while compiling and warming up
+        set_bar(disable=False, leave=False, desc=f"{label}: steps")
+    try:
+        for _ in progress(range(max(warmups, 1)), desc=f"{label}: compile/warm-up"):
+            _, dt = timed_call(lambda: pipe(**kwargs), device)
+            warm.append(dt)
+    finally:
+        if set_bar is not None:
+            set_bar(disable=True)
     c1 = compile_counts()
     reset_peak_memory(device)
     e2e, steps_ms, out = [], [], None
     for _ in progress(range(iters), desc=f"{label}: timed runs ({steps} steps)"):
         clock = Clock(device)
         call_kw = {**kwargs, **step_callback_kwargs(pipe, clock)}
-        out, dt = timed_call(lambda: pipe(**call_kw), device)
+        out, dt = timed_call(functools.partial(pipe, **call_kw), device)
         e2e.append(dt)
         steps_ms += clock.intervals_ms()
     c2 = compile_counts()

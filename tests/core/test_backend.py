@@ -131,6 +131,42 @@ def test_overrides_set_torch_flags():
         torch.backends.cudnn.benchmark = old
 
 
+def test_dynamo_guarded_overrides_apply_to_the_compiled_graph(monkeypatch, counters, assert_close):
+    """Matmul TF32: compiled and run under the override. Where Dynamo's global-state guard covers it (2.2+) it is
+    never changed mid-trace (2.2-2.4 would fail the frame, newer torch would silently undo it) and the process's
+    value is left alone; torch 2.1 has no such guard and sets it process-wide, like the cuDNN flags."""
+    from nexfort.core import compat
+
+    guarded = compat.dynamo_guards_backend_flag("matmul_allow_tf32")
+    seen = []
+    real = compat.compile_fx
+
+    def spy(*args, **kwargs):
+        seen.append(("compile", compat.get_backend_flag("matmul_allow_tf32")))
+        compiled = real(*args, **kwargs)
+
+        def run(*a, **k):
+            seen.append(("run", compat.get_backend_flag("matmul_allow_tf32")))
+            return compiled(*a, **k)
+
+        run._boxed_call = getattr(compiled, "_boxed_call", False)
+        return run
+
+    monkeypatch.setattr(compat, "compile_fx", spy)
+    before = compat.get_backend_flag("matmul_allow_tf32")
+    fn = torch.compile(lambda x: x @ x + 1, backend="nexfort",
+                       options={"overrides.matmul_allow_tf32": not before})
+    x = torch.randn(4, 4)
+    for _ in range(3):
+        assert_close(fn(x), x @ x + 1, tol=1e-5)
+    if guarded:
+        assert compat.get_backend_flag("matmul_allow_tf32") == before  # the process's value is left alone
+    else:
+        compat.set_backend_flag("matmul_allow_tf32", before)
+    assert seen == [("compile", not before)] + [("run", not before)] * 3
+    assert counters["backend"]["graphs"] == 1 and counters["backend"]["fallbacks"] == 0
+
+
 def test_backend_is_found_through_its_entry_point_without_importing_nexfort():
     code = ("import sys, torch\n"
             "f = torch.compile(lambda x: x.cos() * 2, backend='nexfort', options={'mode': 'jit'})\n"

@@ -93,21 +93,46 @@ def check_features(cfg: Any) -> None:
                 f"(pip install {pkg}, or check NEXFORT_DISABLE_PLUGIN_AUTOLOAD / NEXFORT_DISABLED_PLUGINS).")
 
 
-def apply_overrides(cfg: Any) -> Dict[str, Any]:
-    """Set torch's global backend flags named by ``options.overrides`` (process-wide, as in eager)."""
-    applied = {}
+def apply_overrides(cfg: Any) -> Dict[str, bool]:
+    """Apply ``options.overrides`` (torch's global backend flags); return the ones to scope to the compiled graph.
+
+    A flag that Dynamo's global-state guard does not cover (cuDNN's) is set process-wide, as in eager. A flag it
+    covers (the matmul TF32 / reduced-precision flags, torch 2.2+) must not change while Dynamo traces
+    (torch 2.2-2.4 fail the frame, newer torch silently undoes it), so it is returned: the graph is compiled and
+    run under it (:func:`_run_under_flags`), and the process's value is left as it was.
+    """
+    scoped: Dict[str, bool] = {}
     for name, value in cfg.options.overrides.items():
         if value is None:
             continue
-        old = compat.set_backend_flag(name, bool(value))
-        if old is None:
+        if not compat.has_backend_flag(name):
             _warn_once("override-" + name, f"nexfort: overrides.{name} is not available in torch "
                        f"{torch.__version__}; left unchanged.")
             continue
+        if compat.dynamo_guards_backend_flag(name):
+            scoped[name] = bool(value)
+            continue
+        old = compat.set_backend_flag(name, bool(value))
         if old != bool(value):
             logger.info("nexfort: set %s=%s (overrides.%s)", name, value, name)
-        applied[name] = value
-    return applied
+    return scoped
+
+
+def _run_under_flags(compiled: Callable, flags: Dict[str, bool]) -> Callable:
+    """``compiled`` run with backend flags set for each call (restored after it, so Dynamo's guards hold)."""
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with compat.backend_flags(flags):
+            return compiled(*args, **kwargs)
+
+    for attr in ("_boxed_call", "__name__", "__qualname__", "__doc__"):
+        if hasattr(compiled, attr):
+            try:
+                setattr(run, attr, getattr(compiled, attr))
+            except (AttributeError, TypeError):  # pragma: no cover
+                pass
+    run.__wrapped__ = compiled  # type: ignore[attr-defined]
+    return run
 
 
 def collect_passes(cfg: Any) -> List[GraphPass]:
@@ -153,7 +178,7 @@ def _has_symbolic_inputs(example_inputs: Sequence[Any]) -> bool:
 def compile_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], cfg: Any) -> Callable:
     """Compile one Dynamo graph under a resolved configuration."""
     check_features(cfg)  # configuration errors are never "fallen back" from
-    apply_overrides(cfg)
+    scoped_flags = apply_overrides(cfg)
     patches = inductor_patches(cfg)
     passes = collect_passes(cfg)
     pre = [p for p in passes if p.stage == "pre_grad"]
@@ -170,8 +195,11 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], cfg: 
                 work.graph.lint()
                 work.recompile()
         post_fn = (lambda graph: run_passes(post, graph)) if post else None
-        compiled = compat.compile_fx(work, example_inputs, patches, post_fn, combined_uuid(post))
+        with compat.backend_flags(scoped_flags):
+            compiled = compat.compile_fx(work, example_inputs, patches, post_fn, combined_uuid(post))
         pm.hook.nexfort_post_compile(gm=gm, example_inputs=example_inputs, config=cfg, compiled=compiled)
+        if scoped_flags:
+            compiled = _run_under_flags(compiled, scoped_flags)
         counters["backend"]["graphs"] += 1
         if _has_symbolic_inputs(example_inputs):
             counters["backend"]["dynamic_graphs"] += 1

@@ -113,26 +113,102 @@ def compile_fx(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], config_p
     return _compile_fx(gm, example_inputs, inner_compile=inner_compile, config_patches=patches)
 
 
-def set_backend_flag(name: str, value: bool) -> Optional[bool]:
-    """Set one of torch's global backend flags by nexfort's override name; return the previous value.
-
-    Returns ``None`` (and sets nothing) when the running torch lacks the flag. TF32 goes through the
-    ``fp32_precision`` API where torch has it (newer torch raises when the legacy and new APIs are mixed)."""
+def _flag_target(name: str) -> Optional[tuple]:
+    """``(object, attribute, on value, off value)`` of one of torch's global backend flags, or ``None`` when
+    the running torch lacks it. TF32 goes through the ``fp32_precision`` API where torch has it (newer torch
+    raises when the legacy and new APIs are mixed)."""
     if name not in _BACKEND_FLAGS:
         raise KeyError(name)
     precision = _FP32_PRECISION.get(name)
     if precision is not None:
         obj = precision()
-        if obj is not None and hasattr(obj, "fp32_precision"):
-            old = obj.fp32_precision == "tf32"
-            obj.fp32_precision = "tf32" if value else "ieee"
-            return old
+        if obj is not None and _safe_hasattr(obj, "fp32_precision"):
+            return obj, "fp32_precision", "tf32", "ieee"
     obj, attr = _BACKEND_FLAGS[name]()
-    if obj is None or not hasattr(obj, attr):
+    if obj is None or not _safe_hasattr(obj, attr):
         return None
-    old = getattr(obj, attr)
-    setattr(obj, attr, value)
+    return obj, attr, True, False
+
+
+def _safe_hasattr(obj: Any, attr: str) -> bool:
+    """``hasattr`` that survives torch < 2.5's ``torch.backends.cuda.matmul``, which raises AssertionError
+    ("Unknown attribute ...") instead of AttributeError for a flag it lacks."""
+    try:
+        return hasattr(obj, attr)
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def set_backend_flag(name: str, value: bool) -> Optional[bool]:
+    """Set one of torch's global backend flags by nexfort's override name; return the previous value.
+
+    Returns ``None`` (and sets nothing) when the running torch lacks the flag."""
+    target = _flag_target(name)
+    if target is None:
+        return None
+    obj, attr, on, off = target
+    old = getattr(obj, attr) == on
+    setattr(obj, attr, on if value else off)
     return old
+
+
+def get_backend_flag(name: str) -> Optional[bool]:
+    """The current value of a backend flag by nexfort's override name (``None`` when torch lacks it)."""
+    target = _flag_target(name)
+    if target is None:
+        return None
+    obj, attr, on, _ = target
+    return getattr(obj, attr) == on
+
+
+def has_backend_flag(name: str) -> bool:
+    return _flag_target(name) is not None
+
+
+@contextlib.contextmanager
+def backend_flags(values: Dict[str, bool]):
+    """Set backend flags (``{override name: value}``) for the duration of the block; restore the exact previous
+    values (``fp32_precision`` included) after it. Flags the running torch lacks are ignored."""
+    saved = []
+    try:
+        for name, value in values.items():
+            target = _flag_target(name)
+            if target is None:
+                continue
+            obj, attr, on, off = target
+            want, cur = (on if value else off), getattr(obj, attr)
+            if cur != want:
+                saved.append((obj, attr, cur))
+                setattr(obj, attr, want)
+        yield
+    finally:
+        for obj, attr, cur in reversed(saved):
+            setattr(obj, attr, cur)
+
+
+@functools.lru_cache(maxsize=None)
+def dynamo_guards_backend_flag(name: str) -> bool:
+    """Whether Dynamo's global-state guard covers this backend flag (probed, not versioned).
+
+    A backend must not change such a flag while Dynamo traces: torch 2.2-2.4 then fail the frame ("Global state
+    changed while dynamo tracing"), newer torch silently restores it (the TF32 ``fp32_precision``). The matmul
+    TF32 / reduced-precision-reduction flags are covered from torch 2.2 (``GlobalStateGuard``); cuDNN's are not;
+    torch 2.1 has no such guard."""
+    target = _flag_target(name)
+    if target is None:
+        return False
+    guards = getattr(getattr(torch._C, "_dynamo", None), "guards", None)
+    guard_cls = getattr(guards, "GlobalStateGuard", None)
+    if guard_cls is None:  # torch 2.1: Dynamo guards no global backend state
+        return False
+    obj, attr, on, off = target
+    cur = getattr(obj, attr)
+    guard = guard_cls()
+    setattr(obj, attr, off if cur == on else on)
+    try:
+        return not guard.check()
+    finally:
+        setattr(obj, attr, cur)
 
 
 _FP32_PRECISION: Dict[str, Callable[[], Any]] = {

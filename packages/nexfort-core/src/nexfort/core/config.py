@@ -341,8 +341,15 @@ def _resolve_cached(key: str, frozen: _Frozen):
     # Inductor's keys may contain dots ("triton.cudagraphs"): merged here as plain dicts. triton.* knobs are
     # Inductor's "triton.<key>", folded into the one Inductor mapping.
     inductor = {}
-    for source in (OmegaConf.to_container(cfg.options.inductor, resolve=True),
-                   {"triton." + k: v for k, v in OmegaConf.to_container(cfg.options.triton, resolve=True).items()},
+    from_flags = {**OmegaConf.to_container(cfg.options.inductor, resolve=True),
+                  **{"triton." + k: v for k, v in OmegaConf.to_container(cfg.options.triton, resolve=True).items()}}
+    for k in list(from_flags):
+        # a flag's knob that only newer torch has (cache-all's fx_graph_cache on torch 2.1) is left out: the flag
+        # does what the running torch can. A user's knob stays strict (below), and so does a misspelled one.
+        if k in compat.INDUCTOR_KNOB_SINCE and not compat.has_inductor_knob(k):
+            _note_missing_knob(k, flags)
+            del from_flags[k]
+    for source in (from_flags,
                    options.get("inductor", {}),
                    {"triton." + k: v for k, v in options.get("triton", {}).items()}):
         inductor.update(source)
@@ -354,6 +361,16 @@ def _resolve_cached(key: str, frozen: _Frozen):
         _check_inductor_key(k, v, f"inductor.{k}")
     OmegaConf.set_readonly(cfg, True)
     return cfg
+
+
+def _note_missing_knob(key: str, flags: List[str]) -> None:
+    import logging
+
+    import torch
+
+    logging.getLogger("nexfort").info(
+        "nexfort: mode %r: inductor.%s needs torch >= %s (installed: %s); left out", ":".join(flags), key,
+        compat.INDUCTOR_KNOB_SINCE[key], torch.__version__)
 
 
 def compose_flags(flags: List[str]):

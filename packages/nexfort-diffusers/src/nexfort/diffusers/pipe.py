@@ -6,6 +6,7 @@ import functools
 import inspect
 import json
 import logging
+import warnings
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -220,6 +221,10 @@ def compile_pipe(pipe: Any, mode: Optional[str] = None, options: Any = None, *, 
     if backend == "inductor" and (cfg.mode or options):
         logger.info("nexfort: backend='inductor' compiles with torch.compile defaults; mode %r and options ignored",
                     cfg.mode)
+    if backend == "nexfort" and bool(cfg.flags.freezing):
+        warnings.warn("nexfort: 'freezing' is on: weights become constants of the compiled graphs, so weights "
+                      "changed after compiling (LoRA fusing, load_state_dict) do not reach this pipeline; call "
+                      "uncompile_pipe() and compile_pipe() again after changing them.", stacklevel=2)
     if "vae" not in skipped:
         upcast_vae_once(pipe)
     done: List[Tuple[str, str]] = []
@@ -247,9 +252,13 @@ def uncompile_pipe(pipe: Any) -> Any:
     fused QKV projections and the memory format stay). For comparing compilers in one process."""
     comps = _components(pipe)
     for name in compilable_components(pipe, text_encoders=True):
-        mod = getattr(comps["vae"], name.split(".", 1)[1]) if name.startswith("vae.") else comps[name]
+        owner, attr = (comps["vae"], name.split(".", 1)[1]) if name.startswith("vae.") else (pipe, name)
+        mod = getattr(owner, attr)
         if getattr(mod, "_compiled_call_impl", None) is not None:
             mod._compiled_call_impl = None
+        orig = getattr(mod, "_orig_mod", None)  # torch.compile's wrapper (torch < 2.2)
+        if isinstance(orig, torch.nn.Module):
+            setattr(owner, attr, orig)
     if "_nexfort_compiled" in pipe.__dict__:
         del pipe.__dict__["_nexfort_compiled"]
     return pipe

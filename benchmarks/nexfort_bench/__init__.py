@@ -1,0 +1,1 @@
+"""Shared pieces of nexfort's diffusion benchmarks: models, inputs, timing, reporting and the command line."""

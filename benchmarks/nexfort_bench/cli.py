@@ -1,0 +1,265 @@
+"""The command line shared by ``benchmarks/text_to_image.py`` and ``examples/text_to_image_sdxl.py``."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import shutil
+import sys
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from nexfort_bench import inputs, models, report, timing
+
+COMPILERS = ("none", "inductor", "nexfort", "all")
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+#: keys of --compiler-config that compile_pipe takes besides nexfort's configuration
+PIPE_KEYS = ("ignores", "fuse_qkv_projections", "text_encoders")
+CONFIG_KEYS = ("mode", "options", "dynamic", "fullgraph", "memory_format")
+
+
+def str2bool(v: str) -> bool:
+    if v.lower() in ("1", "true", "yes", "y", "on"):
+        return True
+    if v.lower() in ("0", "false", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected 0/1, got {v!r}")
+
+
+def parser(description: str, default_model_help: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--model", default=None, help=f"hub id, local folder or built-in name {models.BUILTIN}; "
+                   f"default: {default_model_help}")
+    p.add_argument("--scheduler", default="none", choices=list(models.SCHEDULERS),
+                   help="'none' keeps the model's scheduler")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=list(DTYPES), default=None, help="default: fp16 on a GPU, fp32 on the CPU")
+    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--compiler", choices=COMPILERS, default="nexfort",
+                   help="'all': eager, torch.compile default (inductor) and nexfort in one process, same inputs")
+    p.add_argument("--compiler-config", default=None,
+                   help='JSON for compile_pipe: {"mode": ..., "options": {...}, "dynamic": ..., '
+                        '"memory_format": "channels_last", "ignores": [...], "fuse_qkv_projections": ...}')
+    p.add_argument("--run_multiple_resolutions", type=str2bool, default=False)
+    p.add_argument("--run_rare_resolutions", type=str2bool, default=False)
+    p.add_argument("--denoiser-only", action="store_true",
+                   help="time one denoiser forward with classifier-free guidance (batch 2 x batch-size)")
+    p.add_argument("--warmups", type=int, default=2, help="untimed calls first (the first one compiles)")
+    p.add_argument("--iters", type=int, default=3, help="timed calls")
+    p.add_argument("--guidance-scale", type=float, default=4.5)
+    p.add_argument("--inductor-cache", choices=("fresh", "shared"), default="fresh",
+                   help="'fresh': each compiler compiles into its own new Inductor/Triton cache, so that a compiler "
+                        "run later in the process cannot reuse an earlier one's kernels (honest compile times); "
+                        "'shared': the process's usual cache (TORCHINDUCTOR_CACHE_DIR)")
+    p.add_argument("--output-image", default=None, help="PNG of the (last compiler's) first image")
+    p.add_argument("--output-json", default=None)
+    p.add_argument("--output-chart", default=None, help="PNG bar chart (default with --compiler all: next to the "
+                   "JSON, or text_to_image_chart.png)")
+    return p
+
+
+def parse_compiler_config(text: Optional[str]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """``(nexfort configuration keys, compile_pipe keyword arguments)``; validated before any model loads."""
+    if not text:
+        return {}, {}
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"--compiler-config is not valid JSON ({e.msg}): {text!r}") from None
+    if not isinstance(spec, dict):
+        raise SystemExit(f"--compiler-config must be a JSON object, got {text!r}")
+    pipe_kw = {k: spec.pop(k) for k in PIPE_KEYS if k in spec}
+    if "ignores" in pipe_kw and isinstance(pipe_kw["ignores"], str):
+        pipe_kw["ignores"] = [pipe_kw["ignores"]]
+    return spec, pipe_kw
+
+
+def multiple_resolutions() -> List[Tuple[int, int]]:
+    sizes = (1024, 768, 512, 256)
+    return list(itertools.product(sizes, sizes))
+
+
+RARE_RESOLUTIONS = [(544, 408), (960, 720)]
+
+
+def aligned(loaded: models.Loaded, resolutions: Sequence[Tuple[int, int]]) -> List[Tuple[int, int]]:
+    """Round sizes down to what the model takes: a patch-2 transformer (PixArt) needs multiples of 16 pixels
+    (544x408 becomes 544x400); a UNet takes any multiple of the VAE's 8. Duplicates are dropped."""
+    align = inputs.vae_scale(loaded.pipe) * int(getattr(loaded.denoiser.config, "patch_size", None) or 1)
+    out: List[Tuple[int, int]] = []
+    for h, w in resolutions:
+        hw = (max(align, h // align * align), max(align, w // align * align))
+        if hw not in out:
+            out.append(hw)
+    return out
+
+
+def compile_for(loaded: models.Loaded, compiler: str, cfg: Dict[str, Any], pipe_kw: Dict[str, Any],
+                denoiser_only: bool) -> None:
+    from nexfort.diffusers import compile_pipe, valid_ignore_names
+
+    kw = dict(pipe_kw)
+    if denoiser_only:
+        kw["ignores"] = sorted({n for n in valid_ignore_names(loaded.pipe) if n != loaded.denoiser_name
+                                and not n.startswith("vae.")} | set(kw.get("ignores", ())))
+    compile_pipe(loaded.pipe, backend=compiler, **{k: v for k, v in cfg.items() if k in CONFIG_KEYS}, **kw)
+
+
+def run_one(loaded: models.Loaded, compiler: str, args: argparse.Namespace, cfg: Dict[str, Any],
+            pipe_kw: Dict[str, Any], resolutions: Sequence[Tuple[int, int]]) -> Dict[str, Any]:
+    """Compile (unless eager), warm up, time; then each extra resolution. Returns result and outputs."""
+    label = "eager" if compiler == "none" else compiler
+    torch._dynamo.reset()
+    with timing.inductor_cache(args.inductor_cache == "fresh" and compiler != "none", args.cache_dirs):
+        return _run_one(loaded, compiler, args, cfg, pipe_kw, resolutions, label)
+
+
+def _run_one(loaded: models.Loaded, compiler: str, args: argparse.Namespace, cfg: Dict[str, Any],
+             pipe_kw: Dict[str, Any], resolutions: Sequence[Tuple[int, int]], label: str) -> Dict[str, Any]:
+    from nexfort.diffusers import uncompile_pipe
+
+    c0 = timing.compile_counts()
+    t_setup = 0.0
+    if compiler != "none":
+        _, t_setup = timing.timed_call(lambda: compile_for(loaded, compiler, cfg, pipe_kw, args.denoiser_only),
+                                       args.device)
+    common = dict(batch=args.batch_size, seed=args.seed, dtype=args.torch_dtype, device=args.device)
+    with torch.inference_mode():
+        if args.denoiser_only:
+            dkw = inputs.denoiser_kwargs(loaded, height=args.height, width=args.width, **common)
+            den = loaded.denoiser
+            out = timing.time_callable(lambda: den(**dkw), warmups=args.warmups, iters=args.iters,
+                                       device=args.device, label=label)
+        else:
+            pkw = inputs.pipeline_kwargs(loaded, height=args.height, width=args.width, steps=args.steps,
+                                         guidance_scale=args.guidance_scale, **common)
+            out = timing.time_pipeline(loaded.pipe, pkw, warmups=args.warmups, iters=args.iters,
+                                       device=args.device, steps=args.steps, batch=args.batch_size, label=label)
+        res = out["result"]
+        res.update(resolution=f"{args.height}x{args.width}", compile_setup_s=round(t_setup, 3))
+        extra = []
+        for h, w in timing.progress(resolutions, desc=f"{label}: other resolutions"):
+            extra.append(_one_resolution(loaded, args, h, w, common))
+        res["resolutions"] = [e["result"] for e in extra]
+    res["compiled_total"] = timing.counts_delta(c0, timing.compile_counts())
+    if compiler != "none":
+        uncompile_pipe(loaded.pipe)
+    return {"result": res, "output": out["output"], "extra_outputs": [e["output"] for e in extra]}
+
+
+def _one_resolution(loaded: models.Loaded, args: argparse.Namespace, h: int, w: int,
+                    common: Dict[str, Any]) -> Dict[str, Any]:
+    c0 = timing.compile_counts()
+    if args.denoiser_only:
+        dkw = inputs.denoiser_kwargs(loaded, height=h, width=w, **common)
+        first_out, first = timing.timed_call(lambda: loaded.denoiser(**dkw), args.device)
+        out, again = timing.timed_call(lambda: loaded.denoiser(**dkw), args.device)
+        out = out[0] if isinstance(out, (tuple, list)) else out
+    else:
+        pkw = inputs.pipeline_kwargs(loaded, height=h, width=w, steps=args.steps,
+                                     guidance_scale=args.guidance_scale, **common)
+        _, first = timing.timed_call(lambda: loaded.pipe(**pkw), args.device)
+        out, again = timing.timed_call(lambda: loaded.pipe(**pkw), args.device)
+        out = out.images
+    compiled = timing.counts_delta(c0, timing.compile_counts())
+    return {"result": {"resolution": f"{h}x{w}", "warmup_s": round(first, 3), "e2e_s_median": round(again, 4),
+                       "e2e_s_per_image": round(again / args.batch_size, 4),
+                       "it_per_s": None if args.denoiser_only else round(args.steps / again, 3),
+                       "compiled": compiled},
+            "output": out}
+
+
+def setup(args: argparse.Namespace, family: str) -> None:
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args.dtype = args.dtype or ("fp16" if args.device.startswith("cuda") else "fp32")
+    args.torch_dtype = DTYPES[args.dtype]
+    small = not args.device.startswith("cuda")
+    default_hw = {"pixart": (1024, 1024), "sdxl": (1024, 1024)}[family] if not small else (256, 256)
+    args.height = args.height or default_hw[0]
+    args.width = args.width or default_hw[1]
+
+
+def main(argv: Optional[Sequence[str]] = None, *, family: str = "pixart", description: str = "",
+         multiple: Optional[List[Tuple[int, int]]] = None, rare: Optional[List[Tuple[int, int]]] = None) -> int:
+    default_help = {"pixart": "PixArt-α XL-2 architecture, random weights (a small variant without a GPU)",
+                    "sdxl": "SDXL UNet architecture, random weights (a small variant without a GPU)"}[family]
+    args = parser(description, default_help).parse_args(argv)
+    setup(args, family)
+    logging.getLogger("diffusers").setLevel(logging.ERROR)
+    try:
+        from diffusers.utils import logging as dlogging
+
+        dlogging.set_verbosity_error()
+    except ImportError:  # pragma: no cover
+        pass
+    cfg, pipe_kw = parse_compiler_config(args.compiler_config)
+    if args.compiler in ("nexfort", "all"):  # a bad configuration fails here, before any model is built
+        from nexfort.diffusers import resolve_pipe_config
+
+        resolve_pipe_config(**{k: v for k, v in cfg.items() if k in CONFIG_KEYS},
+                            **({"fuse_qkv_projections": pipe_kw["fuse_qkv_projections"]}
+                               if "fuse_qkv_projections" in pipe_kw else {}))
+    unknown = set(cfg) - set(CONFIG_KEYS)
+    if unknown:
+        raise SystemExit(f"--compiler-config: unknown keys {sorted(unknown)}; valid: "
+                         f"{', '.join(CONFIG_KEYS + PIPE_KEYS)}")
+    resolutions: List[Tuple[int, int]] = []
+    if args.run_multiple_resolutions:
+        resolutions += multiple if multiple is not None else multiple_resolutions()
+    if args.run_rare_resolutions:
+        resolutions += rare if rare is not None else RARE_RESOLUTIONS
+    env = report.environment(args.device)
+    loaded = models.load_pipeline(args.model, args.torch_dtype, args.device, args.scheduler, args.seed, family)
+    resolutions = aligned(loaded, resolutions)
+    compilers = ["none", "inductor", "nexfort"] if args.compiler == "all" else [args.compiler]
+    runs: Dict[str, Dict[str, Any]] = {}
+    outputs: Dict[str, Any] = {}
+    args.cache_dirs = []
+    try:
+        for c in compilers:
+            name = "eager" if c == "none" else c
+            r = run_one(loaded, c, args, cfg, pipe_kw, resolutions)
+            runs[name], outputs[name] = r["result"], r
+    finally:
+        for d in args.cache_dirs:
+            shutil.rmtree(d, ignore_errors=True)
+    if "eager" in outputs:
+        ref = outputs["eager"]
+        for name, r in outputs.items():
+            runs[name]["rel_l2_vs_eager"] = report.rel_l2(r["output"], ref["output"])
+            for res, o, o_ref in zip(runs[name]["resolutions"], r["extra_outputs"], ref["extra_outputs"]):
+                res["rel_l2_vs_eager"] = report.rel_l2(o, o_ref)
+    data = {"benchmark": "text_to_image" + ("_denoiser_only" if args.denoiser_only else ""), "env": env,
+            "model": loaded.info,
+            "args": {k: v for k, v in vars(args).items() if k not in ("torch_dtype", "cache_dirs")},
+            "compiler_config": {**cfg, **pipe_kw}, "runs": runs}
+    print(f"\n{loaded.info['pipeline']} / {loaded.info['denoiser']} ({loaded.info['denoiser_params_M']}M params) "
+          f"{args.height}x{args.width} batch {args.batch_size} {args.dtype} {args.steps} steps on "
+          f"{env.get('gpu') or 'CPU'}; torch {env['torch']}, triton {env['triton']}, diffusers {env['diffusers']}")
+    print(report.table(runs))
+    chart_path = args.output_chart
+    if chart_path is None and args.compiler == "all":
+        chart_path = (args.output_json[:-5] if args.output_json and args.output_json.endswith(".json")
+                      else "text_to_image") + "_chart.png"
+    if chart_path:
+        title = f"{loaded.info['denoiser']} {args.height}x{args.width} {args.dtype}" + (
+            " (denoiser only, CFG batch)" if args.denoiser_only else f", {args.steps} steps")
+        data["chart"] = report.chart(chart_path, runs, title, env)
+    if args.output_image and not args.denoiser_only:
+        data["image"] = report.save_image(args.output_image, outputs[list(outputs)[-1]]["output"])
+    if args.output_json:
+        report.write_json(args.output_json, data)
+        print(f"wrote {args.output_json}")
+    bad = [n for n, r in runs.items() if n != "eager" and "rel_l2_vs_eager" in r
+           and not (r["rel_l2_vs_eager"] == r["rel_l2_vs_eager"] and r["rel_l2_vs_eager"] < float("inf"))]
+    if bad:
+        print(f"non-finite output or mismatched shape for: {', '.join(bad)}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,152 @@
+"""The benchmark and example scripts end to end on a tiny pipeline saved with save_pretrained (CPU)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SIZE = ["--height", "64", "--width", "64", "--steps", "2", "--warmups", "1", "--iters", "2"]
+
+
+def _load_script(rel: str):
+    path = os.path.join(ROOT, rel)
+    spec = importlib.util.spec_from_file_location(rel.replace("/", "_").replace(".py", ""), path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def bench():
+    mod = _load_script("benchmarks/text_to_image.py")
+    from nexfort_bench import models
+
+    mod.models = models
+    return mod
+
+
+@pytest.fixture(scope="module")
+def saved_pipe(tmp_path_factory, bench):
+    path = tmp_path_factory.mktemp("tiny-pixart")
+    # the same architecture as tests/diffusers' tiny pipeline: Inductor's cache serves both
+    bench.models.build_pixart("tiny-pixart").save_pretrained(str(path))
+    assert (path / "model_index.json").is_file()
+    return str(path)
+
+
+def _run(bench, tmp_path, *argv):
+    out = tmp_path / "result.json"
+    rc = bench.main(["--output-json", str(out), *argv])
+    data = json.loads(out.read_text())
+    return rc, data
+
+
+def _check_run(r):
+    for key in ("warmup_s", "step_ms_median", "e2e_s_per_image", "it_per_s", "peak_memory_mb",
+                "compiled_in_warmup", "recompiles_in_timed_runs", "resolution"):
+        assert key in r, key
+    assert r["recompiles_in_timed_runs"]["dynamo_graphs"] == 0
+
+
+def test_eager_from_saved_pipeline(bench, saved_pipe, tmp_path, capsys):
+    image = tmp_path / "image.png"
+    rc, data = _run(bench, tmp_path, "--model", saved_pipe, "--compiler", "none", "--output-image", str(image),
+                    *SIZE)
+    assert rc == 0
+    assert set(data["runs"]) == {"eager"}
+    _check_run(data["runs"]["eager"])
+    assert data["runs"]["eager"]["compiled_in_warmup"]["dynamo_graphs"] == 0
+    assert data["model"]["pipeline"] == "PixArtAlphaPipeline" and data["model"]["model"] == saved_pipe
+    for key in ("torch", "diffusers", "triton", "device", "gpu"):
+        assert key in data["env"]
+    assert image.is_file()
+    assert "step ms" in capsys.readouterr().out  # the terminal table
+
+
+@pytest.mark.parametrize("compiler", ["inductor", "nexfort"])
+def test_compiler(bench, saved_pipe, tmp_path, compiler):
+    extra = ["--run_rare_resolutions", "1"] if compiler == "nexfort" else []
+    rc, data = _run(bench, tmp_path, "--model", saved_pipe, "--compiler", compiler, "--inductor-cache", "shared",
+                    *extra, *SIZE)
+    assert rc == 0
+    r = data["runs"][compiler]
+    _check_run(r)
+    if extra:  # a new resolution recompiles (counted), then runs without recompiling
+        assert [x["resolution"] for x in r["resolutions"]] == ["544x400", "960x720"]
+        assert r["resolutions"][0]["compiled"]["nexfort_graphs"] >= 1
+        assert all(x["e2e_s_median"] > 0 for x in r["resolutions"])
+    assert r["compiled_in_warmup"]["dynamo_graphs"] >= 2  # transformer + VAE decoder
+    if compiler == "nexfort":
+        assert r["compiled_in_warmup"]["nexfort_graphs"] >= 2
+        assert r["compiled_in_warmup"]["nexfort_fallbacks"] == 0
+    else:
+        assert r["compiled_in_warmup"]["nexfort_graphs"] == 0
+
+
+def test_all_compilers_match_eager(bench, saved_pipe, tmp_path):
+    rc, data = _run(bench, tmp_path, "--model", saved_pipe, "--compiler", "all", *SIZE)
+    assert rc == 0
+    runs = data["runs"]
+    assert list(runs) == ["eager", "inductor", "nexfort"]
+    for name in ("inductor", "nexfort"):
+        _check_run(runs[name])
+        err = runs[name]["rel_l2_vs_eager"]
+        assert isinstance(err, float) and math.isfinite(err) and err < 1e-4, (name, err)
+    assert data["chart"] and os.path.isfile(data["chart"]) and data["chart"].endswith(".png")
+    # each compiler compiled cold into its own cache (no reuse of the other's kernels), since removed
+    assert data["args"]["inductor_cache"] == "fresh"
+    assert os.environ.get("TORCHINDUCTOR_CACHE_DIR", "").find("nexfort-bench-inductor-") < 0
+
+
+def test_denoiser_only_and_resolutions(bench, tmp_path):
+    """--denoiser-only on the built-in tiny architecture, with the multiple-resolutions sweep (eager: cheap)."""
+    cli = bench.cli
+    cli_res = cli.multiple_resolutions()
+    assert len(cli_res) == 16 and (1024, 256) in cli_res and cli.RARE_RESOLUTIONS == [(544, 408), (960, 720)]
+    rc, data = _run(bench, tmp_path, "--model", "tiny-pixart", "--compiler", "none", "--denoiser-only",
+                    "--run_rare_resolutions", "1", *SIZE)
+    assert rc == 0
+    r = data["runs"]["eager"]
+    # PixArt's patch-2 transformer takes multiples of 16 pixels: 544x408 runs as 544x400
+    assert r["step_ms_median"] > 0 and [x["resolution"] for x in r["resolutions"]] == ["544x400", "960x720"]
+    assert data["benchmark"] == "text_to_image_denoiser_only"
+
+
+def test_bad_compiler_config_fails_before_loading(bench, tmp_path):
+    from nexfort.core.errors import NexfortConfigError
+
+    with pytest.raises(NexfortConfigError, match="max-speed"):
+        bench.main(["--model", "/does/not/exist", "--compiler", "nexfort", "--compiler-config",
+                    '{"mode": "max-speed"}'])
+    with pytest.raises(SystemExit):
+        bench.main(["--model", "/does/not/exist", "--compiler-config", "{not json"])
+
+
+def test_sdxl_example_eager_default_small_model(tmp_path):
+    example = _load_script("examples/text_to_image_sdxl.py")
+    out = tmp_path / "sdxl.json"
+    rc = example.main(["--model", "tiny-sdxl", "--compiler", "none", "--output-json", str(out), *SIZE])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    assert data["model"]["pipeline"] == "StableDiffusionXLPipeline"
+    assert data["model"]["denoiser"] == "UNet2DConditionModel"
+    assert torch.isfinite(torch.tensor(data["runs"]["eager"]["e2e_s_per_image"]))
+
+
+def test_rel_l2_never_passes_nan(bench):
+    from nexfort_bench import report
+
+    ref = torch.ones(4)
+    assert report.rel_l2(ref, ref) == 0.0
+    assert report.rel_l2(torch.tensor([1.0, float("nan"), 1.0, 1.0]), ref) == float("inf")
+    assert report.rel_l2(ref, torch.tensor([1.0, float("inf"), 1.0, 1.0])) == float("inf")
+    assert report.rel_l2(torch.ones(3), ref) == float("inf")
+    assert report.json_safe({"a": [float("inf"), float("nan"), 1.0]}) == {"a": ["inf", "nan", 1.0]}
