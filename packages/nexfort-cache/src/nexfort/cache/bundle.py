@@ -16,9 +16,10 @@ from __future__ import annotations
 import os
 import re
 import struct
-import tempfile
 import time
 from typing import Dict, List, Tuple
+
+from nexfort.cache.store import atomic_write
 
 MAGIC = b"NXB1"
 _PATH = re.compile(r"^[a-z0-9]{2}/[A-Za-z0-9_]+(\.main)?\.(so|cpp|h)$")
@@ -108,18 +109,7 @@ def install_kernel_files(root: str, files: Dict[str, bytes]) -> List[str]:
         if os.path.exists(path):
             continue
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".nexfort-tmp-")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.chmod(tmp, 0o755 if rel.endswith(".so") else 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        atomic_write(path, data, mode=0o755 if rel.endswith(".so") else 0o644, prefix=".nexfort-tmp-")
         written.append(rel)
     return written
 

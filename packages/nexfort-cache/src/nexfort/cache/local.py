@@ -27,6 +27,7 @@ from nexfort.cache.store import (
     EntryInfo,
     InvalidEntry,
     SignedStore,
+    atomic_write,
     default_max_size,
     env_secret,
     envelope_key,
@@ -124,20 +125,7 @@ class LocalStore(SignedStore):
         return blob
 
     def _write(self, key: str, blob: bytes) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.entries_dir, prefix=".tmp-", suffix=SUFFIX)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(blob)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, self.path(key))
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        atomic_write(self.path(key), blob, prefix=".tmp-", suffix=SUFFIX, fsync=True)
         if self.max_size and self.total_size() > self.max_size:
             evicted = self.prune(self.max_size)
             if evicted:

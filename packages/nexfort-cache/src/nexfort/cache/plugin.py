@@ -16,7 +16,8 @@ torch with ``torch.compiler.save_cache_artifacts`` / ``load_cache_artifacts`` (2
 Older torch (2.1-2.6) has no portable bundle: this plugin then stores nothing and loads nothing (one info
 message; a warning where the FX graph cache is off, e.g. ``NEXFORT_GRAPH_CACHE=1`` without ``cache-all``).
 ``cache-all`` then relies on Inductor's FX graph cache in ``TORCHINDUCTOR_CACHE_DIR`` (2.2+; persisted between
-processes on the same machine: ship that directory to warm another one; torch 2.1 has none). Nothing fails.
+processes on the same machine: ship that directory to warm another one; torch 2.1 has none, which one warning
+says). Nothing fails.
 """
 
 from __future__ import annotations
@@ -163,6 +164,13 @@ def _inductor_misses() -> int:
 
 
 def _no_artifact_api(config: Any) -> None:
+    from nexfort.core.compat import has_inductor_knob
+
+    if not has_inductor_knob("fx_graph_cache"):  # torch 2.1: no FX graph cache either
+        warn_once("no-persistent-cache", f"nexfort cache: torch {torch.__version__} has neither "
+                  "torch.compiler.save_cache_artifacts (torch 2.7+) nor Inductor's FX graph cache "
+                  "(inductor.fx_graph_cache, torch 2.2+): compiled graphs are not cached between processes.")
+        return
     msg = (f"nexfort cache: torch {torch.__version__} cannot export compiled artifacts "
            "(torch.compiler.save_cache_artifacts, torch 2.7+); only Inductor's FX graph cache in "
            "TORCHINDUCTOR_CACHE_DIR persists between processes")

@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import struct
+import tempfile
 import threading
 import warnings
 from dataclasses import dataclass
@@ -261,3 +262,24 @@ class SignedStore:
     def clear(self) -> int:  # pragma: no cover
         raise NotImplementedError
 
+
+
+def atomic_write(path: str, data: bytes, mode: int = 0o644, prefix: str = ".tmp-", suffix: str = "",
+                 fsync: bool = False) -> None:
+    """Write ``data`` to ``path`` so that no reader ever sees part of it: a temporary file in the same
+    directory, then ``os.replace`` (atomic on POSIX; the last of several concurrent writers wins whole)."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=prefix, suffix=suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
