@@ -66,6 +66,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--mode", default="cache-all", help="nexfort mode string (must turn on cache-all)")
+    p.add_argument("--output-json", default=None, help="also write the medians and the environment here")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -84,10 +85,23 @@ def main() -> None:
             warm.append(w)
             print(f"run {i}: cold first output {c['first_output_s']:.2f} s (process {c['process_s']:.2f} s), "
                   f"warm {w['first_output_s']:.2f} s (process {w['process_s']:.2f} s)", flush=True)
+    summary = {}
     for what in ("first_output_s", "process_s"):
         c = statistics.median(r[what] for r in cold)
         w = statistics.median(r[what] for r in warm)
+        summary[what] = {"cold": round(c, 3), "warm": round(w, 3), "warm_over_cold": round(w / c, 4)}
         print(f"{what}: cold {c:.2f} s, warm {w:.2f} s, warm/cold {w / c:.1%} (median of {args.repeats})")
+    if args.output_json:
+        import platform
+
+        import torch
+
+        env = {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
+               "cpu_count": os.cpu_count(), "device": args.device, "mode": args.mode, "repeats": args.repeats,
+               "date": time.strftime("%Y-%m-%d")}
+        with open(args.output_json, "w") as f:
+            json.dump({"benchmark": "cache_warm_start", "env": env, "summary": summary, "cold": cold, "warm": warm},
+                      f, indent=2)
 
 
 if __name__ == "__main__":
