@@ -145,13 +145,29 @@ def _run_one(loaded: models.Loaded, compiler: str, args: argparse.Namespace, cfg
         res = out["result"]
         res.update(resolution=f"{args.height}x{args.width}", compile_setup_s=round(t_setup, 3))
         extra = []
-        for h, w in timing.progress(resolutions, desc=f"{label}: other resolutions"):
-            extra.append(_one_resolution(loaded, args, h, w, common))
+        for job in timing.progress(resolutions, desc=f"{label}: other resolutions"):
+            h, w = job[0], job[1]
+            batch = job[2] if len(job) > 2 else args.batch_size
+            extra.append(_one_resolution(loaded, args, h, w, {**common, "batch": batch}))
         res["resolutions"] = [e["result"] for e in extra]
     res["compiled_total"] = timing.counts_delta(c0, timing.compile_counts())
+    if extra:
+        res["sweep"] = sweep_summary(res["resolutions"])
     if compiler != "none":
         uncompile_pipe(loaded.pipe)
     return {"result": res, "output": out["output"], "extra_outputs": [e["output"] for e in extra]}
+
+
+def sweep_summary(results: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """The resolution/batch sweep in one line: compilations after the first call, wall time of the first calls
+    (compilations included) against the sum of the steady-state times (target: <= 1.5x)."""
+    first = sum(r["warmup_s"] for r in results)
+    steady = sum(r["e2e_s_median"] for r in results)
+    return {"shapes": len(results),
+            "compilations": sum(r["compiled"]["dynamo_graphs"] for r in results),
+            "nexfort_compilations": sum(r["compiled"]["nexfort_graphs"] for r in results),
+            "first_calls_s": round(first, 3), "steady_s": round(steady, 4),
+            "first_over_steady": round(first / steady, 3) if steady else None}
 
 
 def _one_resolution(loaded: models.Loaded, args: argparse.Namespace, h: int, w: int,
@@ -169,8 +185,10 @@ def _one_resolution(loaded: models.Loaded, args: argparse.Namespace, h: int, w: 
         out, again = timing.timed_call(lambda: loaded.pipe(**pkw), args.device)
         out = out.images
     compiled = timing.counts_delta(c0, timing.compile_counts())
-    return {"result": {"resolution": f"{h}x{w}", "warmup_s": round(first, 3), "e2e_s_median": round(again, 4),
-                       "e2e_s_per_image": round(again / args.batch_size, 4),
+    batch = common["batch"]
+    label = f"{h}x{w}" + (f" b{batch}" if batch != args.batch_size else "")
+    return {"result": {"resolution": label, "batch": batch, "warmup_s": round(first, 3),
+                       "e2e_s_median": round(again, 4), "e2e_s_per_image": round(again / batch, 4),
                        "it_per_s": None if args.denoiser_only else round(args.steps / again, 3),
                        "compiled": compiled},
             "output": out}
@@ -218,14 +236,21 @@ def main(argv: Optional[Sequence[str]] = None, *, family: str = "pixart", descri
     env = report.environment(args.device)
     loaded = models.load_pipeline(args.model, args.torch_dtype, args.device, args.scheduler, args.seed, family)
     resolutions = aligned(loaded, resolutions)
+    jobs: List[Tuple[int, ...]] = list(resolutions)
+    if jobs:  # the batch sweep: the base resolution at another batch size (1 -> 4)
+        jobs.append((args.height, args.width, 4 if args.batch_size != 4 else 1))
     compilers = ["none", "inductor", "nexfort"] if args.compiler == "all" else [args.compiler]
+    if jobs and "none" not in compilers:
+        # every resolution is checked against eager at that resolution: eager runs first, as the reference
+        print("--run_*_resolutions: running eager too, as the reference of every resolution", file=sys.stderr)
+        compilers.insert(0, "none")
     runs: Dict[str, Dict[str, Any]] = {}
     outputs: Dict[str, Any] = {}
     args.cache_dirs = []
     try:
         for c in compilers:
             name = "eager" if c == "none" else c
-            r = run_one(loaded, c, args, cfg, pipe_kw, resolutions)
+            r = run_one(loaded, c, args, cfg, pipe_kw, jobs)
             runs[name], outputs[name] = r["result"], r
     finally:
         for d in args.cache_dirs:
@@ -257,8 +282,20 @@ def main(argv: Optional[Sequence[str]] = None, *, family: str = "pixart", descri
     if args.output_json:
         report.write_json(args.output_json, data)
         print(f"wrote {args.output_json}")
+    for name, r in runs.items():
+        if r.get("sweep"):
+            sw = r["sweep"]
+            print(f"{name}: {sw['shapes']} more shapes: {sw['compilations']} compilations after the first call, "
+                  f"first calls {sw['first_calls_s']} s vs steady state {sw['steady_s']} s "
+                  f"({sw['first_over_steady']}x)")
+
+    def finite(x: Any) -> bool:
+        return isinstance(x, float) and x == x and x < float("inf")
+
     bad = [n for n, r in runs.items() if n != "eager" and "rel_l2_vs_eager" in r
-           and not (r["rel_l2_vs_eager"] == r["rel_l2_vs_eager"] and r["rel_l2_vs_eager"] < float("inf"))]
+           and not finite(r["rel_l2_vs_eager"])]
+    bad += [f"{n} at {x['resolution']}" for n, r in runs.items() if n != "eager"
+            for x in r.get("resolutions", []) if "rel_l2_vs_eager" in x and not finite(x["rel_l2_vs_eager"])]
     if bad:
         print(f"non-finite output or mismatched shape for: {', '.join(bad)}", file=sys.stderr)
         return 1

@@ -1,11 +1,14 @@
 """nexfort-diffusers: compile whole diffusers pipelines with nexfort.
 
-``compile_pipe(pipe, mode=..., options=..., ignores=(), fuse_qkv_projections=True)``. ``quantize_pipe`` is
+``compile_pipe(pipe, mode=..., options=..., ignores=(), fuse_qkv_projections=True)``; ``fuse_lora(pipe, weights)``
+/ ``unfuse_lora(pipe)``: LoRA on a compiled pipeline without recompiling. ``quantize_pipe`` is
 not provided yet.
 """
 
 from __future__ import annotations
 
+from nexfort.diffusers.dynamic import UnsupportedResolutionError
+from nexfort.diffusers.lora import fuse_lora, unfuse_lora
 from nexfort.diffusers.pipe import (
     compilable_components,
     compile_module,
@@ -16,7 +19,8 @@ from nexfort.diffusers.pipe import (
     valid_ignore_names,
 )
 
-__all__ = ["compile_pipe", "compile_module", "compilable_components", "resolve_pipe_config", "uncompile_pipe",
+__all__ = ["UnsupportedResolutionError", "fuse_lora", "unfuse_lora",
+           "compile_pipe", "compile_module", "compilable_components", "resolve_pipe_config", "uncompile_pipe",
            "upcast_vae_once",
            "valid_ignore_names"]
 __version__ = "0.1.0"

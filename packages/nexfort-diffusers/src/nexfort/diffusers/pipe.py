@@ -12,6 +12,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from nexfort.core.errors import NexfortConfigError
+from nexfort.diffusers.dynamic import shape_check, wrap_compiled_call
 
 logger = logging.getLogger("nexfort")
 
@@ -212,6 +213,17 @@ def compile_pipe(pipe: Any, mode: Optional[str] = None, options: Any = None, *, 
     of QKV projections fused by max-optimize, which are copies. ``backend="inductor"`` compiles with plain
     ``torch.compile`` (default mode; only ``dynamic``, ``fullgraph`` and ``memory_format`` apply), for
     comparison.
+
+    ``dynamic=True`` (nexfort backend): one compiled graph per model serves every resolution, batch size and
+    text length: the plugin makes size-dependent Python branches of diffusers modules branch-free (PatchEmbed's
+    position embedding) and each compiled call runs without Dynamo's duck sizing (so a square first size is
+    not assumed square forever). What still compiles once more: a denoiser first called with batch 2 (CFG) and
+    later with batch 1, or the reverse (Dynamo specialises sizes 0/1), and a UNet whose latent height or
+    width is not a multiple of 2**(number of upsamplers) (diffusers then forwards explicit upsample sizes).
+    A denoiser given latents it cannot take (PixArt/DiT/SD3: not a multiple of the patch size, SD3: larger
+    than its position embedding) raises ``UnsupportedResolutionError`` (a ``ValueError``) naming the nearest
+    valid sizes, before anything is traced. Integer timesteps reach a compiled denoiser as float32 (exact, and
+    what diffusers' timestep embedding computes with), so that changing the scheduler never recompiles it.
     """
     if backend not in BACKENDS:
         raise NexfortConfigError(f"compile_pipe: unknown backend {backend!r}; valid: {', '.join(BACKENDS)}.")
@@ -229,6 +241,7 @@ def compile_pipe(pipe: Any, mode: Optional[str] = None, options: Any = None, *, 
         upcast_vae_once(pipe)
     done: List[Tuple[str, str]] = []
     comps = _components(pipe)
+    vae_scale = int(getattr(pipe, "vae_scale_factor", None) or 8)
     for name in compilable_components(pipe, text_encoders=bool(text_encoders)):
         if name in skipped:
             continue
@@ -241,6 +254,11 @@ def compile_pipe(pipe: Any, mode: Optional[str] = None, options: Any = None, *, 
             compiled = compile_module(comps[name], cfg, backend)
             if compiled is not comps[name]:  # pragma: no cover (torch < 2.2)
                 setattr(pipe, name, compiled)
+        # dynamic shapes without the duck-sizing trap (nexfort only: backend="inductor" stays plain
+        # torch.compile) and, for denoisers, a clear error for a resolution the model cannot take
+        check = shape_check(compiled, vae_scale) if name in DENOISERS else None
+        wrap_compiled_call(compiled, dynamic=backend == "nexfort" and cfg.dynamic is True, check=check,
+                           denoiser=name in DENOISERS)
         done.append((name, type(comps[name.split(".")[0]]).__name__))
     pipe._nexfort_compiled = {"backend": backend, "mode": cfg.mode, "components": [n for n, _ in done]}
     logger.info("nexfort: compile_pipe(%s) compiled %s", type(pipe).__name__, ", ".join(n for n, _ in done))

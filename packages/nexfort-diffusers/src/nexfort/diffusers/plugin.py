@@ -1,15 +1,19 @@
 """The nexfort plugin of nexfort-diffusers: model-level transforms of diffusers models.
 
 Loaded through the ``nexfort`` entry-point group (name ``diffusers``). It owns the option namespace
-``diffusers`` and, when ``max-optimize`` is on, fuses the QKV projections of diffusers models that support it
-(``fuse_qkv_projections()``: PixArt's transformer, UNet2DConditionModel, ...). Importing this module must stay
-cheap: diffusers itself is never imported here.
+``diffusers`` and
+- with ``dynamic=True``, makes the models' shape-dependent Python branches branch-free (diffusers'
+  ``PatchEmbed`` position embedding: :mod:`nexfort.diffusers.dynamic`), so that one graph serves every
+  resolution;
+- when ``max-optimize`` is on, fuses the QKV projections of diffusers models that support it
+  (``fuse_qkv_projections()``: PixArt's transformer, UNet2DConditionModel, ...).
+Importing this module must stay cheap: diffusers itself is never imported here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, List, Mapping, Optional
 
 from nexfort.core import hookimpl
 
@@ -24,6 +28,9 @@ class DiffusersOptions:
     # fuse the QKV (self-attention) / KV (cross-attention) projections of the denoiser when max-optimize is on.
     # The fused weights are copies: in-place weight updates after compiling (LoRA fusing) do not reach them.
     fuse_qkv_projections: bool = True
+    # with dynamic=True: rewrite shape-dependent branches of diffusers modules (PatchEmbed) so that one graph
+    # serves every resolution
+    dynamic_transforms: bool = True
 
 
 def is_diffusers_model(module: Any) -> bool:
@@ -37,6 +44,13 @@ def qkv_fused(module: Any) -> bool:
     return getattr(module, "original_attn_processors", None) is not None
 
 
+def _get(obj: Any, key: str, default: Any = None) -> Any:
+    try:
+        return getattr(obj, key, default)
+    except Exception:  # noqa: BLE001 - a strict OmegaConf node without the key
+        return default
+
+
 @hookimpl
 def nexfort_config_schema() -> Optional[Mapping[str, type]]:
     return {NAMESPACE: DiffusersOptions}
@@ -44,16 +58,22 @@ def nexfort_config_schema() -> Optional[Mapping[str, type]]:
 
 @hookimpl
 def nexfort_transform_module(module: Any, config: Any) -> Optional[str]:
-    if not bool(config.flags.max_optimize):
+    if not is_diffusers_model(module):
         return None
     opts = config.options.get(NAMESPACE) if hasattr(config.options, "get") else None
-    if opts is None or not bool(opts.fuse_qkv_projections):
-        return None
-    fuse = getattr(module, "fuse_qkv_projections", None)
-    if not callable(fuse) or not is_diffusers_model(module) or qkv_fused(module):
-        return None
-    try:
-        fuse()
-    except ValueError as e:  # e.g. models with added KV projections
-        return f"QKV projections left unfused ({e})"
-    return "fused QKV projections (fuse_qkv_projections())"
+    done: List[str] = []
+    if _get(config, "dynamic") is True and (opts is None or bool(_get(opts, "dynamic_transforms", True))):
+        from nexfort.diffusers.dynamic import make_patch_embeds_dynamic
+
+        n = make_patch_embeds_dynamic(module)
+        if n:
+            done.append(f"position embedding of {n} PatchEmbed computed for any size (dynamic shapes)")
+    if bool(_get(config.flags, "max_optimize", False)) and opts is not None and bool(opts.fuse_qkv_projections):
+        fuse = getattr(module, "fuse_qkv_projections", None)
+        if callable(fuse) and not qkv_fused(module):
+            try:
+                fuse()
+                done.append("fused QKV projections (fuse_qkv_projections())")
+            except ValueError as e:  # e.g. models with added KV projections
+                done.append(f"QKV projections left unfused ({e})")
+    return "; ".join(done) or None

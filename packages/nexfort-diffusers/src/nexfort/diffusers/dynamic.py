@@ -1,0 +1,221 @@
+"""Dynamic shapes for compiled diffusers models: one graph for every resolution, batch size and text length.
+
+Three parts, used by ``compile_pipe`` with ``dynamic=True`` (and by the plugin's module transform):
+
+- :func:`dynamic_shapes_patches` / :func:`dynamic_shapes_context`: Dynamo's shape settings that avoid the two
+  classic recompilation traps, feature-detected on the running torch and scoped to each call of a compiled
+  model (Dynamo reads them when it traces, i.e. inside the call): no *duck sizing* (two dimensions that happen
+  to be equal at the first call, e.g. a square latent, would otherwise be assumed equal forever and the first
+  non-square size recompiles) and, where torch has it, *size-oblivious* reasoning about sizes 0/1 (a batch of
+  1 at the first call would otherwise be specialised to 1).
+- :func:`make_patch_embeds_dynamic`: diffusers' ``PatchEmbed`` (PixArt, DiT) recomputes its sin-cos position
+  embedding when the size differs from the config's (``if self.height != height or ...``), a Python branch on
+  the size that Dynamo turns into a guard (recompilation at the second size). The patched instances compute
+  the embedding for the traced size in the graph, always, with diffusers' own arithmetic.
+- :func:`shape_check`: a size the model cannot take (not a multiple of the patch size, larger than a cropped
+  position embedding) raises :class:`UnsupportedResolutionError` naming the nearest valid sizes, before Dynamo
+  or Inductor see it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import types
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+
+
+class UnsupportedResolutionError(ValueError):
+    """A resolution the compiled model cannot take; the message names the nearest valid ones."""
+
+
+# ------------------------------------------------------------------------------------------ Dynamo settings
+def dynamic_shapes_patches() -> Dict[str, Any]:
+    """``torch.fx.experimental._config`` settings for traps-free dynamic shapes (only those this torch has)."""
+    try:
+        from torch.fx.experimental import _config as fx_config
+    except ImportError:  # pragma: no cover (torch 2.1: no such settings; duck sizing stays on)
+        return {}
+    wanted = {"use_duck_shape": False}
+    return {k: v for k, v in wanted.items() if hasattr(fx_config, k)}
+
+
+@contextlib.contextmanager
+def dynamic_shapes_context() -> Iterator[None]:
+    patches = dynamic_shapes_patches()
+    if not patches:
+        yield
+        return
+    from torch.fx.experimental import _config as fx_config
+
+    with fx_config.patch(**patches):
+        yield
+
+
+# ------------------------------------------------------------------------------------------ PatchEmbed
+def _is_class(module: Any, name: str) -> bool:
+    return any(c.__name__ == name and c.__module__.split(".", 1)[0] == "diffusers" for c in type(module).__mro__)
+
+
+def sincos_pos_embed(embed_dim: int, height: Any, width: Any, base_size: Any, interpolation_scale: Any,
+                     device: Any) -> torch.Tensor:
+    """diffusers' ``get_2d_sincos_pos_embed(embed_dim, (height, width), base_size=..., interpolation_scale=...)``
+    (float32 grid, float64 frequencies, ``.float().unsqueeze(0)``) without its ``reshape([2, 1, w, h])``, which
+    guards on ``h == w`` under symbolic sizes: flattening gives the same element order."""
+    from diffusers.models.embeddings import get_2d_sincos_pos_embed_from_grid
+
+    grid_h = torch.arange(height, device=device, dtype=torch.float32) / (height / base_size) / interpolation_scale
+    grid_w = torch.arange(width, device=device, dtype=torch.float32) / (width / base_size) / interpolation_scale
+    grid = torch.stack(torch.meshgrid(grid_w, grid_h, indexing="xy"), dim=0).reshape(2, -1)
+    return get_2d_sincos_pos_embed_from_grid(embed_dim, grid, output_type="pt").float().unsqueeze(0)
+
+
+def _patch_embed_forward(self: Any, latent: torch.Tensor) -> torch.Tensor:
+    """``PatchEmbed.forward`` for sin-cos embeddings without a crop (PixArt, DiT), branch-free in the size."""
+    height, width = latent.shape[-2] // self.patch_size, latent.shape[-1] // self.patch_size
+    latent = self.proj(latent)
+    if self.flatten:
+        latent = latent.flatten(2).transpose(1, 2)  # BCHW -> BNC
+    if self.layer_norm:
+        latent = self.norm(latent)
+    pos_embed = sincos_pos_embed(self.pos_embed.shape[-1], height, width, self.base_size, self.interpolation_scale,
+                                 latent.device)
+    return (latent + pos_embed).to(latent.dtype)
+
+
+def make_patch_embeds_dynamic(module: torch.nn.Module) -> int:
+    """Patch the ``PatchEmbed`` instances of ``module`` that recompute their position embedding per size;
+    return how many. diffusers adds its stored buffer at the config's size and a freshly computed float32
+    embedding at every other size; the patched forward computes it at every size (identical in float32; with
+    an fp16/bf16 model the config's size then adds the float32 embedding, like every other size)."""
+    n = 0
+    for m in module.modules():
+        if not _is_class(m, "PatchEmbed") or getattr(m, "_nexfort_dynamic", False):
+            continue
+        if getattr(m, "pos_embed", None) is None or getattr(m, "pos_embed_max_size", None):
+            continue  # no embedding, or SD3's crop (already branch-free in the size)
+        if not all(hasattr(m, a) for a in ("patch_size", "base_size", "interpolation_scale", "flatten", "proj")):
+            continue  # a diffusers version whose PatchEmbed we do not know
+        m.forward = types.MethodType(_patch_embed_forward, m)
+        m._nexfort_dynamic = True
+        n += 1
+    return n
+
+
+# ------------------------------------------------------------------------------------------ shape checks
+def _first_4d(args: Sequence[Any], kwargs: Dict[str, Any], names: Sequence[str]) -> Optional[torch.Tensor]:
+    for n in names:
+        t = kwargs.get(n)
+        if torch.is_tensor(t) and t.dim() == 4:
+            return t
+    if args and torch.is_tensor(args[0]) and args[0].dim() == 4:
+        return args[0]
+    return None
+
+
+def _nearest(value: int, step: int, limit: Optional[int]) -> List[int]:
+    if value % step == 0 and (limit is None or value <= limit):
+        return [value]
+    lo, hi = value // step * step, (value // step + 1) * step
+    out = [v for v in (lo, hi) if v >= step and (limit is None or v <= limit)]
+    if not out and limit is not None:
+        out = [limit // step * step]
+    return sorted(set(out), key=lambda v: (abs(v - value), v))
+
+
+def shape_check(module: torch.nn.Module, vae_scale_factor: int = 8) -> Optional[Callable[..., None]]:
+    """A function ``check(*args, **kwargs)`` that raises :class:`UnsupportedResolutionError` for latents the
+    denoiser ``module`` cannot take, or ``None`` when it takes every size (UNets). Messages are in pixels
+    (``vae_scale_factor`` per latent) and in latents."""
+    embeds = [m for m in module.modules() if _is_class(m, "PatchEmbed")]
+    patch = getattr(getattr(module, "config", None), "patch_size", None)
+    if not embeds and not isinstance(patch, int):
+        return None
+    patch = int(patch or embeds[0].patch_size)
+    max_tokens = None
+    for m in embeds:
+        if getattr(m, "pos_embed_max_size", None):
+            max_tokens = int(m.pos_embed_max_size)
+    limit = None if max_tokens is None else max_tokens * patch
+    name = type(module).__name__
+    vsf = int(vae_scale_factor)
+
+    def check(*args: Any, **kwargs: Any) -> None:
+        x = _first_4d(args, kwargs, ("hidden_states", "sample"))
+        if x is None:
+            return
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        bad_mult = h % patch or w % patch
+        too_big = limit is not None and (h > limit or w > limit)
+        if not bad_mult and not too_big:
+            return
+        why = []
+        if bad_mult:
+            why.append(f"height and width must be multiples of {patch * vsf} pixels ({patch} latents: the "
+                       f"patch size {patch} x the VAE factor {vsf})")
+        if too_big:
+            why.append(f"at most {limit * vsf} pixels per side (its position embedding covers {max_tokens} "
+                       f"patches)")
+        hs, ws = _nearest(h, patch, limit), _nearest(w, patch, limit)
+        pairs = [f"{a * vsf}x{b * vsf}" for a in hs for b in ws]
+        raise UnsupportedResolutionError(
+            f"{name} cannot take a {h * vsf}x{w * vsf} image (latents {h}x{w}): {'; '.join(why)}. "
+            f"Nearest valid sizes: {', '.join(pairs)}.")
+
+    return check
+
+
+# ------------------------------------------------------------------------------------------ the compiled call
+def float_timestep(kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """An integer ``timestep`` tensor as float32. Schedulers differ in the dtype of their timesteps (DPM-Solver:
+    int64, Euler: float32); a compiled denoiser guards on input dtypes, so switching schedulers would
+    recompile. diffusers' timestep embeddings (``get_timestep_embedding``) cast timesteps to float32 first, and
+    integer timesteps (< 2**24) are exact in float32: the result is identical. The tensor is also made
+    contiguous (an expanded timestep has stride 0, another guard)."""
+    t = kwargs.get("timestep")
+    if not torch.is_tensor(t) or t.is_complex() or t.dtype == torch.bool:
+        return kwargs
+    if not t.is_floating_point():
+        t = t.to(torch.float32)
+    kwargs = dict(kwargs)
+    # pipelines expand one timestep over the batch (stride 0) or not: a guard on strides, too
+    kwargs["timestep"] = t.contiguous()
+    return kwargs
+
+
+def wrap_compiled_call(module: torch.nn.Module, dynamic: bool, check: Optional[Callable[..., None]] = None,
+                       denoiser: bool = False) -> bool:
+    """Run ``module``'s compiled call (``nn.Module.compile``) under :func:`dynamic_shapes_context` (when
+    ``dynamic``) after ``check``; for a ``denoiser``, with integer timesteps as float32 (:func:`float_timestep`).
+    Returns False when the module is not compiled in place or nothing is to be done."""
+    compiled = getattr(module, "_compiled_call_impl", None)
+    if compiled is None or getattr(compiled, "_nexfort_wrapped", False):
+        return False
+    if not dynamic and check is None and not denoiser:
+        return False
+    ctx = dynamic_shapes_context if dynamic and dynamic_shapes_patches() else contextlib.nullcontext
+
+    @functools.wraps(compiled)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if check is not None:
+            check(*args, **kwargs)
+        if denoiser:
+            kwargs = float_timestep(kwargs)
+        with ctx():
+            return compiled(*args, **kwargs)
+
+    call._nexfort_wrapped = True  # type: ignore[attr-defined]
+    call._nexfort_check = check  # type: ignore[attr-defined]
+    module._compiled_call_impl = call
+    return True
+
+
+def valid_sizes_hint(module: torch.nn.Module, vae_scale_factor: int = 8) -> Tuple[int, Optional[int]]:
+    """``(multiple, max)`` in pixels of what ``module`` takes (``max`` None when unbounded)."""
+    embeds = [m for m in module.modules() if _is_class(m, "PatchEmbed")]
+    patch = int(getattr(getattr(module, "config", None), "patch_size", None) or
+                (embeds[0].patch_size if embeds else 1))
+    mx = next((int(m.pos_embed_max_size) for m in embeds if getattr(m, "pos_embed_max_size", None)), None)
+    return patch * vae_scale_factor, (None if mx is None else mx * patch * vae_scale_factor)
