@@ -17,9 +17,34 @@ import torch  # noqa: E402
 from tests.helpers import rel_l2  # noqa: E402
 
 
+@pytest.hookimpl(trylast=True)  # after the junitxml plugin's own configure
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped with a reason on CPU-only machines)")
     config.addinivalue_line("markers", "slow: takes more than a minute on the CPU")
+    _record_versions(config)
+
+
+def _record_versions(config):
+    """The versions this run tested, as test-suite properties of the JUnit XML (``--junitxml``), which
+    ``tools/torch_matrix.py`` reads. Done here rather than with ``record_testsuite_property`` so that it also works
+    under pytest-xdist (the controller writes the XML; its workers have none)."""
+    try:
+        from _pytest.junitxml import xml_key
+    except ImportError:  # pragma: no cover - another pytest
+        return
+    xml = config.stash.get(xml_key, None)
+    if xml is None:
+        return
+    import importlib.metadata
+    import platform
+
+    xml.add_global_property("torch", torch.__version__)
+    xml.add_global_property("python", platform.python_version())
+    for dist in ("diffusers", "transformers"):
+        try:
+            xml.add_global_property(dist, importlib.metadata.version(dist))
+        except importlib.metadata.PackageNotFoundError:
+            pass
 
 
 def pytest_collection_modifyitems(config, items):
@@ -29,21 +54,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _record_versions(record_testsuite_property):
-    """The versions this run tested, in the JUnit XML (``--junitxml``) for ``tools/torch_matrix.py``."""
-    import importlib.metadata
-    import platform
-
-    record_testsuite_property("torch", torch.__version__)
-    record_testsuite_property("python", platform.python_version())
-    for dist in ("diffusers", "transformers"):
-        try:
-            record_testsuite_property(dist, importlib.metadata.version(dist))
-        except importlib.metadata.PackageNotFoundError:
-            pass
 
 
 @pytest.fixture(autouse=True)

@@ -28,10 +28,9 @@ from typing import Dict, List, Optional, Tuple
 
 #: (feature, regular expression searched in the test id "tests/dir/test_x.py::test_name[param]"); first match wins.
 FEATURES: List[Tuple[str, str]] = [
-    ("GPU (CUDA) end-to-end tests", r"_gpu\.py::|::test_gpu_|::test_tiny_pixart_on_cuda"),
     ("Dynamic shapes (`dynamic=True`)", r"tests/(core|passes)/.*::test_\w*dynamic"),
     ("Backend flag overrides (`overrides.*`)", r"tests/core/test_backend\.py::test_\w*overrides"),
-    ("Backend: PixArt/UNet compiled through Inductor (CPU)", r"tests/core/test_backend\.py::"),
+    ("Backend: PixArt/UNet compiled through Inductor (CPU)", r"tests/core/test_backend(_gpu)?\.py::"),
     ("Mode strings and configuration", r"tests/core/test_config\.py::"),
     ("Cache-safe post-grad passes (changed pass = cache miss)", r"tests/core/test_plugins\.py::test_changed_pass"),
     ("Plugins and third-party graph passes", r"tests/core/test_plugins\.py::"),
@@ -40,10 +39,15 @@ FEATURES: List[Tuple[str, str]] = [
     ("Redis cache store", r"tests/cache/test_redis\.py::"),
     ("Signed local cache store and keys", r"tests/cache/test_(store|key)\.py::"),
     ("Cache CLI", r"tests/cache/test_cli\.py::"),
+    ("Diffusers: any resolution/batch without recompiling", r"tests/diffusers/test_dynamic\.py::"),
+    ("Diffusers: LoRA", r"tests/diffusers/test_lora\.py::"),
     ("Diffusers pipelines (`compile_pipe`)", r"tests/diffusers/"),
     ("Benchmark script", r"tests/benchmarks/"),
     ("Inductor cache cleaner", r"tests/utils/"),
 ]
+#: Tests skipped for want of a GPU are counted here, whatever their module (the sessions run on the CPU).
+GPU = "GPU (CUDA) tests"
+GPU_SKIP = re.compile(r"CUDA GPU|cuda", re.IGNORECASE)
 OTHER = "Other tests"
 
 
@@ -55,8 +59,10 @@ def feature_of(test_id: str) -> str:
 
 
 def _test_id(case: ET.Element) -> str:
-    """``tests/core/test_backend.py::test_x[param]`` from a JUnit ``testcase`` (classname ``tests.core.test_backend``)."""
+    """``tests/core/test_backend.py::test_x[param]`` from a JUnit ``testcase`` (classname ``tests.core.test_x``)."""
     classname, name = case.get("classname", ""), case.get("name", "")
+    if not classname and name.startswith("tests."):  # a module skipped at collection: name is the module
+        return name.replace(".", "/") + ".py::"
     parts = classname.split(".")
     # a test class inside the module: "tests.core.test_x.TestY" -> module path + "::TestY"
     for i in range(len(parts), 0, -1):
@@ -69,6 +75,9 @@ def _test_id(case: ET.Element) -> str:
 
 def _skip_reason(el: ET.Element) -> str:
     msg = el.get("message") or (el.text or "")
+    if msg == "collection skipped":  # the reason is in the text: "('path', line, 'Skipped: reason')"
+        m = re.search(r"Skipped: (.*?)['\"]\)\s*$", el.text or "")
+        msg = m.group(1) if m else msg
     msg = re.sub(r"^(Skipped|skipped):\s*", "", msg.strip())
     return msg.splitlines()[0][:300] if msg else "skipped"
 
@@ -82,6 +91,7 @@ def read_session(path: str) -> Dict:
     duration = 0.0
     features: Dict[str, Dict] = {}
     counts = {"passed": 0, "skipped": 0, "failed": 0, "errors": 0, "xfailed": 0}
+    dirs: set = set()
     for suite in suites:
         timestamp = timestamp or suite.get("timestamp")
         duration += float(suite.get("time") or 0)
@@ -89,9 +99,11 @@ def read_session(path: str) -> Dict:
             props[p.get("name", "")] = p.get("value", "")
         for case in suite.iter("testcase"):
             tid = _test_id(case)
-            feat = features.setdefault(feature_of(tid), {"passed": 0, "skipped": 0, "failed": 0,
-                                                         "skip_reasons": {}, "failed_tests": []})
+            dirs.add("/".join(tid.split("::")[0].split("/")[:2]))
             failure, error, skipped = case.find("failure"), case.find("error"), case.find("skipped")
+            gpu_skip = skipped is not None and bool(GPU_SKIP.search(_skip_reason(skipped)))
+            feat = features.setdefault(GPU if gpu_skip else feature_of(tid),
+                                       {"passed": 0, "skipped": 0, "failed": 0, "skip_reasons": {}, "failed_tests": []})
             if failure is not None or error is not None:
                 bad = failure if failure is not None else error
                 counts["failed" if failure is not None else "errors"] += 1
@@ -124,6 +136,7 @@ def read_session(path: str) -> Dict:
         "transformers": props.get("transformers"),
         **counts,
         "duration_s": round(duration, 1),
+        "test_dirs": sorted(dirs),
         "junit": os.path.relpath(path),
         "features": features,
     }
@@ -158,7 +171,7 @@ def _cell(feat: Optional[Dict], notes: Dict[str, int]) -> str:
 def render_markdown(results: Dict) -> str:
     sessions = sorted(results["sessions"].items(), key=lambda kv: _version_key(kv[1].get("torch")))
     names = [s for s, _ in sessions]
-    order = [f for f, _ in FEATURES] + [OTHER]
+    order = [f for f, _ in FEATURES] + [OTHER, GPU]
     present = [f for f in order if any(f in r["features"] for _, r in sessions)]
     notes: Dict[str, int] = {}
     lines = [
@@ -178,6 +191,11 @@ def render_markdown(results: Dict) -> str:
     lines.append("| **all tests** (passed / skipped / failed) | " + " | ".join(
         f"{r['passed']} / {r['skipped']} / {r['failed'] + r['errors']}" for _, r in sessions) + " |")
     lines.append("| run on (UTC) | " + " | ".join(str(r.get("date") or "?") for _, r in sessions) + " |")
+    all_dirs = sorted({d for _, r in sessions for d in r.get("test_dirs", [])})
+    if any(sorted(r.get("test_dirs", [])) != all_dirs for _, r in sessions):
+        lines.append("| test directories run | " + " | ".join(
+            "all" if sorted(r.get("test_dirs", [])) == all_dirs else ", ".join(r.get("test_dirs", []))
+            for _, r in sessions) + " |")
     lines.append("| diffusers / transformers | " + " | ".join(
         f"{r.get('diffusers') or '?'} / {r.get('transformers') or '?'}" for _, r in sessions) + " |")
     if notes:

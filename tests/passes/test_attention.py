@@ -259,7 +259,22 @@ def test_graph_without_metadata_is_left_alone(counters):
 
 
 # ---------------------------------------------------------------------------------------- low precision
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def _cpu_baddbmm_supports(dtype) -> bool:
+    """Feature probe: torch.baddbmm in ``dtype`` on the CPU (float16 is missing in older torch, e.g. 2.1)."""
+    try:
+        x = torch.ones(1, 2, 2, dtype=dtype)
+        torch.baddbmm(x, x, x)
+        return True
+    except RuntimeError:
+        return False
+
+
+@pytest.mark.parametrize("dtype", [
+    pytest.param(d, marks=pytest.mark.skipif(
+        not _cpu_baddbmm_supports(d),
+        reason=f"this torch's CPU torch.baddbmm does not support {d} (the pattern under test and its eager "
+               "reference need it)"))
+    for d in (torch.float16, torch.bfloat16)])
 def test_upcast_softmax_in_half_precision_is_rewritten(dtype, counters):
     q, k, v = qkv(6, 16, 32, kv_len=24)
     ref = baddbmm_empty_upcast(q, k, v)  # float32 reference
@@ -345,6 +360,11 @@ def test_diffusers_unet_every_legacy_attention_is_rewritten(counters, assert_clo
     with torch.no_grad():
         out, graphs = run_pass(unet, x, t, encoder_hidden_states=ctx)
         ref = unet(x, t, encoder_hidden_states=ctx)
+    opaque = [n.target for gm in graphs for n in gm.graph.nodes
+              if n.op == "call_module" and type(gm.get_submodule(n.target)).__name__ == "BasicTransformerBlock"]
+    if opaque:  # feature probe on the captured graph (torch 2.1 and 2.2 do this; 2.3+ inline the blocks)
+        pytest.skip("this torch's Dynamo keeps diffusers' allow_in_graph blocks (BasicTransformerBlock) as opaque "
+                    "call_module nodes: a pre_grad pass cannot see the attention inside them")
     assert n_attention == 8 and counters["pass"]["attention"] == n_attention == sdpa_count(graphs)
     assert_close(out.sample, ref.sample, tol=1e-5)
 

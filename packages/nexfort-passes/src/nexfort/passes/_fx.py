@@ -58,11 +58,31 @@ def same_size(a: Any, b: Any) -> bool:
         return a == b
     try:
         from torch.fx.experimental.symbolic_shapes import statically_known_true
-    except ImportError:  # pragma: no cover - torch < 2.2
-        return a is b
+    except ImportError:  # torch 2.1-2.2: compare the sizes' symbolic expressions (equal expressions: equal sizes)
+        return _same_expr(a, b)
     try:
         return bool(statically_known_true(a == b))
     except Exception:  # noqa: BLE001 - unknown symbolic expression: not provably equal
+        return False
+
+
+def _size_expr(x: Any) -> Any:
+    if isinstance(x, bool):
+        return None
+    if isinstance(x, int):
+        import sympy
+
+        return sympy.Integer(x)
+    return getattr(getattr(x, "node", None), "expr", None)  # a SymInt's sympy expression (no guard added)
+
+
+def _same_expr(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    ea, eb = _size_expr(a), _size_expr(b)
+    try:
+        return ea is not None and eb is not None and bool(ea == eb)
+    except Exception:  # noqa: BLE001
         return False
 
 
