@@ -167,6 +167,50 @@ def test_dynamo_guarded_overrides_apply_to_the_compiled_graph(monkeypatch, count
     assert counters["backend"]["graphs"] == 1 and counters["backend"]["fallbacks"] == 0
 
 
+def test_tf32_override_keeps_torchs_legacy_and_new_precision_apis_in_agreement():
+    """While nexfort's TF32 override is on, every way torch (and Inductor's GEMM autotuning) reads the matmul
+    precision answers, and answers the same: on torch with the ``fp32_precision`` API, setting only that API made
+    ``torch.get_float32_matmul_precision()`` raise ("mix of the legacy and new APIs"), which failed
+    ``max-autotune:low-precision`` compiles on the H100."""
+    from nexfort.core import compat
+
+    before = torch.get_float32_matmul_precision()
+    for value in (True, False):
+        with compat.backend_flags({"matmul_allow_tf32": value}):
+            assert compat.get_backend_flag("matmul_allow_tf32") is value
+            assert torch.get_float32_matmul_precision() == ("high" if value else "highest")
+            assert torch.backends.cuda.matmul.allow_tf32 is value
+            if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+                assert torch.backends.cuda.matmul.fp32_precision == ("tf32" if value else "ieee")
+        assert torch.get_float32_matmul_precision() == before
+
+
+def test_graph_rewritten_by_pre_grad_passes_keeps_dynamos_metadata(monkeypatch, counters, assert_close):
+    """max-optimize's pre_grad passes rewrite a copy of Dynamo's graph module. The copy must keep what Dynamo
+    attached to the original: AOTAutograd reads ``meta["dynamo_compile_id"]`` and ``_param_name_to_source`` to mark
+    the parameters as static inputs; without them a CUDA graph copied every weight on every replay (H100)."""
+    from nexfort.core import backend, compat
+    from nexfort.core.config import resolve_config
+
+    originals, compiled_gms = [], []
+
+    def spy_backend(gm, example_inputs):
+        originals.append((dict(gm.meta), getattr(gm, "_param_name_to_source", None)))
+        return backend.compile_graph(gm, example_inputs, resolve_config({"mode": "max-optimize"}))
+
+    real = compat.compile_fx
+    monkeypatch.setattr(compat, "compile_fx", lambda gm, *a, **k: compiled_gms.append(gm) or real(gm, *a, **k))
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 8))
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        assert_close(torch.compile(m, backend=spy_backend)(x), m(x), tol=1e-5)
+    (meta, sources), (gm,) = originals[0], compiled_gms
+    assert "dynamo_compile_id" in meta and sources  # what Dynamo handed over ...
+    assert gm.meta.get("dynamo_compile_id") == meta["dynamo_compile_id"]  # ... reaches Inductor with the copy
+    assert gm._param_name_to_source is sources
+
+
 def test_backend_is_found_through_its_entry_point_without_importing_nexfort():
     code = ("import sys, torch\n"
             "f = torch.compile(lambda x: x.cos() * 2, backend='nexfort', options={'mode': 'jit'})\n"

@@ -119,6 +119,8 @@ def _flag_target(name: str) -> Optional[tuple]:
     raises when the legacy and new APIs are mixed)."""
     if name not in _BACKEND_FLAGS:
         raise KeyError(name)
+    if name == "matmul_allow_tf32" and _F32_MATMUL.usable():
+        return _F32_MATMUL, "precision", "high", "highest"
     precision = _FP32_PRECISION.get(name)
     if precision is not None:
         obj = precision()
@@ -210,6 +212,38 @@ def dynamo_guards_backend_flag(name: str) -> bool:
     finally:
         setattr(obj, attr, cur)
 
+
+class _Float32MatmulPrecision:
+    """``torch.set/get_float32_matmul_precision`` as one attribute.
+
+    TF32 for matmuls is set through this API where it can be: it keeps torch's legacy state and the newer
+    ``fp32_precision`` state in agreement. Setting only ``torch.backends.cuda.matmul.fp32_precision`` leaves them
+    disagreeing, and then ``torch.get_float32_matmul_precision()``, which Inductor's GEMM autotuning calls, raises
+    "PyTorch is checking the matmul precision without a specific backend name ... mix of the legacy and new APIs"
+    (seen with ``max-autotune:low-precision`` on an H100, torch 2.11).
+    """
+
+    @property
+    def precision(self) -> str:
+        return torch.get_float32_matmul_precision()
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        torch.set_float32_matmul_precision(value)
+
+    def usable(self) -> bool:
+        """False where torch lacks the API, or where the process already mixed the two APIs (the getter raises):
+        then the ``fp32_precision`` attribute is used, as that process chose."""
+        if not hasattr(torch, "set_float32_matmul_precision"):
+            return False
+        try:
+            torch.get_float32_matmul_precision()
+        except RuntimeError:
+            return False
+        return True
+
+
+_F32_MATMUL = _Float32MatmulPrecision()
 
 _FP32_PRECISION: Dict[str, Callable[[], Any]] = {
     "matmul_allow_tf32": lambda: torch.backends.cuda.matmul,

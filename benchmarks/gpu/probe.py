@@ -1,0 +1,180 @@
+"""Where a compiled denoiser's GPU time goes (issue 4's profiling step), and SDPA backends on its shapes.
+
+    python benchmarks/gpu/probe.py attention                      # SDPA backends on PixArt-α's attention shapes
+    python benchmarks/gpu/probe.py denoiser --model pixart-alpha --hw 1024x1024 \
+        --compiler nexfort --compiler-config '{"mode": "max-optimize:low-precision"}' [--profile]
+
+``denoiser`` compiles the built-in model's denoiser as the benchmark does (``compile_pipe``, denoiser only),
+reports the cold compile time (fresh Inductor cache), the median CUDA-event time of one CFG forward, peak memory
+and the relative L2 error against eager at the same inputs; ``--profile`` adds the GPU time per kernel family
+(GEMM, attention, Triton pointwise / reduction, other) from ``torch.profiler``. One JSON line per result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+
+def emit(**kw) -> None:
+    print(json.dumps(kw), flush=True)
+
+
+def attention() -> None:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from triton.testing import do_bench
+
+    names = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+             "efficient": SDPBackend.EFFICIENT_ATTENTION}
+    dev, dt = "cuda", torch.float16
+    for n, d in ((4096, 72), (4096, 64), (4096, 80), (4096, 96), (4096, 128), (1536, 72)):
+        q, k, v = (torch.randn(2, 16, n, d, device=dev, dtype=dt) for _ in range(3))
+        flop = 4 * 2 * 16 * n * n * d
+        for name, be in names.items():
+            try:
+                with sdpa_kernel([be]):
+                    ms = do_bench(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v), warmup=50, rep=200)
+                emit(probe="attention", kind="self", n=n, d=d, backend=name, us=round(ms * 1e3, 1),
+                     tflops=round(flop / ms / 1e9, 1))
+            except RuntimeError as e:
+                emit(probe="attention", kind="self", n=n, d=d, backend=name, error=str(e)[:120])
+    # head dim 72 padded to 80 / 128 around the kernel (the pad and slice included)
+    q, k, v = (torch.randn(2, 16, 4096, 72, device=dev, dtype=dt) for _ in range(3))
+    for pad_to in (80, 96, 128):
+        def padded(pad_to=pad_to):
+            p = [F.pad(t, (0, pad_to - 72)) for t in (q, k, v)]
+            return F.scaled_dot_product_attention(*p, scale=72 ** -0.5)[..., :72]
+        for name in ("cudnn", "flash"):
+            with sdpa_kernel([names[name]]):
+                ms = do_bench(padded, warmup=50, rep=200)
+            emit(probe="attention", kind="self-padded", n=4096, d=72, pad_to=pad_to, backend=name,
+                 us=round(ms * 1e3, 1))
+    kc, vc = (torch.randn(2, 16, 120, 72, device=dev, dtype=dt) for _ in range(2))
+    mask = torch.zeros(2, 1, 1, 120, device=dev, dtype=dt)
+    mask[:, :, :, 100:] = -10000.0
+    for name, be in names.items():
+        try:
+            with sdpa_kernel([be]):
+                ms = do_bench(lambda: F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask), warmup=50, rep=200)
+            emit(probe="attention", kind="cross-masked", n=4096, d=72, backend=name, us=round(ms * 1e3, 1))
+        except RuntimeError as e:
+            emit(probe="attention", kind="cross-masked", n=4096, d=72, backend=name, error=str(e)[:120])
+
+
+FAMILIES = (("attention", ("fmha", "flash", "cudnn", "sdpa", "attention", "attn")),
+            ("gemm", ("gemm", "nvjet", "cutlass", "xmma", "triton_tem", "_mm_", "sm90", "matmul")),
+            ("triton reduction", ("triton_per", "triton_red")),
+            ("triton pointwise", ("triton_poi",)),
+            ("copy/cast", ("copy", "cast", "elementwise_kernel", "vectorized_elementwise", "unrolled_elementwise")),
+            ("norm", ("layer_norm", "norm")))
+
+
+def family(name: str) -> str:
+    low = name.lower()
+    for fam, keys in FAMILIES:
+        if any(k in low for k in keys):
+            return fam
+    return "other"
+
+
+def profile(fn, iters: int = 5) -> dict:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as tprofile
+
+    with tprofile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    fam, kern, count = defaultdict(float), defaultdict(float), 0
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA and e.device_time_total > 0:
+            fam[family(e.name)] += e.device_time_total / iters
+            kern[e.name[:90]] += e.device_time_total / iters
+            count += 1
+    top = sorted(kern.items(), key=lambda kv: -kv[1])[:12]
+    return {"families_ms": {k: round(v / 1e3, 3) for k, v in sorted(fam.items(), key=lambda kv: -kv[1])},
+            "gpu_ms": round(sum(fam.values()) / 1e3, 3), "kernels_per_forward": count // iters,
+            "top_kernels_ms": [[k, round(v / 1e3, 3)] for k, v in top]}
+
+
+def time_ms(fn, iters: int = 30) -> float:
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def denoiser(args: argparse.Namespace) -> None:
+    from nexfort_bench import cli, inputs, models, report
+
+    h, w = (int(x) for x in args.hw.split("x"))
+    loaded = models.load_pipeline(args.model, torch.float16, "cuda")
+    kw = inputs.denoiser_kwargs(loaded, height=h, width=w, batch=1, seed=0, dtype=torch.float16, device="cuda")
+    den = loaded.denoiser
+    with torch.inference_mode():
+        ref = den(**kw)[0].float()
+        eager_ms = time_ms(lambda: den(**kw)) if args.eager else None
+        cfg, pipe_kw = cli.parse_compiler_config(args.compiler_config)
+        torch.cuda.reset_peak_memory_stats()
+        base_mem = torch.cuda.max_memory_allocated()
+        with tempfile.TemporaryDirectory() as cache:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+            os.environ["TRITON_CACHE_DIR"] = os.path.join(cache, "triton")
+            t0 = time.perf_counter()
+            cli.compile_for(loaded, args.compiler, cfg, pipe_kw, denoiser_only=True)
+            out = den(**kw)[0]
+            torch.cuda.synchronize()
+            compile_s = time.perf_counter() - t0
+            ms = time_ms(lambda: den(**kw))
+            out = den(**kw)[0].float()
+            res = {"probe": "denoiser", "model": args.model, "hw": args.hw, "compiler": args.compiler,
+                   "config": args.compiler_config, "cold_compile_s": round(compile_s, 1), "ms": round(ms, 3),
+                   "eager_ms": None if eager_ms is None else round(eager_ms, 3),
+                   "rel_l2_vs_eager": report.rel_l2(out, ref),
+                   "peak_mem_mb": round((torch.cuda.max_memory_allocated() - base_mem) / 2**20, 1),
+                   "gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
+            if args.profile:
+                res["profile"] = profile(lambda: den(**kw))
+            if args.profile_eager:
+                from nexfort.diffusers import uncompile_pipe
+
+                uncompile_pipe(loaded.pipe)
+                res["profile_eager"] = profile(lambda: den(**kw))
+    emit(**res)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("what", choices=("attention", "denoiser"))
+    p.add_argument("--model", default="pixart-alpha")
+    p.add_argument("--hw", default="1024x1024")
+    p.add_argument("--compiler", default="nexfort", choices=("nexfort", "inductor"))
+    p.add_argument("--compiler-config", default=None)
+    p.add_argument("--eager", action="store_true", help="time eager too")
+    p.add_argument("--profile", action="store_true")
+    p.add_argument("--profile-eager", action="store_true")
+    args = p.parse_args()
+    attention() if args.what == "attention" else denoiser(args)
+
+
+if __name__ == "__main__":
+    main()
