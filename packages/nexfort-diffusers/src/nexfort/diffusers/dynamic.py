@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
+import itertools
 import types
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -42,6 +44,33 @@ def dynamic_shapes_patches() -> Dict[str, Any]:
     return {k: v for k, v in wanted.items() if hasattr(fx_config, k)}
 
 
+def mark_inputs_dynamic(args: Sequence[Any], kwargs: Dict[str, Any]) -> int:
+    """No duck sizing for a torch without ``use_duck_shape`` (2.1-2.4: duck sizing is a ``ShapeEnv`` default
+    there that Dynamo does not expose): ``torch._dynamo.maybe_mark_dynamic`` on every dimension but the first
+    (the batch) of the call's tensor inputs (also inside dicts, lists and tuples, e.g. SDXL's
+    ``added_cond_kwargs``) gives each its own symbol, so a square first latent is not assumed square forever.
+    Batch dimensions stay duck-sized: the inputs' batch sizes always agree, and torch 2.1's Inductor cannot
+    lower the attention mask's broadcast when the mask's batch is a symbol of its own. Sizes 0 and 1 are still
+    specialized (no error, unlike ``mark_dynamic``), as they are by ``dynamic=True``. Returns how many tensors
+    were marked."""
+    mark = getattr(torch._dynamo, "maybe_mark_dynamic", None)
+    if mark is None:  # pragma: no cover (every supported torch has it)
+        return 0
+    n = 0
+    todo = list(args) + list(kwargs.values())
+    while todo:
+        v = todo.pop()
+        if isinstance(v, torch.Tensor):
+            for d in range(1, v.dim()):
+                mark(v, d)
+            n += 1
+        elif isinstance(v, dict):
+            todo.extend(v.values())
+        elif isinstance(v, (list, tuple)):
+            todo.extend(v)
+    return n
+
+
 @contextlib.contextmanager
 def dynamic_shapes_context() -> Iterator[None]:
     patches = dynamic_shapes_patches()
@@ -59,29 +88,90 @@ def _is_class(module: Any, name: str) -> bool:
     return any(c.__name__ == name and c.__module__.split(".", 1)[0] == "diffusers" for c in type(module).__mro__)
 
 
-def sincos_pos_embed(embed_dim: int, height: Any, width: Any, base_size: Any, interpolation_scale: Any,
-                     device: Any) -> torch.Tensor:
+def _sincos_from_grid_pt(embed_dim: int, grid: torch.Tensor) -> torch.Tensor:
+    """diffusers' torch ``get_2d_sincos_pos_embed_from_grid(embed_dim, grid, output_type="pt")`` (0.32+), for the
+    diffusers that only have the numpy one (< 0.32): the same arithmetic (float64 frequencies, outer product,
+    sin then cos, the grid's rows for the first half of the channels), on tensors that Dynamo can trace."""
+
+    def one_d(dim: int, pos: torch.Tensor) -> torch.Tensor:
+        omega = torch.arange(dim // 2, device=pos.device, dtype=torch.float64)
+        omega /= dim / 2.0
+        omega = 1.0 / 10000**omega
+        out = torch.outer(pos.reshape(-1), omega)
+        return torch.concat([torch.sin(out), torch.cos(out)], dim=1)
+
+    if embed_dim % 2 != 0:
+        raise ValueError("embed_dim must be divisible by 2")
+    return torch.concat([one_d(embed_dim // 2, grid[0]), one_d(embed_dim // 2, grid[1])], dim=1)
+
+
+def sincos_from_grid_fn() -> Callable[[int, torch.Tensor], torch.Tensor]:
+    """``fn(embed_dim, grid)``: diffusers' own torch ``get_2d_sincos_pos_embed_from_grid`` where it takes
+    ``output_type="pt"`` (diffusers 0.32+; detected from its signature), else :func:`_sincos_from_grid_pt`."""
+    from diffusers.models import embeddings
+
+    fn = getattr(embeddings, "get_2d_sincos_pos_embed_from_grid", None)
+    try:
+        takes_pt = fn is not None and "output_type" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # pragma: no cover (not introspectable)
+        takes_pt = False
+    return _diffusers_sincos_from_grid if takes_pt else _sincos_from_grid_pt
+
+
+def _diffusers_sincos_from_grid(embed_dim: int, grid: torch.Tensor) -> torch.Tensor:
+    from diffusers.models.embeddings import get_2d_sincos_pos_embed_from_grid
+
+    return get_2d_sincos_pos_embed_from_grid(embed_dim, grid, output_type="pt")
+
+
+def sincos_pos_embed(
+    embed_dim: int,
+    height: Any,
+    width: Any,
+    base_size: Any,
+    interpolation_scale: Any,
+    device: Any,
+    from_grid: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None,
+) -> torch.Tensor:
     """diffusers' ``get_2d_sincos_pos_embed(embed_dim, (height, width), base_size=..., interpolation_scale=...)``
     (float32 grid, float64 frequencies, ``.float().unsqueeze(0)``) without its ``reshape([2, 1, w, h])``, which
     guards on ``h == w`` under symbolic sizes: flattening gives the same element order."""
-    from diffusers.models.embeddings import get_2d_sincos_pos_embed_from_grid
-
+    if from_grid is None:  # (not ``from_grid or ...``: torch 2.1's Dynamo cannot take a function's truth value)
+        from_grid = sincos_from_grid_fn()
     grid_h = torch.arange(height, device=device, dtype=torch.float32) / (height / base_size) / interpolation_scale
     grid_w = torch.arange(width, device=device, dtype=torch.float32) / (width / base_size) / interpolation_scale
     grid = torch.stack(torch.meshgrid(grid_w, grid_h, indexing="xy"), dim=0).reshape(2, -1)
-    return get_2d_sincos_pos_embed_from_grid(embed_dim, grid, output_type="pt").float().unsqueeze(0)
+    return from_grid(embed_dim, grid).float().unsqueeze(0)
+
+
+class _Constants:
+    """Per patched ``PatchEmbed``: ``(patch_size, embed_dim, base_size, interpolation_scale, from_grid)``, read
+    by the traced forward through the module-level :data:`_CONSTANTS` (an attribute per instance, named by the
+    instance's ``_nexfort_constants`` string).
+
+    Why not the module's own attributes: a model compiled in place (``nn.Module.compile``) is traced with
+    ``self`` as a local, and torch 2.1-2.4's Dynamo turns an int read from a local (``self.patch_size``) into a
+    symbol under ``dynamic=True`` (``s5``): the patch size then enters every size expression (torch 2.4:
+    ``torch.arange(s3 // s5)`` cannot be bounded, "Cannot convert -oo to int"; torch 2.1: a guard on a symbol
+    that is not an input size). The buffer's ``shape[-1]`` is a symbol there too. Ints read through a global
+    are specialized by every torch, as nn-module ints are by the newer ones: the model's constants stay
+    constants and the sizes stay the only symbols."""
+
+
+_CONSTANTS = _Constants()
+_constants_ids = itertools.count()
 
 
 def _patch_embed_forward(self: Any, latent: torch.Tensor) -> torch.Tensor:
     """``PatchEmbed.forward`` for sin-cos embeddings without a crop (PixArt, DiT), branch-free in the size."""
-    height, width = latent.shape[-2] // self.patch_size, latent.shape[-1] // self.patch_size
+    patch, embed_dim, base_size, interpolation_scale, from_grid = getattr(_CONSTANTS, self._nexfort_constants)
+    height, width = latent.shape[-2] // patch, latent.shape[-1] // patch
     latent = self.proj(latent)
     if self.flatten:
         latent = latent.flatten(2).transpose(1, 2)  # BCHW -> BNC
     if self.layer_norm:
         latent = self.norm(latent)
-    pos_embed = sincos_pos_embed(self.pos_embed.shape[-1], height, width, self.base_size, self.interpolation_scale,
-                                 latent.device)
+    pos_embed = sincos_pos_embed(embed_dim, height, width, base_size, interpolation_scale, latent.device, from_grid)
     return (latent + pos_embed).to(latent.dtype)
 
 
@@ -98,6 +188,13 @@ def make_patch_embeds_dynamic(module: torch.nn.Module) -> int:
             continue  # no embedding, or SD3's crop (already branch-free in the size)
         if not all(hasattr(m, a) for a in ("patch_size", "base_size", "interpolation_scale", "flatten", "proj")):
             continue  # a diffusers version whose PatchEmbed we do not know
+        key = f"patch_embed_{next(_constants_ids)}"
+        setattr(
+            _CONSTANTS,
+            key,
+            (int(m.patch_size), int(m.pos_embed.shape[-1]), m.base_size, m.interpolation_scale, sincos_from_grid_fn()),
+        )
+        m._nexfort_constants = key
         m.forward = types.MethodType(_patch_embed_forward, m)
         m._nexfort_dynamic = True
         n += 1
@@ -153,16 +250,18 @@ def shape_check(module: torch.nn.Module, vae_scale_factor: int = 8) -> Optional[
             return
         why = []
         if bad_mult:
-            why.append(f"height and width must be multiples of {patch * vsf} pixels ({patch} latents: the "
-                       f"patch size {patch} x the VAE factor {vsf})")
+            why.append(
+                f"height and width must be multiples of {patch * vsf} pixels ({patch} latents: the "
+                f"patch size {patch} x the VAE factor {vsf})"
+            )
         if too_big:
-            why.append(f"at most {limit * vsf} pixels per side (its position embedding covers {max_tokens} "
-                       f"patches)")
+            why.append(f"at most {limit * vsf} pixels per side (its position embedding covers {max_tokens} patches)")
         hs, ws = _nearest(h, patch, limit), _nearest(w, patch, limit)
         pairs = [f"{a * vsf}x{b * vsf}" for a in hs for b in ws]
         raise UnsupportedResolutionError(
             f"{name} cannot take a {h * vsf}x{w * vsf} image (latents {h}x{w}): {'; '.join(why)}. "
-            f"Nearest valid sizes: {', '.join(pairs)}.")
+            f"Nearest valid sizes: {', '.join(pairs)}."
+        )
 
     return check
 
@@ -185,8 +284,9 @@ def float_timestep(kwargs: Dict[str, Any]) -> Dict[str, Any]:
     return kwargs
 
 
-def wrap_compiled_call(module: torch.nn.Module, dynamic: bool, check: Optional[Callable[..., None]] = None,
-                       denoiser: bool = False) -> bool:
+def wrap_compiled_call(
+    module: torch.nn.Module, dynamic: bool, check: Optional[Callable[..., None]] = None, denoiser: bool = False
+) -> bool:
     """Run ``module``'s compiled call (``nn.Module.compile``) under :func:`dynamic_shapes_context` (when
     ``dynamic``) after ``check``; for a ``denoiser``, with integer timesteps as float32 (:func:`float_timestep`).
     Returns False when the module is not compiled in place or nothing is to be done."""
@@ -196,6 +296,8 @@ def wrap_compiled_call(module: torch.nn.Module, dynamic: bool, check: Optional[C
     if not dynamic and check is None and not denoiser:
         return False
     ctx = dynamic_shapes_context if dynamic and dynamic_shapes_patches() else contextlib.nullcontext
+    # no use_duck_shape setting in this torch: the same through the inputs' marks
+    mark = dynamic and "use_duck_shape" not in dynamic_shapes_patches()
 
     @functools.wraps(compiled)
     def call(*args: Any, **kwargs: Any) -> Any:
@@ -203,6 +305,8 @@ def wrap_compiled_call(module: torch.nn.Module, dynamic: bool, check: Optional[C
             check(*args, **kwargs)
         if denoiser:
             kwargs = float_timestep(kwargs)
+        if mark:
+            mark_inputs_dynamic(args, kwargs)
         with ctx():
             return compiled(*args, **kwargs)
 
@@ -215,7 +319,6 @@ def wrap_compiled_call(module: torch.nn.Module, dynamic: bool, check: Optional[C
 def valid_sizes_hint(module: torch.nn.Module, vae_scale_factor: int = 8) -> Tuple[int, Optional[int]]:
     """``(multiple, max)`` in pixels of what ``module`` takes (``max`` None when unbounded)."""
     embeds = [m for m in module.modules() if _is_class(m, "PatchEmbed")]
-    patch = int(getattr(getattr(module, "config", None), "patch_size", None) or
-                (embeds[0].patch_size if embeds else 1))
+    patch = int(getattr(getattr(module, "config", None), "patch_size", None) or (embeds[0].patch_size if embeds else 1))
     mx = next((int(m.pos_embed_max_size) for m in embeds if getattr(m, "pos_embed_max_size", None)), None)
     return patch * vae_scale_factor, (None if mx is None else mx * patch * vae_scale_factor)
