@@ -24,11 +24,16 @@ def _inputs(seed: int, h: int, w: int, batch: int = 1, seq: int = 12, steps: int
     g = torch.Generator().manual_seed(seed)
     kw = pipe_inputs(seed, steps=steps)
     mask = torch.ones(batch, seq, dtype=torch.long)
-    mask[:, seq // 2:] = 0
-    kw.update(prompt_embeds=torch.randn(batch, seq, 32, generator=g), prompt_attention_mask=mask,
-              negative_prompt_embeds=torch.randn(batch, seq, 32, generator=g),
-              negative_prompt_attention_mask=mask.clone(), latents=torch.randn(batch, 4, h // 8, w // 8, generator=g),
-              height=h, width=w)
+    mask[:, seq // 2 :] = 0
+    kw.update(
+        prompt_embeds=torch.randn(batch, seq, 32, generator=g),
+        prompt_attention_mask=mask,
+        negative_prompt_embeds=torch.randn(batch, seq, 32, generator=g),
+        negative_prompt_attention_mask=mask.clone(),
+        latents=torch.randn(batch, 4, h // 8, w // 8, generator=g),
+        height=h,
+        width=w,
+    )
     return kw
 
 
@@ -71,8 +76,7 @@ def test_scheduler_and_step_count_never_recompile(counters, assert_close):
     compile_pipe(pipe, mode="jit", ignores=["vae"])  # static shapes: the scheduler must not matter either
     g0 = _graphs()
     with torch.inference_mode():
-        for i, (sched, steps) in enumerate([(None, 2), (None, 3), (EulerDiscreteScheduler, 2),
-                                            (DDIMScheduler, 4)]):
+        for i, (sched, steps) in enumerate([(None, 2), (None, 3), (EulerDiscreteScheduler, 2), (DDIMScheduler, 4)]):
             if sched is not None:  # int64 (DPM-Solver, DDIM) and float32 (Euler) timesteps
                 for p in (pipe, eager):
                     p.scheduler = sched.from_config(p.scheduler.config)
@@ -96,9 +100,19 @@ def test_unsupported_resolution_names_the_nearest_valid_sizes():
 def test_unsupported_resolution_sd3_position_embedding_limit():
     from diffusers import SD3Transformer2DModel
 
-    model = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, num_layers=1, attention_head_dim=8,
-                                  num_attention_heads=2, joint_attention_dim=16, caption_projection_dim=16,
-                                  pooled_projection_dim=8, out_channels=4, pos_embed_max_size=12)
+    model = SD3Transformer2DModel(
+        sample_size=8,
+        patch_size=2,
+        in_channels=4,
+        num_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=16,
+        caption_projection_dim=16,
+        pooled_projection_dim=8,
+        out_channels=4,
+        pos_embed_max_size=12,
+    )
     check = dynamic.shape_check(model, vae_scale_factor=8)
     check(hidden_states=torch.zeros(1, 4, 24, 12))  # 12 patches: the limit
     with pytest.raises(UnsupportedResolutionError, match=r"at most 192 pixels.*Nearest valid sizes: 192x96"):
@@ -106,3 +120,23 @@ def test_unsupported_resolution_sd3_position_embedding_limit():
     assert dynamic.valid_sizes_hint(model) == (16, 192)
     unet_like = torch.nn.Conv2d(4, 4, 1)
     assert dynamic.shape_check(unet_like) is None
+
+
+def test_explicit_upsample_sizes_are_exact_and_only_where_torch_needs_them():
+    """torch 2.2's Inductor misreads F.interpolate(scale_factor=2.0, mode="nearest") under inference mode
+    (pytorch/pytorch#116848); compile_pipe then gives diffusers' Upsample2D explicit output sizes, which must be
+    the same computation in eager."""
+    from nexfort.core import compat
+
+    pipe, ref = tiny_pixart_pipe(), tiny_pixart_pipe()
+    dec = pipe.vae.decoder
+    n_up = sum(type(m).__name__ == "Upsample2D" for m in dec.modules())
+    assert n_up == 3
+    ok = compat.inductor_upsample_nearest_scale_factor_ok()
+    assert ok in (True, False)  # this machine has a C++ compiler: the probe must decide
+    assert dynamic.make_upsample_sizes_explicit(dec) == (0 if ok else n_up)
+    assert dynamic.make_upsample_sizes_explicit(dec, force=True) == (n_up if ok else 0)
+    assert dynamic.make_upsample_sizes_explicit(dec, force=True) == 0  # only once
+    z = torch.randn(2, 4, 8, 6)
+    with torch.inference_mode():
+        assert torch.equal(dec(z), ref.vae.decoder(z))

@@ -83,8 +83,13 @@ def make_post_grad_pass(run: Callable[[Any], None], uuid: str) -> Any:
     return _NexfortPostGradPassLegacy()
 
 
-def compile_fx(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], config_patches: Dict[str, Any],
-               post_grad: Optional[Callable[[Any], None]] = None, post_grad_uuid: Optional[str] = None) -> Any:
+def compile_fx(
+    gm: torch.fx.GraphModule,
+    example_inputs: Sequence[Any],
+    config_patches: Dict[str, Any],
+    post_grad: Optional[Callable[[Any], None]] = None,
+    post_grad_uuid: Optional[str] = None,
+) -> Any:
     """Lower through Inductor with ``config_patches``; run ``post_grad(graph)`` on the ATen graph.
 
     Where Inductor has the ``post_grad_custom_post_pass`` hook (2.2+) the pass goes there (cache-safe, see
@@ -100,8 +105,10 @@ def compile_fx(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], config_p
     if has_inductor_knob("post_grad_custom_post_pass"):
         existing = patches.get("post_grad_custom_post_pass")
         if existing is not None:
-            raise ValueError("options.inductor.post_grad_custom_post_pass is owned by nexfort's pass plugins; "
-                             "contribute a GraphPass with stage='post_grad' instead")
+            raise ValueError(
+                "options.inductor.post_grad_custom_post_pass is owned by nexfort's pass plugins; "
+                "contribute a GraphPass with stage='post_grad' instead"
+            )
         patches["post_grad_custom_post_pass"] = make_post_grad_pass(post_grad, post_grad_uuid or "")
         return _compile_fx(gm, example_inputs, config_patches=patches)
 
@@ -274,6 +281,33 @@ def mark_dynamic(t: torch.Tensor, dim: int, min: Optional[int] = None, max: Opti
         fn(t, dim)
 
 
+@functools.lru_cache(maxsize=None)
+def inductor_upsample_nearest_scale_factor_ok() -> Optional[bool]:
+    """Whether Inductor computes ``F.interpolate(x, scale_factor=2.0, mode="nearest")`` right under
+    ``torch.inference_mode()``; ``None`` when it cannot be told here (no working C++ compiler, ...).
+
+    torch 2.2's Inductor lowering of ``aten.upsample_nearest2d.default`` takes the op's ``scales_h``/``scales_w``
+    (the scale factor, 2.0) for the input/output ratio (0.5): each output reads input index ``2 * i``, out of
+    bounds with no check (pytorch/pytorch#116848: NaN/garbage in diffusers' VAE decoder and UNet upsamplers,
+    fixed in torch 2.3, which inverts the scale). Only inference mode reaches that lowering with scales (the
+    op's ``.vec`` overload keeps them); ``no_grad`` decomposes the op in Python first. Told by compiling and
+    running the op once on a small CPU tensor (a view into a larger buffer, so a wrong index reads the buffer,
+    not beyond it) and comparing with eager, once per process."""
+    import torch.nn.functional as F
+
+    def up(t: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(t, scale_factor=2.0, mode="nearest")
+
+    try:
+        with torch.inference_mode():
+            big = torch.arange(16 * 16, dtype=torch.float32).reshape(1, 1, 16, 16)
+            x = big[:, :, :3, :3]
+            out = torch.compile(up, backend="inductor", dynamic=False)(x)
+            return bool(torch.equal(out, up(x)))
+    except Exception:  # pragma: no cover (no C++ compiler, ...)
+        return None
+
+
 def cudagraph_mark_step_begin() -> None:
     fn = getattr(torch.compiler, "cudagraph_mark_step_begin", None)
     if fn is None:  # torch 2.1
@@ -332,5 +366,8 @@ def dynamo_control_flow_exceptions() -> tuple:
     A backend must let them through: catching one as a "compile failure" breaks dynamic-shape tracing."""
     import torch._dynamo.exc as exc
 
-    return tuple(getattr(exc, n) for n in ("TorchDynamoException", "RestartAnalysis", "SkipFrame")
-                 if isinstance(getattr(exc, n, None), type))
+    return tuple(
+        getattr(exc, n)
+        for n in ("TorchDynamoException", "RestartAnalysis", "SkipFrame")
+        if isinstance(getattr(exc, n, None), type)
+    )

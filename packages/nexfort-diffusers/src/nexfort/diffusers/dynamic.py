@@ -201,6 +201,45 @@ def make_patch_embeds_dynamic(module: torch.nn.Module) -> int:
     return n
 
 
+# ------------------------------------------------------------------------------------------ Upsample2D
+def _upsample_explicit_size_forward(
+    self: Any, hidden_states: torch.Tensor, output_size: Any = None, *args: Any, **kwargs: Any
+) -> torch.Tensor:
+    """``Upsample2D.forward`` with the output size made explicit (2x the input's): diffusers then calls
+    ``F.interpolate(size=...)`` instead of ``F.interpolate(scale_factor=2.0)``. Nearest upsampling by exactly 2x
+    reads input index ``i // 2`` either way (eager, CPU and CUDA), so the result is identical."""
+    if output_size is None:
+        output_size = (hidden_states.shape[-2] * 2, hidden_states.shape[-1] * 2)
+    return type(self).forward(self, hidden_states, output_size, *args, **kwargs)
+
+
+def make_upsample_sizes_explicit(module: torch.nn.Module, force: bool = False) -> int:
+    """Where Inductor gets ``F.interpolate(scale_factor=2.0, mode="nearest")`` wrong under inference mode (torch
+    2.2, see :func:`nexfort.core.compat.inductor_upsample_nearest_scale_factor_ok`; checked only when ``module``
+    has such upsamplers, and presumed wrong where it cannot be checked), make diffusers' ``Upsample2D``
+    instances in ``module`` pass an explicit output size (:func:`_upsample_explicit_size_forward`); ``force``
+    skips the check. Returns how many were patched."""
+    ups = [
+        m
+        for m in module.modules()
+        if _is_class(m, "Upsample2D")
+        and not getattr(m, "_nexfort_explicit", False)
+        and getattr(m, "interpolate", False)
+        and not getattr(m, "use_conv_transpose", False)
+    ]
+    if not ups:
+        return 0
+    if not force:
+        from nexfort.core import compat
+
+        if compat.inductor_upsample_nearest_scale_factor_ok() is True:
+            return 0
+    for m in ups:
+        m.forward = types.MethodType(_upsample_explicit_size_forward, m)
+        m._nexfort_explicit = True
+    return len(ups)
+
+
 # ------------------------------------------------------------------------------------------ shape checks
 def _first_4d(args: Sequence[Any], kwargs: Dict[str, Any], names: Sequence[str]) -> Optional[torch.Tensor]:
     for n in names:

@@ -12,7 +12,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from nexfort.core.errors import NexfortConfigError
-from nexfort.diffusers.dynamic import shape_check, wrap_compiled_call
+from nexfort.diffusers.dynamic import make_upsample_sizes_explicit, shape_check, wrap_compiled_call
 
 logger = logging.getLogger("nexfort")
 
@@ -245,6 +245,10 @@ def compile_pipe(pipe: Any, mode: Optional[str] = None, options: Any = None, *, 
     for name in compilable_components(pipe, text_encoders=bool(text_encoders)):
         if name in skipped:
             continue
+        # torch 2.2: Inductor misreads nearest upsampling's scale factor under inference mode (detected)
+        make_upsample_sizes_explicit(
+            getattr(comps["vae"], name.split(".", 1)[1]) if name.startswith("vae.") else comps[name]
+        )
         if name.startswith("vae."):
             vae, part = comps["vae"], name.split(".", 1)[1]
             compiled = compile_module(getattr(vae, part), cfg, backend)
