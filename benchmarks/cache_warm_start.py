@@ -1,10 +1,15 @@
-"""Cold vs warm start of a small model with nexfort's compiled-artifact cache (CPU by default).
+"""Cold vs warm start of a model with nexfort's compiled-artifact cache (a small model on the CPU by default).
 
-Each run is a new process with a fresh, empty ``TORCHINDUCTOR_CACHE_DIR``; "cold" also starts with an empty
-nexfort cache, "warm" with the nexfort cache that a cold run filled. Prints the time to the first output
-(compile + first call) and the whole process, and the warm/cold ratio (the issue's CPU target: <= 30 %).
+Each run is a new process with a fresh, empty ``TORCHINDUCTOR_CACHE_DIR`` (and Triton cache); "cold" also starts
+with an empty nexfort cache, "warm" with the nexfort cache that a cold run filled. With ``--redis-url`` a third
+process plays another machine: its own empty local directory, the same Redis (entries signed with the same
+``NEXFORT_CACHE_SECRET``). Prints the time to the first output (compile + first call; with ``--model``, the first
+image of the pipeline) and of the whole process, the warm/cold ratios, and checks that every warm output equals
+the cold one.
 
     python benchmarks/cache_warm_start.py [--repeats 3] [--device cpu|cuda] [--mode cache-all]
+    python benchmarks/cache_warm_start.py --device cuda --model pixart-alpha --height 1024 --width 1024 \
+        --mode max-optimize:max-autotune:low-precision:cache-all --redis-url redis://127.0.0.1:6379/0 --repeats 1
 """
 
 from __future__ import annotations
@@ -53,9 +58,42 @@ def child(device: str, mode: str) -> None:
                       "cache": dict(counters["cache"])}))
 
 
-def run(env: dict, device: str, mode: str) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", "--device", device, "--mode", mode], env=env,
-                          capture_output=True, text=True)
+def child_pipeline(args: argparse.Namespace) -> None:
+    """The first image of a built-in (or local) pipeline compiled with ``compile_pipe`` (denoiser and VAE)."""
+    t0 = time.perf_counter()
+    import torch
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from nexfort_bench import inputs, models
+
+    from nexfort.core import counters
+    from nexfort.diffusers import compile_pipe
+
+    dtype = torch.float16 if args.device.startswith("cuda") else torch.float32
+    loaded = models.load_pipeline(args.model, dtype, args.device)
+    compile_pipe(loaded.pipe, mode=args.mode, dynamic=args.dynamic)
+    kw = inputs.pipeline_kwargs(loaded, batch=1, height=args.height, width=args.width, steps=args.steps,
+                                seed=0, guidance_scale=4.5, dtype=dtype, device=args.device)
+    kw["output_type"] = "pt"
+    with torch.inference_mode():
+        t1 = time.perf_counter()
+        image = loaded.pipe(**kw).images
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t2 = time.perf_counter()
+        t3 = time.perf_counter()
+        loaded.pipe(**kw)
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t4 = time.perf_counter()
+    torch.save(image.float().cpu(), args.save_output)
+    print(json.dumps({"first_output_s": t2 - t1, "process_s": t2 - t0, "steady_image_s": t4 - t3,
+                      "setup_s": t1 - t0, "cache": dict(counters["cache"])}))
+
+
+def run(env: dict, device: str, mode: str, extra: tuple = ()) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--child", "--device", device, "--mode", mode, *extra],
+                          env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"child failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -67,10 +105,21 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--mode", default="cache-all", help="nexfort mode string (must turn on cache-all)")
     p.add_argument("--output-json", default=None, help="also write the medians and the environment here")
+    p.add_argument("--model", default=None, help="a benchmark model (built-in name or folder) instead of the "
+                   "small model: time the pipeline's first image")
+    p.add_argument("--height", type=int, default=1024)
+    p.add_argument("--width", type=int, default=1024)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--dynamic", action="store_true", help="compile with dynamic=True")
+    p.add_argument("--redis-url", default=None, help="also run a process on 'another machine': its own empty "
+                   "local directory, this Redis")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--save-output", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        return child(args.device, args.mode)
+        return child_pipeline(args) if args.model else child(args.device, args.mode)
+    if args.model:
+        return main_pipeline(args)
 
     cold, warm = [], []
     with tempfile.TemporaryDirectory(prefix="nexfort-bench-") as tmp:
@@ -102,6 +151,76 @@ def main() -> None:
         with open(args.output_json, "w") as f:
             json.dump({"benchmark": "cache_warm_start", "env": env, "summary": summary, "cold": cold, "warm": warm},
                       f, indent=2)
+
+
+def main_pipeline(args: argparse.Namespace) -> None:
+    import torch
+
+    extra = ("--model", args.model, "--height", str(args.height), "--width", str(args.width), "--steps",
+             str(args.steps)) + (("--dynamic",) if args.dynamic else ())
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="nexfort-bench-") as tmp:
+        for i in range(args.repeats):
+            base = dict(os.environ, NEXFORT_CACHE_DIR=os.path.join(tmp, f"nexfort-{i}"))
+            base.setdefault("NEXFORT_CACHE_SECRET", "nexfort-benchmark-shared-secret")
+            if args.redis_url:
+                import redis
+
+                redis.Redis.from_url(args.redis_url).flushdb()  # each repeat starts cold, also in Redis
+                base["NEXFORT_CACHE_REDIS_URL"] = args.redis_url
+            else:
+                base.pop("NEXFORT_CACHE_REDIS_URL", None)
+            plan = [("cold", base), ("warm", base)]
+            if args.redis_url:
+                plan.append(("warm_other_machine", dict(base, NEXFORT_CACHE_DIR=os.path.join(tmp, f"other-{i}"))))
+            row = {}
+            for what, env in plan:
+                env = dict(env, TORCHINDUCTOR_CACHE_DIR=os.path.join(tmp, f"ind-{what}-{i}"),
+                           TRITON_CACHE_DIR=os.path.join(tmp, f"triton-{what}-{i}"))
+                out = os.path.join(tmp, f"{what}-{i}.pt")
+                r = run(env, args.device, args.mode, extra + ("--save-output", out))
+                r["output"] = out
+                row[what] = r
+                print(f"run {i} {what}: first image {r['first_output_s']:.2f} s (process {r['process_s']:.2f} s, "
+                      f"steady image {r['steady_image_s']:.3f} s), cache {r['cache']}", flush=True)
+            ref = torch.load(row["cold"].pop("output"))
+            for what in row:
+                if what != "cold":
+                    o = torch.load(row[what].pop("output"))
+                    row[what]["rel_l2_vs_cold"] = float((o - ref).norm() / ref.norm())
+                    assert row[what]["cache"].get("loaded"), (what, row[what])
+                    assert row[what]["rel_l2_vs_cold"] < 1e-3, (what, row[what])
+            assert row["cold"]["cache"].get("saved"), row["cold"]
+            rows.append(row)
+    summary = {}
+    for what in rows[0]:
+        med = {k: statistics.median(r[what][k] for r in rows) for k in ("first_output_s", "process_s")}
+        summary[what] = {k: round(v, 3) for k, v in med.items()}
+        if what != "cold":
+            for k in ("first_output_s", "process_s"):
+                summary[what][k.replace("_s", "_over_cold")] = round(med[k] / summary["cold"][k], 4)
+        print(f"{what}: first image {med['first_output_s']:.2f} s, process {med['process_s']:.2f} s"
+              + ("" if what == "cold" else f" ({med['first_output_s'] / summary['cold']['first_output_s']:.1%} "
+                 "of cold)"))
+    if args.output_json:
+        import importlib.metadata
+        import platform
+
+        import diffusers
+
+        try:
+            triton_version = importlib.metadata.version("triton")
+        except importlib.metadata.PackageNotFoundError:
+            triton_version = None
+        env = {"torch": torch.__version__, "triton": triton_version, "diffusers": diffusers.__version__,
+               "python": platform.python_version(), "device": args.device,
+               "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+               "mode": args.mode, "model": args.model, "height": args.height, "width": args.width,
+               "steps": args.steps, "dynamic": args.dynamic, "redis": bool(args.redis_url),
+               "repeats": args.repeats, "date": time.strftime("%Y-%m-%d")}
+        with open(args.output_json, "w") as f:
+            json.dump({"benchmark": "cache_warm_start_pipeline", "env": env, "summary": summary, "runs": rows}, f,
+                      indent=2)
 
 
 if __name__ == "__main__":

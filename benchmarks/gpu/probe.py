@@ -152,6 +152,10 @@ def denoiser(args: argparse.Namespace) -> None:
                    "rel_l2_vs_eager": report.rel_l2(out, ref),
                    "peak_mem_mb": round((torch.cuda.max_memory_allocated() - base_mem) / 2**20, 1),
                    "gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
+            if args.compiler == "nexfort":
+                from nexfort.core import counters
+
+                res["nexfort_counters"] = {k: dict(v) for k, v in counters.items()}  # fallbacks must be 0
             if args.profile:
                 res["profile"] = profile(lambda: den(**kw))
             if args.profile_eager:

@@ -155,6 +155,8 @@ def load_pipeline(model: Optional[str], dtype: torch.dtype, device: str, schedul
     if model in BUILTIN:
         with torch.device(device):  # random init on the GPU: seconds instead of minutes for SDXL's UNet
             pipe = build_pixart(model, seed) if "pixart" in model else build_sdxl(model, seed)
+        # the scheduler keeps its tables on the CPU (diffusers converts them to numpy): built outside that context
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
     elif os.path.isdir(model) and not os.path.isfile(os.path.join(model, "model_index.json")):
         pipe = _load_model_folder(model, dtype)
         if pipe is None:

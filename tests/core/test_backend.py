@@ -209,6 +209,8 @@ def test_graph_rewritten_by_pre_grad_passes_keeps_dynamos_metadata(monkeypatch, 
     assert "dynamo_compile_id" in meta and sources  # what Dynamo handed over ...
     assert gm.meta.get("dynamo_compile_id") == meta["dynamo_compile_id"]  # ... reaches Inductor with the copy
     assert gm._param_name_to_source is sources
+    assert all(hasattr(n, "_dynamo_source") for n in gm.graph.nodes if n.op == "placeholder")
+    assert counters["backend"]["fallbacks"] == 0 and counters["backend"]["graphs"] == 1
 
 
 def test_backend_is_found_through_its_entry_point_without_importing_nexfort():

@@ -214,6 +214,12 @@ def _copy_graph_module(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     for attr in _DYNAMO_GM_ATTRS:
         if attr in gm.__dict__:
             setattr(work, attr, gm.__dict__[attr])
+    # Dynamo marks each placeholder with the source of its input (a plain attribute: deepcopy drops it)
+    old = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    new = [n for n in work.graph.nodes if n.op == "placeholder"]
+    for a, b in zip(old, new):
+        if hasattr(a, "_dynamo_source"):
+            b._dynamo_source = a._dynamo_source
     return work
 
 
