@@ -28,14 +28,19 @@ COMMON = ["pytest>=7", "pluggy>=1.3", "hydra-core>=1.3,<1.4", "omegaconf>=2.3,<2
 # mirror); they run on the CPU. Each old session also gets pytest-xdist (see OLD_TORCH_ARGS).
 MATRIX = {
     "current": ["torch==2.13.0", "diffusers==0.42.1", "transformers>=5,<5.25", "numpy", "peft"],
-    # torch 2.1's C++ extension builder (Inductor's CPU backend) imports pkg_resources.packaging: setuptools<70
+    # torch 2.1's C++ extension builder (Inductor's CPU backend) imports pkg_resources.packaging: setuptools<70.
+    # peft (diffusers' LoRA backend, for tests/diffusers/test_lora.py) and the accelerate it pulls in: releases of
+    # each transformers' time, pinned so that pip resolves them without touching torch.
     "torch21": ["torch==2.1.2", "diffusers==0.30.3", "transformers==4.44.2", "numpy<2", "huggingface_hub<0.26",
-                "setuptools<70"],
-    # diffusers 0.32 for get_2d_sincos_pos_embed_from_grid(output_type=), which nexfort-diffusers' dynamic PatchEmbed
-    # uses (with 0.30.3 the dynamic-resolution tests fail on torch 2.2)
-    "torch22": ["torch==2.2.2", "diffusers==0.32.2", "transformers==4.44.2", "numpy<2", "huggingface_hub<0.26"],
-    "torch23": ["torch==2.3.1", "diffusers==0.31.0", "transformers==4.46.3", "numpy<2", "huggingface_hub<0.27"],
-    "torch24": ["torch==2.4.1", "diffusers==0.32.2", "transformers==4.48.3", "numpy<2", "huggingface_hub<0.28"],
+                "setuptools<70", "peft==0.12.0", "accelerate==0.34.2"],
+    # torch21 tests diffusers < 0.32 (no get_2d_sincos_pos_embed_from_grid(output_type="pt"): nexfort-diffusers'
+    # own torch sin-cos embedding), torch22 and torch24 diffusers 0.32 (diffusers' own)
+    "torch22": ["torch==2.2.2", "diffusers==0.32.2", "transformers==4.44.2", "numpy<2", "huggingface_hub<0.26",
+                "peft==0.12.0", "accelerate==0.34.2"],
+    "torch23": ["torch==2.3.1", "diffusers==0.31.0", "transformers==4.46.3", "numpy<2", "huggingface_hub<0.27",
+                "peft==0.13.2", "accelerate==1.1.1"],
+    "torch24": ["torch==2.4.1", "diffusers==0.32.2", "transformers==4.48.3", "numpy<2", "huggingface_hub<0.28",
+                "peft==0.14.0", "accelerate==1.2.1"],
 }
 
 
