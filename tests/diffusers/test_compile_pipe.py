@@ -151,3 +151,24 @@ def test_freezing_says_weight_updates_do_not_reach_the_compiled_pipe():
     pipe = tiny_pixart_pipe()
     with pytest.warns(UserWarning, match="freezing"):
         compile_pipe(pipe, mode="freezing")
+
+
+def test_explicit_upsample_sizes_are_exact_and_only_where_torch_needs_them():
+    """torch 2.2's Inductor misreads F.interpolate(scale_factor=2.0, mode="nearest") under inference mode
+    (pytorch/pytorch#116848); compile_pipe then gives diffusers' Upsample2D explicit output sizes, which must be
+    the same computation in eager."""
+    from nexfort.core import compat
+    from nexfort.diffusers import dynamic
+
+    pipe, ref = tiny_pixart_pipe(), tiny_pixart_pipe()
+    dec = pipe.vae.decoder
+    n_up = sum(type(m).__name__ == "Upsample2D" for m in dec.modules())
+    assert n_up == 3
+    ok = compat.inductor_upsample_nearest_scale_factor_ok()
+    assert ok in (True, False)  # this machine has a C++ compiler: the probe must decide
+    assert dynamic.make_upsample_sizes_explicit(dec) == (0 if ok else n_up)
+    assert dynamic.make_upsample_sizes_explicit(dec, force=True) == (n_up if ok else 0)
+    assert dynamic.make_upsample_sizes_explicit(dec, force=True) == 0  # only once
+    z = torch.randn(2, 4, 8, 6)
+    with torch.inference_mode():
+        assert torch.equal(dec(z), ref.vae.decoder(z))
