@@ -100,8 +100,10 @@ def compile_fx(
     from torch._inductor.compile_fx import compile_fx_inner
 
     patches = dict(config_patches)
+    decomps = inductor_decompositions()
+    kw: Dict[str, Any] = {} if decomps is None else {"decompositions": decomps}
     if post_grad is None:
-        return _compile_fx(gm, example_inputs, config_patches=patches)
+        return _compile_fx(gm, example_inputs, config_patches=patches, **kw)
     if has_inductor_knob("post_grad_custom_post_pass"):
         existing = patches.get("post_grad_custom_post_pass")
         if existing is not None:
@@ -110,14 +112,14 @@ def compile_fx(
                 "contribute a GraphPass with stage='post_grad' instead"
             )
         patches["post_grad_custom_post_pass"] = make_post_grad_pass(post_grad, post_grad_uuid or "")
-        return _compile_fx(gm, example_inputs, config_patches=patches)
+        return _compile_fx(gm, example_inputs, config_patches=patches, **kw)
 
     def inner_compile(graph_module: torch.fx.GraphModule, *args: Any, **kwargs: Any) -> Any:
         post_grad(graph_module.graph)
         graph_module.recompile()
         return compile_fx_inner(graph_module, *args, **kwargs)
 
-    return _compile_fx(gm, example_inputs, inner_compile=inner_compile, config_patches=patches)
+    return _compile_fx(gm, example_inputs, inner_compile=inner_compile, config_patches=patches, **kw)
 
 
 def _flag_target(name: str) -> Optional[tuple]:
@@ -281,18 +283,25 @@ def mark_dynamic(t: torch.Tensor, dim: int, min: Optional[int] = None, max: Opti
         fn(t, dim)
 
 
-@functools.lru_cache(maxsize=None)
-def inductor_upsample_nearest_scale_factor_ok() -> Optional[bool]:
+_UPSAMPLE_NEAREST_OK: Dict[str, Optional[bool]] = {}
+
+
+def inductor_upsample_nearest_scale_factor_ok(probe: bool = True) -> Optional[bool]:
     """Whether Inductor computes ``F.interpolate(x, scale_factor=2.0, mode="nearest")`` right under
-    ``torch.inference_mode()``; ``None`` when it cannot be told here (no working C++ compiler, ...).
+    ``torch.inference_mode()``; ``None`` when it cannot be told here (no working C++ compiler, ...), or when
+    ``probe`` is False and it has not been told yet in this process.
 
     torch 2.2's Inductor lowering of ``aten.upsample_nearest2d.default`` takes the op's ``scales_h``/``scales_w``
     (the scale factor, 2.0) for the input/output ratio (0.5): each output reads input index ``2 * i``, out of
     bounds with no check (pytorch/pytorch#116848: NaN/garbage in diffusers' VAE decoder and UNet upsamplers,
     fixed in torch 2.3, which inverts the scale). Only inference mode reaches that lowering with scales (the
-    op's ``.vec`` overload keeps them); ``no_grad`` decomposes the op in Python first. Told by compiling and
-    running the op once on a small CPU tensor (a view into a larger buffer, so a wrong index reads the buffer,
-    not beyond it) and comparing with eager, once per process."""
+    op's ``.vec`` overload keeps them); ``no_grad`` decomposes the op in Python first. The same lowering cannot
+    take symbolic sizes there either ("Cannot convert expression to float" under ``dynamic=True``). Told by
+    compiling and running the op once on a small CPU tensor (a view into a larger buffer, so a wrong index reads
+    the buffer, not beyond it) and comparing with eager, once per process (never from inside a compilation:
+    ``compile_pipe`` asks first)."""
+    if "ok" in _UPSAMPLE_NEAREST_OK or not probe:
+        return _UPSAMPLE_NEAREST_OK.get("ok")
     import torch.nn.functional as F
 
     def up(t: torch.Tensor) -> torch.Tensor:
@@ -303,9 +312,31 @@ def inductor_upsample_nearest_scale_factor_ok() -> Optional[bool]:
             big = torch.arange(16 * 16, dtype=torch.float32).reshape(1, 1, 16, 16)
             x = big[:, :, :3, :3]
             out = torch.compile(up, backend="inductor", dynamic=False)(x)
-            return bool(torch.equal(out, up(x)))
+            ok: Optional[bool] = bool(torch.equal(out, up(x)))
     except Exception:  # pragma: no cover (no C++ compiler, ...)
+        ok = None
+    _UPSAMPLE_NEAREST_OK["ok"] = ok
+    return ok
+
+
+def inductor_decompositions() -> Optional[Dict[Any, Callable[..., Any]]]:
+    """The decomposition table for Inductor's ``compile_fx``, or ``None`` for Inductor's own.
+
+    Where Inductor's nearest-upsampling lowering was found wrong in this process
+    (:func:`inductor_upsample_nearest_scale_factor_ok`, torch 2.2), ``aten.upsample_nearest2d`` is decomposed
+    with torch's own Python decomposition (``torch._decomp``: an index computation, which is what ``no_grad``
+    runs and what takes symbolic sizes) instead of reaching that lowering."""
+    if inductor_upsample_nearest_scale_factor_ok(probe=False) is not False:
         return None
+    from torch._decomp import decomposition_table
+    from torch._inductor.decomposition import select_decomp_table
+
+    table = dict(select_decomp_table())
+    aten = torch.ops.aten
+    for op in (aten.upsample_nearest2d.default, aten.upsample_nearest2d.vec):
+        if op in decomposition_table:
+            table[op] = decomposition_table[op]
+    return table
 
 
 def cudagraph_mark_step_begin() -> None:
