@@ -1,6 +1,6 @@
 """Dynamic shapes for compiled diffusers models: one graph for every resolution, batch size and text length.
 
-Three parts, used by ``compile_pipe`` with ``dynamic=True`` (and by the plugin's module transform):
+Four parts, used by ``compile_pipe`` with ``dynamic=True`` (and by the plugin's module transform):
 
 - :func:`dynamic_shapes_patches` / :func:`dynamic_shapes_context`: Dynamo's shape settings that avoid the two
   classic recompilation traps, feature-detected on the running torch and scoped to each call of a compiled
@@ -12,6 +12,8 @@ Three parts, used by ``compile_pipe`` with ``dynamic=True`` (and by the plugin's
   embedding when the size differs from the config's (``if self.height != height or ...``), a Python branch on
   the size that Dynamo turns into a guard (recompilation at the second size). The patched instances compute
   the embedding for the traced size in the graph, always, with diffusers' own arithmetic.
+- :func:`make_upsample_sizes_explicit`: where torch's Inductor gets nearest upsampling by a scale factor wrong
+  (torch 2.2, detected), diffusers' ``Upsample2D`` passes the output size instead (the same computation).
 - :func:`shape_check`: a size the model cannot take (not a multiple of the patch size, larger than a cropped
   position embedding) raises :class:`UnsupportedResolutionError` naming the nearest valid sizes, before Dynamo
   or Inductor see it.
