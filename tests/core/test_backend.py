@@ -180,7 +180,8 @@ def test_tf32_override_keeps_torchs_legacy_and_new_precision_apis_in_agreement()
             assert compat.get_backend_flag("matmul_allow_tf32") is value
             assert torch.get_float32_matmul_precision() == ("high" if value else "highest")
             assert torch.backends.cuda.matmul.allow_tf32 is value
-            if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+            # (compat's hasattr: torch 2.1's cuBLAS module raises AssertionError for an unknown attribute)
+            if compat._safe_hasattr(torch.backends.cuda.matmul, "fp32_precision"):
                 assert torch.backends.cuda.matmul.fp32_precision == ("tf32" if value else "ieee")
         assert torch.get_float32_matmul_precision() == before
 
@@ -206,8 +207,9 @@ def test_graph_rewritten_by_pre_grad_passes_keeps_dynamos_metadata(monkeypatch, 
     with torch.no_grad():
         assert_close(torch.compile(m, backend=spy_backend)(x), m(x), tol=1e-5)
     (meta, sources), (gm,) = originals[0], compiled_gms
-    assert "dynamo_compile_id" in meta and sources  # what Dynamo handed over ...
-    assert gm.meta.get("dynamo_compile_id") == meta["dynamo_compile_id"]  # ... reaches Inductor with the copy
+    assert sources  # what Dynamo handed over ...
+    if "dynamo_compile_id" in meta:  # (torch 2.1-2.4's Dynamo attaches no compile id to the graph module)
+        assert gm.meta.get("dynamo_compile_id") == meta["dynamo_compile_id"]  # ... reaches Inductor with the copy
     assert gm._param_name_to_source is sources
     assert all(hasattr(n, "_dynamo_source") for n in gm.graph.nodes if n.op == "placeholder")
     assert counters["backend"]["fallbacks"] == 0 and counters["backend"]["graphs"] == 1
