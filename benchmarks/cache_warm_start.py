@@ -87,8 +87,12 @@ def child_pipeline(args: argparse.Namespace) -> None:
             torch.cuda.synchronize()
         t4 = time.perf_counter()
     torch.save(image.float().cpu(), args.save_output)
+    from torch._dynamo.utils import counters as torch_counters
+
+    inductor = {k: v for k, v in torch_counters["inductor"].items() if "cache" in k}
+    aot = {k: v for k, v in torch_counters["aot_autograd"].items() if "cache" in k}
     print(json.dumps({"first_output_s": t2 - t1, "process_s": t2 - t0, "steady_image_s": t4 - t3,
-                      "setup_s": t1 - t0, "cache": dict(counters["cache"])}))
+                      "setup_s": t1 - t0, "cache": dict(counters["cache"]), "inductor_caches": {**inductor, **aot}}))
 
 
 def run(env: dict, device: str, mode: str, extra: tuple = ()) -> dict:
@@ -182,7 +186,8 @@ def main_pipeline(args: argparse.Namespace) -> None:
                 r["output"] = out
                 row[what] = r
                 print(f"run {i} {what}: first image {r['first_output_s']:.2f} s (process {r['process_s']:.2f} s, "
-                      f"steady image {r['steady_image_s']:.3f} s), cache {r['cache']}", flush=True)
+                      f"steady image {r['steady_image_s']:.3f} s), cache {r['cache']}, Inductor/AOT caches "
+                      f"{r.get('inductor_caches')}", flush=True)
             ref = torch.load(row["cold"].pop("output"))
             for what in row:
                 if what != "cold":
