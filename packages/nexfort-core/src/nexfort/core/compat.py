@@ -307,26 +307,56 @@ def inductor_upsample_nearest_scale_factor_ok(probe: bool = True) -> Optional[bo
     def up(t: torch.Tensor) -> torch.Tensor:
         return F.interpolate(t, scale_factor=2.0, mode="nearest")
 
+    def up_dynamic(t: torch.Tensor) -> torch.Tensor:  # (another code object: its own Dynamo cache entry)
+        return F.interpolate(t, scale_factor=2.0, mode="nearest")
+
+    big = torch.arange(16 * 16, dtype=torch.float32).reshape(1, 1, 16, 16)
     try:
         with torch.inference_mode():
-            big = torch.arange(16 * 16, dtype=torch.float32).reshape(1, 1, 16, 16)
             x = big[:, :, :3, :3]
             out = torch.compile(up, backend="inductor", dynamic=False)(x)
             ok: Optional[bool] = bool(torch.equal(out, up(x)))
     except Exception:  # pragma: no cover (no C++ compiler, ...)
         ok = None
     _UPSAMPLE_NEAREST_OK["ok"] = ok
+    if ok is not None:
+        _UPSAMPLE_NEAREST_OK["dynamic_ok"] = _upsample_nearest_dynamic_ok(up_dynamic, big)
     return ok
+
+
+def _upsample_nearest_dynamic_ok(up: Callable[[torch.Tensor], torch.Tensor], big: torch.Tensor) -> bool:
+    """Whether Inductor compiles nearest upsampling with symbolic sizes into one graph that is right at two
+    sizes. torch 2.2-2.4's lowering of ``aten.upsample_nearest2d`` reads the input size as a number
+    (``evaluate_static_shape``): a guard on every upsampled size (the SDXL UNet recompiled at every resolution
+    under ``dynamic=True``), or on torch 2.2 an error; inference mode reaches that lowering (see
+    :func:`inductor_upsample_nearest_scale_factor_ok`)."""
+    from torch._dynamo.utils import counters
+
+    graphs = counters["stats"]["unique_graphs"]
+    try:
+        compiled = torch.compile(up, backend="inductor", dynamic=True)
+        with torch.inference_mode():
+            for h, w in ((3, 4), (5, 6)):
+                x = big[:, :, :h, :w]
+                if not torch.equal(compiled(x), up(x)):
+                    return False
+    except Exception:
+        return False
+    return counters["stats"]["unique_graphs"] - graphs == 1
 
 
 def inductor_decompositions() -> Optional[Dict[Any, Callable[..., Any]]]:
     """The decomposition table for Inductor's ``compile_fx``, or ``None`` for Inductor's own.
 
     Where Inductor's nearest-upsampling lowering was found wrong in this process
-    (:func:`inductor_upsample_nearest_scale_factor_ok`, torch 2.2), ``aten.upsample_nearest2d`` is decomposed
+    (:func:`inductor_upsample_nearest_scale_factor_ok`, torch 2.2) or found to specialize symbolic sizes
+    (:func:`_upsample_nearest_dynamic_ok`, torch 2.2-2.4), ``aten.upsample_nearest2d`` is decomposed
     with torch's own Python decomposition (``torch._decomp``: an index computation, which is what ``no_grad``
     runs and what takes symbolic sizes) instead of reaching that lowering."""
-    if inductor_upsample_nearest_scale_factor_ok(probe=False) is not False:
+    if (
+        inductor_upsample_nearest_scale_factor_ok(probe=False) is not False
+        and _UPSAMPLE_NEAREST_OK.get("dynamic_ok") is not False
+    ):
         return None
     from torch._decomp import decomposition_table
     from torch._inductor.decomposition import select_decomp_table
