@@ -326,7 +326,7 @@ def inductor_upsample_nearest_scale_factor_ok(probe: bool = True) -> Optional[bo
 
 def _upsample_nearest_dynamic_ok(up: Callable[[torch.Tensor], torch.Tensor], big: torch.Tensor) -> bool:
     """Whether Inductor compiles nearest upsampling with symbolic sizes into one graph that is right at two
-    sizes. torch 2.2-2.4's lowering of ``aten.upsample_nearest2d`` reads the input size as a number
+    sizes. torch 2.2-2.3's lowering of ``aten.upsample_nearest2d`` reads the input size as a number
     (``evaluate_static_shape``): a guard on every upsampled size (the SDXL UNet recompiled at every resolution
     under ``dynamic=True``), or on torch 2.2 an error; inference mode reaches that lowering (see
     :func:`inductor_upsample_nearest_scale_factor_ok`)."""
@@ -350,7 +350,7 @@ def inductor_decompositions() -> Optional[Dict[Any, Callable[..., Any]]]:
 
     Where Inductor's nearest-upsampling lowering was found wrong in this process
     (:func:`inductor_upsample_nearest_scale_factor_ok`, torch 2.2) or found to specialize symbolic sizes
-    (:func:`_upsample_nearest_dynamic_ok`, torch 2.2-2.4), ``aten.upsample_nearest2d`` is decomposed
+    (:func:`_upsample_nearest_dynamic_ok`, torch 2.2-2.3), ``aten.upsample_nearest2d`` is decomposed
     with torch's own Python decomposition (``torch._decomp``: an index computation, which is what ``no_grad``
     runs and what takes symbolic sizes) instead of reaching that lowering."""
     if (
