@@ -160,6 +160,9 @@ def main() -> None:
 def main_pipeline(args: argparse.Namespace) -> None:
     import torch
 
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from nexfort_bench import report
+
     extra = ("--model", args.model, "--height", str(args.height), "--width", str(args.width), "--steps",
              str(args.steps)) + (("--dynamic",) if args.dynamic else ())
     rows = []
@@ -192,7 +195,7 @@ def main_pipeline(args: argparse.Namespace) -> None:
             for what in row:
                 if what != "cold":
                     o = torch.load(row[what].pop("output"))
-                    row[what]["rel_l2_vs_cold"] = float((o - ref).norm() / ref.norm())
+                    row[what]["rel_l2_vs_cold"] = report.rel_l2(o, ref)
                     assert row[what]["cache"].get("loaded"), (what, row[what])
                     assert row[what]["rel_l2_vs_cold"] < 1e-3, (what, row[what])
             assert row["cold"]["cache"].get("saved"), row["cold"]
@@ -208,20 +211,8 @@ def main_pipeline(args: argparse.Namespace) -> None:
               + ("" if what == "cold" else f" ({med['first_output_s'] / summary['cold']['first_output_s']:.1%} "
                  "of cold)"))
     if args.output_json:
-        import importlib.metadata
-        import platform
-
-        import diffusers
-
-        try:
-            triton_version = importlib.metadata.version("triton")
-        except importlib.metadata.PackageNotFoundError:
-            triton_version = None
-        env = {"torch": torch.__version__, "triton": triton_version, "diffusers": diffusers.__version__,
-               "python": platform.python_version(), "device": args.device,
-               "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-               "mode": args.mode, "model": args.model, "height": args.height, "width": args.width,
-               "steps": args.steps, "dynamic": args.dynamic, "redis": bool(args.redis_url),
+        env = {**report.environment(args.device), "mode": args.mode, "model": args.model, "height": args.height,
+               "width": args.width, "steps": args.steps, "dynamic": args.dynamic, "redis": bool(args.redis_url),
                "repeats": args.repeats, "date": time.strftime("%Y-%m-%d")}
         with open(args.output_json, "w") as f:
             json.dump({"benchmark": "cache_warm_start_pipeline", "env": env, "summary": summary, "runs": rows}, f,

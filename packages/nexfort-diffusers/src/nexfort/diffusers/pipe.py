@@ -245,19 +245,14 @@ def compile_pipe(pipe: Any, mode: Optional[str] = None, options: Any = None, *, 
     for name in compilable_components(pipe, text_encoders=bool(text_encoders)):
         if name in skipped:
             continue
+        # "vae.decoder" lives on the VAE, the others on the pipeline
+        owner, attr = (comps["vae"], name.split(".", 1)[1]) if name.startswith("vae.") else (pipe, name)
+        module = getattr(owner, attr)
         # torch 2.2: Inductor misreads nearest upsampling's scale factor under inference mode (detected)
-        make_upsample_sizes_explicit(
-            getattr(comps["vae"], name.split(".", 1)[1]) if name.startswith("vae.") else comps[name]
-        )
-        if name.startswith("vae."):
-            vae, part = comps["vae"], name.split(".", 1)[1]
-            compiled = compile_module(getattr(vae, part), cfg, backend)
-            if compiled is not getattr(vae, part):  # pragma: no cover (torch < 2.2)
-                setattr(vae, part, compiled)
-        else:
-            compiled = compile_module(comps[name], cfg, backend)
-            if compiled is not comps[name]:  # pragma: no cover (torch < 2.2)
-                setattr(pipe, name, compiled)
+        make_upsample_sizes_explicit(module)
+        compiled = compile_module(module, cfg, backend)
+        if compiled is not module:  # pragma: no cover (torch < 2.2)
+            setattr(owner, attr, compiled)
         # dynamic shapes without the duck-sizing trap (nexfort only: backend="inductor" stays plain
         # torch.compile) and, for denoisers, a clear error for a resolution the model cannot take
         check = shape_check(compiled, vae_scale) if name in DENOISERS else None
