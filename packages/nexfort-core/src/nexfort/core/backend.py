@@ -202,7 +202,7 @@ def _has_symbolic_inputs(example_inputs: Sequence[Any]) -> bool:
 #: What Dynamo attaches to the graph module it hands a backend, besides the graph (torch 2.x). AOTAutograd reads
 #: them: without ``meta["dynamo_compile_id"]`` and ``_param_name_to_source`` it takes the graph for one not
 #: captured by Dynamo, so no parameter is a static input and a CUDA graph copies every weight on every replay
-#: (measured on an H100: +1.5 ms and +1 GB per PixArt-α forward).
+#: (measured on an H100, torch 2.11, PixArt-α 512x768 fp16, same lease: 12.84 instead of 11.15 ms, +1.1 GB).
 _DYNAMO_GM_ATTRS = ("_param_name_to_source", "_source_to_user_stacks", "_backend_id")
 
 
