@@ -75,12 +75,21 @@ def child_pipeline(args: argparse.Namespace) -> None:
     kw = inputs.pipeline_kwargs(loaded, batch=1, height=args.height, width=args.width, steps=args.steps,
                                 seed=0, guidance_scale=4.5, dtype=dtype, device=args.device)
     kw["output_type"] = "pt"
+    profiler = None
+    if os.environ.get("NEXFORT_BENCH_CPROFILE"):  # where the first image's time goes, by Python function
+        import cProfile
+
+        profiler = cProfile.Profile()
     with torch.inference_mode():
         t1 = time.perf_counter()
+        if profiler is not None:
+            profiler.enable()
         image = loaded.pipe(**kw).images
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         t2 = time.perf_counter()
+        if profiler is not None:
+            profiler.disable()
         t3 = time.perf_counter()
         loaded.pipe(**kw)
         if args.device.startswith("cuda"):
@@ -91,8 +100,27 @@ def child_pipeline(args: argparse.Namespace) -> None:
 
     inductor = {k: v for k, v in torch_counters["inductor"].items() if "cache" in k}
     aot = {k: v for k, v in torch_counters["aot_autograd"].items() if "cache" in k}
-    print(json.dumps({"first_output_s": t2 - t1, "process_s": t2 - t0, "steady_image_s": t4 - t3,
-                      "setup_s": t1 - t0, "cache": dict(counters["cache"]), "inductor_caches": {**inductor, **aot}}))
+    result = {"first_output_s": t2 - t1, "process_s": t2 - t0, "steady_image_s": t4 - t3, "setup_s": t1 - t0,
+              "cache": dict(counters["cache"]), "inductor_caches": {**inductor, **aot}, "phases_s": _phases()}
+    if profiler is not None:
+        import io
+        import pstats
+
+        buf = io.StringIO()
+        pstats.Stats(profiler, stream=buf).sort_stats("cumulative").print_stats(60)
+        result["cprofile_cumulative"] = buf.getvalue()[:12000]
+    print(json.dumps(result))
+
+
+def _phases() -> dict:
+    """Seconds spent in torch.compile's timed phases (Dynamo tracing, AOTAutograd, Inductor, cache loads, guards),
+    summed over every compilation of the process; phases under 0.05 s are left out."""
+    try:
+        from torch._dynamo.utils import compilation_time_metrics
+    except ImportError:  # torch without the metrics
+        return {}
+    totals = {k: round(sum(v), 3) for k, v in compilation_time_metrics.items()}
+    return dict(sorted(((k, v) for k, v in totals.items() if v >= 0.05), key=lambda kv: -kv[1]))
 
 
 def run(env: dict, device: str, mode: str, extra: tuple = ()) -> dict:
@@ -190,7 +218,7 @@ def main_pipeline(args: argparse.Namespace) -> None:
                 row[what] = r
                 print(f"run {i} {what}: first image {r['first_output_s']:.2f} s (process {r['process_s']:.2f} s, "
                       f"steady image {r['steady_image_s']:.3f} s), cache {r['cache']}, Inductor/AOT caches "
-                      f"{r.get('inductor_caches')}", flush=True)
+                      f"{r.get('inductor_caches')}\n  phases (s): {r.get('phases_s')}", flush=True)
             ref = torch.load(row["cold"].pop("output"))
             for what in row:
                 if what != "cold":

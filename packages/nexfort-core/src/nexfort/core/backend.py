@@ -226,6 +226,7 @@ def _copy_graph_module(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
 def compile_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], cfg: Any) -> Callable:
     """Compile one Dynamo graph under a resolved configuration."""
     check_features(cfg)  # configuration errors are never "fallen back" from
+    compat.complete_guard_namespace()  # once, before Dynamo builds the first frame's guards
     scoped_flags = apply_overrides(cfg)
     patches = inductor_patches(cfg)
     passes = collect_passes(cfg)

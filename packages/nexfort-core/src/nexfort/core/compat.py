@@ -432,3 +432,29 @@ def dynamo_control_flow_exceptions() -> tuple:
         for n in ("TorchDynamoException", "RestartAnalysis", "SkipFrame")
         if isinstance(getattr(exc, n, None), type)
     )
+
+
+@functools.lru_cache(maxsize=None)
+def complete_guard_namespace() -> Dict[str, Any]:
+    """Name every sympy function of torch's symbolic shapes that a guard's code may call.
+
+    Dynamo evaluates a shape guard as Python code in the namespace ``symbolic_shapes.SYMPY_INTERP``. Where that
+    namespace lacks a function torch's sympy layer produces (torch 2.4: ``PowByNatural``, from ``2 ** n`` of a
+    symbolic int such as the SDXL UNet's ``2 ** self.num_upsamplers`` under ``dynamic=True``), the guard raises
+    ``NameError`` on every call, reads as failed, and the frame recompiles on every call. Adds the missing
+    names (feature-detected); returns what was added (empty where nothing is missing)."""
+    try:
+        from torch.fx.experimental import symbolic_shapes
+        from torch.utils._sympy import functions
+    except ImportError:  # pragma: no cover (torch without symbolic shapes)
+        return {}
+    interp = getattr(symbolic_shapes, "SYMPY_INTERP", None)
+    if not isinstance(interp, dict):
+        return {}
+    import math
+    import operator
+
+    wanted = {"PowByNatural": operator.pow, "FloatPow": math.pow}
+    added = {k: v for k, v in wanted.items() if hasattr(functions, k) and k not in interp}
+    interp.update(added)
+    return added

@@ -257,7 +257,7 @@ def compile_pipe(pipe: Any, mode: Optional[str] = None, options: Any = None, *, 
         # torch.compile) and, for denoisers, a clear error for a resolution the model cannot take
         check = shape_check(compiled, vae_scale) if name in DENOISERS else None
         wrap_compiled_call(compiled, dynamic=backend == "nexfort" and cfg.dynamic is True, check=check,
-                           denoiser=name in DENOISERS)
+                           denoiser=name in DENOISERS, per_sample=name.startswith("vae."))
         done.append((name, type(comps[name.split(".")[0]]).__name__))
     pipe._nexfort_compiled = {"backend": backend, "mode": cfg.mode, "components": [n for n, _ in done]}
     logger.info("nexfort: compile_pipe(%s) compiled %s", type(pipe).__name__, ", ".join(n for n, _ in done))

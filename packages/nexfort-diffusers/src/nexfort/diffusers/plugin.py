@@ -3,8 +3,9 @@
 Loaded through the ``nexfort`` entry-point group (name ``diffusers``). It owns the option namespace
 ``diffusers`` and
 - with ``dynamic=True``, makes the models' shape-dependent Python branches branch-free (diffusers'
-  ``PatchEmbed`` position embedding: :mod:`nexfort.diffusers.dynamic`), so that one graph serves every
-  resolution;
+  ``PatchEmbed`` position embedding: :mod:`nexfort.diffusers.dynamic`) and repeats attention masks per head
+  without a batch-size guard (:mod:`nexfort.diffusers.masks`), so that one graph serves every resolution and
+  batch size;
 - when ``max-optimize`` is on, fuses the QKV projections of diffusers models that support it
   (``fuse_qkv_projections()``: PixArt's transformer, UNet2DConditionModel, ...).
 Importing this module must stay cheap: diffusers itself is never imported here.
@@ -65,9 +66,14 @@ def nexfort_transform_module(module: Any, config: Any) -> Optional[str]:
     if _get(config, "dynamic") is True and (opts is None or bool(_get(opts, "dynamic_transforms", True))):
         from nexfort.diffusers.dynamic import make_patch_embeds_dynamic
 
+        from nexfort.diffusers.masks import make_attention_masks_dynamic
+
         n = make_patch_embeds_dynamic(module)
         if n:
             done.append(f"position embedding of {n} PatchEmbed computed for any size (dynamic shapes)")
+        n = make_attention_masks_dynamic(module)
+        if n:
+            done.append(f"attention masks of {n} Attention repeated per head without a batch-size guard")
     if bool(_get(config.flags, "max_optimize", False)) and opts is not None and bool(opts.fuse_qkv_projections):
         fuse = getattr(module, "fuse_qkv_projections", None)
         if callable(fuse) and not qkv_fused(module):

@@ -1,0 +1,56 @@
+"""Attention masks repeated per head without fixing the batch size of a dynamic graph.
+
+diffusers' ``Attention.prepare_attention_mask`` repeats the mask once per head with
+``repeat_interleave(heads, dim=0, output_size=...)``. Under ``dynamic=True``, torch 2.11's Dynamo turns that call
+into the guard ``Eq(heads * batch, <first batch x heads>)`` and the mask's batch size (and with it the batch of
+every input: the latents, the timestep) becomes a constant: every new batch size recompiles the denoiser
+(measured: PixArt-α, batch 1 -> 4, H200 and CPU, torch 2.11; torch 2.13 keeps it symbolic). Repeating a tensor
+per head along a dimension is ``unsqueeze + expand + reshape``: the same values, and no guard.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any, Optional
+
+import torch
+
+
+def _repeat_per_head(mask: torch.Tensor, heads: int, dim: int) -> torch.Tensor:
+    """``mask.repeat_interleave(heads, dim=dim)`` for an integer ``heads``, as a view-and-copy (no guard)."""
+    shape = list(mask.shape)
+    expanded = mask.unsqueeze(dim + 1).expand(*shape[: dim + 1], heads, *shape[dim + 1:])
+    return expanded.reshape(*shape[:dim], shape[dim] * heads, *shape[dim + 1:])
+
+
+def _prepare_attention_mask(
+    self: Any, attention_mask: Optional[torch.Tensor], target_length: int, batch_size: int, out_dim: int = 3
+) -> Optional[torch.Tensor]:
+    """``Attention.prepare_attention_mask`` with the per-head repeat of :func:`_repeat_per_head`. diffusers' own
+    method still pads the mask (called with ``batch_size=0``: nothing to repeat, whatever ``out_dim``)."""
+    original = type(self).prepare_attention_mask
+    if attention_mask is None or out_dim not in (3, 4):
+        return original(self, attention_mask, target_length, batch_size, out_dim)
+    mask = original(self, attention_mask, target_length, 0, 3)  # padding only
+    heads = int(self.heads)
+    if out_dim == 3:
+        if mask.shape[0] < batch_size * heads:
+            mask = _repeat_per_head(mask, heads, 0)
+        return mask
+    return _repeat_per_head(mask.unsqueeze(1), heads, 1)
+
+
+def make_attention_masks_dynamic(module: torch.nn.Module) -> int:
+    """Give diffusers' ``Attention`` instances in ``module`` the guard-free ``prepare_attention_mask``; returns
+    how many were patched (0 for a diffusers version whose ``Attention`` has no such method)."""
+    n = 0
+    for m in module.modules():
+        if getattr(m, "_nexfort_mask", False) or not callable(getattr(type(m), "prepare_attention_mask", None)):
+            continue
+        if not any(c.__name__ == "Attention" and c.__module__.split(".", 1)[0] == "diffusers"
+                   for c in type(m).__mro__) or not hasattr(m, "heads"):
+            continue
+        m.prepare_attention_mask = types.MethodType(_prepare_attention_mask, m)
+        m._nexfort_mask = True
+        n += 1
+    return n
