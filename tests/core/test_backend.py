@@ -231,3 +231,39 @@ def test_no_warning_on_clean_compile():
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         torch.compile(lambda x: x * 2 + 1, backend="nexfort", options={"mode": "jit"})(torch.randn(3))
+
+
+class _PowerOfTwoAligned(torch.nn.Module):
+    """The SDXL UNet's check, reduced: ``2 ** self.n`` of an int attribute (a symbol under dynamic=True on torch
+    2.4, whose guard code then called an undefined ``PowByNatural`` and failed on every call)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.n = 2
+        self.lin = torch.nn.Linear(8, 8)
+
+    def forward(self, x):
+        y = self.lin(x)
+        if any(s % (2 ** self.n) != 0 for s in x.shape[-2:-1]):
+            return y + 1
+        return y * 2
+
+
+def test_symbolic_power_guards_do_not_recompile_every_call(counters, assert_close):
+    from torch._dynamo.utils import counters as dynamo_counters
+
+    from nexfort.core import compat
+
+    compat.complete_guard_namespace()
+    from torch.fx.experimental.symbolic_shapes import SYMPY_INTERP
+    from torch.utils._sympy import functions
+
+    assert all(name in SYMPY_INTERP for name in ("PowByNatural", "FloatPow") if hasattr(functions, name))
+    model = _PowerOfTwoAligned().eval()
+    compiled = nexfort_compile(model, mode="jit", dynamic=True)
+    g0 = dynamo_counters["stats"]["unique_graphs"]
+    with torch.no_grad():
+        for i, rows in enumerate((12, 12, 20, 12)):
+            x = torch.randn(3, rows, 8, generator=torch.Generator().manual_seed(i))
+            assert_close(compiled(x), model(x), tol=1e-5)
+    assert dynamo_counters["stats"]["unique_graphs"] - g0 == 1
