@@ -40,9 +40,8 @@ def test_mask_already_per_head_and_none_pass_through():
 def test_patches_diffusers_attention_only_and_once():
     """The PixArt transformer's Attention modules are patched once; a look-alike module that is not diffusers'
     Attention (a near miss: same method name) is left alone."""
-    from tiny_pixart import TRANSFORMER
-
     from diffusers import PixArtTransformer2DModel
+    from tiny_pixart import TRANSFORMER
 
     model = PixArtTransformer2DModel(**TRANSFORMER)
     n_attn = sum(type(m).__name__ == "Attention" for m in model.modules())

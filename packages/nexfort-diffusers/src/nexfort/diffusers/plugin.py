@@ -65,7 +65,6 @@ def nexfort_transform_module(module: Any, config: Any) -> Optional[str]:
     done: List[str] = []
     if _get(config, "dynamic") is True and (opts is None or bool(_get(opts, "dynamic_transforms", True))):
         from nexfort.diffusers.dynamic import make_patch_embeds_dynamic
-
         from nexfort.diffusers.masks import make_attention_masks_dynamic
 
         n = make_patch_embeds_dynamic(module)
