@@ -11,7 +11,7 @@ per head along a dimension is ``unsqueeze + expand + reshape``: the same values,
 from __future__ import annotations
 
 import types
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -23,21 +23,26 @@ def _repeat_per_head(mask: torch.Tensor, heads: int, dim: int) -> torch.Tensor:
     return expanded.reshape(*shape[:dim], shape[dim] * heads, *shape[dim + 1:])
 
 
-def _prepare_attention_mask(
-    self: Any, attention_mask: Optional[torch.Tensor], target_length: int, batch_size: int, out_dim: int = 3
-) -> Optional[torch.Tensor]:
-    """``Attention.prepare_attention_mask`` with the per-head repeat of :func:`_repeat_per_head`. diffusers' own
-    method still pads the mask (called with ``batch_size=0``: nothing to repeat, whatever ``out_dim``)."""
-    original = type(self).prepare_attention_mask
-    if attention_mask is None or out_dim not in (3, 4):
-        return original(self, attention_mask, target_length, batch_size, out_dim)
-    mask = original(self, attention_mask, target_length, 0, 3)  # padding only
-    heads = int(self.heads)
-    if out_dim == 3:
-        if mask.shape[0] < batch_size * heads:
-            mask = _repeat_per_head(mask, heads, 0)
-        return mask
-    return _repeat_per_head(mask.unsqueeze(1), heads, 1)
+def _guard_free_prepare_attention_mask(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``Attention.prepare_attention_mask`` with the per-head repeat of :func:`_repeat_per_head`; diffusers' own
+    method (``original``) still pads the mask (called with ``batch_size=0``: nothing to repeat). ``original``
+    is held by the closure: Dynamo cannot look a method up on diffusers' ``Attention`` class itself (an
+    ``allow_in_graph`` class there), so no ``type(self)`` in here."""
+
+    def prepare_attention_mask(
+        self: Any, attention_mask: Optional[torch.Tensor], target_length: int, batch_size: int, out_dim: int = 3
+    ) -> Optional[torch.Tensor]:
+        if attention_mask is None or out_dim not in (3, 4):
+            return original(self, attention_mask, target_length, batch_size, out_dim)
+        mask = original(self, attention_mask, target_length, 0, 3)  # padding only
+        heads = int(self.heads)
+        if out_dim == 3:
+            if mask.shape[0] < batch_size * heads:
+                mask = _repeat_per_head(mask, heads, 0)
+            return mask
+        return _repeat_per_head(mask.unsqueeze(1), heads, 1)
+
+    return prepare_attention_mask
 
 
 def make_attention_masks_dynamic(module: torch.nn.Module) -> int:
@@ -50,7 +55,8 @@ def make_attention_masks_dynamic(module: torch.nn.Module) -> int:
         if not any(c.__name__ == "Attention" and c.__module__.split(".", 1)[0] == "diffusers"
                    for c in type(m).__mro__) or not hasattr(m, "heads"):
             continue
-        m.prepare_attention_mask = types.MethodType(_prepare_attention_mask, m)
+        patched = _guard_free_prepare_attention_mask(type(m).prepare_attention_mask)
+        m.prepare_attention_mask = types.MethodType(patched, m)
         m._nexfort_mask = True
         n += 1
     return n
