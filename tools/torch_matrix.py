@@ -39,7 +39,7 @@ FEATURES: List[Tuple[str, str]] = [
     ("Redis cache store", r"tests/cache/test_redis\.py::"),
     ("Signed local cache store and keys", r"tests/cache/test_(store|key)\.py::"),
     ("Cache CLI", r"tests/cache/test_cli\.py::"),
-    ("Diffusers: any resolution/batch without recompiling", r"tests/diffusers/test_dynamic\.py::"),
+    ("Diffusers: any resolution/batch without recompiling", r"tests/diffusers/test_(dynamic|masks)\.py::"),
     ("Diffusers: LoRA", r"tests/diffusers/test_lora\.py::"),
     ("Diffusers pipelines (`compile_pipe`)", r"tests/diffusers/"),
     ("Benchmark script", r"tests/benchmarks/"),
