@@ -440,7 +440,8 @@ def complete_guard_namespace() -> Dict[str, Any]:
 
     Dynamo evaluates a shape guard as Python code in the namespace ``symbolic_shapes.SYMPY_INTERP``. Where that
     namespace lacks a function torch's sympy layer produces (torch 2.4: ``PowByNatural``, from ``2 ** n`` of a
-    symbolic int such as the SDXL UNet's ``2 ** self.num_upsamplers`` under ``dynamic=True``), the guard raises
+    symbolic int such as the SDXL UNet's ``2 ** self.num_upsamplers`` under ``dynamic=True``; ``ToFloat``, from
+    diffusers' ``Upsample2D`` with an explicit output size), the guard raises
     ``NameError`` on every call, reads as failed, and the frame recompiles on every call. Adds the missing
     names (feature-detected); returns what was added (empty where nothing is missing)."""
     try:
@@ -454,7 +455,14 @@ def complete_guard_namespace() -> Dict[str, Any]:
     import math
     import operator
 
-    wanted = {"PowByNatural": operator.pow, "FloatPow": math.pow}
+    wanted: Dict[str, Callable[..., Any]] = {
+        "PowByNatural": operator.pow, "FloatPow": math.pow, "ToFloat": float, "FloatTrueDiv": operator.truediv,
+        "TruncToFloat": lambda x: float(math.trunc(x)), "CeilDiv": lambda a, b: -(-a // b),
+        "CleanDiv": operator.floordiv, "LShift": operator.lshift, "RShift": operator.rshift,
+        "Where": lambda c, p, q: p if c else q,
+    }
+    for fn in ("sqrt", "exp", "log", "sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "tanh", "asinh"):
+        wanted[f"OpaqueUnaryFn_{fn}"] = getattr(math, fn)
     added = {k: v for k, v in wanted.items() if hasattr(functions, k) and k not in interp}
     interp.update(added)
     return added
