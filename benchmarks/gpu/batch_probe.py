@@ -39,10 +39,7 @@ def _count_frames(module: torch.nn.Module, name: str, log: dict) -> None:
         log[name] = log.get(name, 0) + counters["stats"]["unique_graphs"] - before
         return out
 
-    for attr in ("_nexfort_wrapped", "_nexfort_check"):
-        if hasattr(fn, attr):
-            setattr(call, attr, getattr(fn, attr))
-    module._compiled_call_impl = call
+    module._compiled_call_impl = call  # (functools.wraps also carries the wrapper's _nexfort_* attributes)
 
 
 def _oblivious(module: torch.nn.Module) -> None:

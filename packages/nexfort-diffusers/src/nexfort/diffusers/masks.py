@@ -15,6 +15,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from nexfort.diffusers.dynamic import _is_class
+
 
 def _repeat_per_head(mask: torch.Tensor, heads: int, dim: int) -> torch.Tensor:
     """``mask.repeat_interleave(heads, dim=dim)`` for an integer ``heads``, as a view-and-copy (no guard)."""
@@ -52,8 +54,7 @@ def make_attention_masks_dynamic(module: torch.nn.Module) -> int:
     for m in module.modules():
         if getattr(m, "_nexfort_mask", False) or not callable(getattr(type(m), "prepare_attention_mask", None)):
             continue
-        if not any(c.__name__ == "Attention" and c.__module__.split(".", 1)[0] == "diffusers"
-                   for c in type(m).__mro__) or not hasattr(m, "heads"):
+        if not _is_class(m, "Attention") or not hasattr(m, "heads"):
             continue
         patched = _guard_free_prepare_attention_mask(type(m).prepare_attention_mask)
         m.prepare_attention_mask = types.MethodType(patched, m)
