@@ -149,3 +149,78 @@ def test_unsupported_resolution_sd3_position_embedding_limit():
     assert dynamic.valid_sizes_hint(model) == (16, 192)
     unet_like = torch.nn.Conv2d(4, 4, 1)
     assert dynamic.shape_check(unet_like) is None
+
+
+class _IntAttrs(torch.nn.Module):
+    """A module whose int attributes meet the batch size in shape arithmetic (as the SDXL UNet's
+    ``time_proj.num_channels`` does): ``cat`` of a ``(batch, 4)`` input with ``n`` rows of ones."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.n = 8
+        self.lin = torch.nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ones = x.new_ones(self.n, x.shape[1])
+        return self.lin(torch.cat([x, ones])) * self.n
+
+
+def test_module_int_attributes_stay_constants_under_dynamic(assert_close):
+    """A module compiled in place is traced with ``self`` as a local: torch 2.1-2.4's Dynamo made its int
+    attributes symbols under dynamic=True (torch 2.4 then compiled the tiny SDXL UNet again when the batch
+    equalled one of them). Through compile_pipe's compiled call they are constants on every torch: the graph's
+    inputs are the tensors and their sizes only, and a batch equal to the attribute does not recompile."""
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch.manual_seed(0)
+    m = _IntAttrs().eval()
+    ref = _IntAttrs().eval()
+    ref.load_state_dict(m.state_dict())
+    m.compile(backend=backend, dynamic=True)
+    assert dynamic.wrap_compiled_call(m, dynamic=True)
+    with torch.no_grad():
+        for batch in (2, 8, 3):
+            x = torch.randn(batch, 4)
+            assert_close(m(x), ref(x))
+    assert len(graphs) == 1
+    placeholders = [n.name for n in graphs[0].graph.nodes if n.op == "placeholder"]
+    assert not [p for p in placeholders if "self_n" in p], placeholders
+    assert dynamic.dynamo_patches() == (
+        {} if hasattr(torch._dynamo.config, "allow_unspec_int_on_nn_module") else {"specialize_int": True}
+    )
+
+
+def test_unet_forwards_upsample_sizes_at_every_size_one_graph(assert_close):
+    """diffusers' UNet upsamples by 2x where the latent is a multiple of 2**num_upsamplers and to the skip
+    connection's size elsewhere: two graphs under dynamic shapes. Under compile_pipe's compiled call it takes
+    the second path at every size (equal to eager at both kinds of size, one graph) and its attribute is back
+    after the call; a look-alike that is not a diffusers model is left alone."""
+    from nexfort.core import compat
+    from tests.core.models import tiny_unet, unet_inputs
+
+    compat.complete_guard_namespace()  # as the nexfort backend does (torch 2.4: ToFloat in the size guards)
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    unet, ref = tiny_unet(), tiny_unet()
+    assert dynamic.forwards_upsample_sizes(unet) and unet.num_upsamplers == 1
+    unet.compile(backend=backend, dynamic=True)
+    assert dynamic.wrap_compiled_call(unet, dynamic=True)
+    with torch.no_grad():
+        for batch, size in ((2, 8), (2, 7), (3, 10), (2, 9)):
+            kw = unet_inputs(batch=batch, size=size, seed=size)
+            assert_close(unet(**kw)[0], ref(**kw)[0])
+    assert len(graphs) == 1 and unet.num_upsamplers == 1
+
+    class LookAlike(torch.nn.Module):
+        num_upsamplers = 2
+
+    assert not dynamic.forwards_upsample_sizes(LookAlike())
+    assert not dynamic.forwards_upsample_sizes(ref.up_blocks[0])  # no num_upsamplers

@@ -220,9 +220,9 @@ def compile_pipe(pipe: Any, mode: Optional[str] = None, options: Any = None, *, 
     not assumed square forever); attention masks are repeated per head without fixing the batch size
     (:mod:`nexfort.diffusers.masks`), and the VAE's decoder/encoder run one sample at a time (a VAE first called
     with batch 1 would otherwise compile again for the next batch size: Dynamo specialises sizes 0/1). What
-    still compiles once more: a denoiser first called with batch 2 (CFG) and later with batch 1, or the reverse,
-    and a UNet whose latent height or width is not a multiple of 2**(number of upsamplers) (diffusers then
-    forwards explicit upsample sizes).
+    still compiles once more: a denoiser first called with batch 2 (CFG) and later with batch 1, or the reverse.
+    A UNet forwards explicit upsample sizes at every resolution (diffusers does so only where the latent is not
+    a multiple of 2**(number of upsamplers): a second graph otherwise; the same values).
     A denoiser given latents it cannot take (PixArt/DiT/SD3: not a multiple of the patch size, SD3: larger
     than its position embedding) raises ``UnsupportedResolutionError`` (a ``ValueError``) naming the nearest
     valid sizes, before anything is traced. Integer timesteps reach a compiled denoiser as float32 (exact, and
