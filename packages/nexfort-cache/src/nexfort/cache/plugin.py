@@ -237,6 +237,41 @@ def nexfort_post_compile(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]
                   f"({type(e).__name__}: {e}).")
 
 
+# ---------------------------------------------------------------------------------------------- facts
+def fact_key(name: str) -> str:
+    """The store key of an environment fact (:mod:`nexfort.core.facts`): its name, the torch build and the
+    versions and hardware of :func:`nexfort.cache.key.environment`."""
+    return keymod.digest({"key_version": keymod.KEY_VERSION, "fact": name, "environment": keymod.environment(),
+                          "torch_git": getattr(torch.version, "git_version", None)})
+
+
+@hookimpl
+def nexfort_recall_fact(name: str, config: Any) -> Optional[str]:
+    if not enabled(config):
+        return None
+    try:
+        payload = get_store(config).get(fact_key(name))
+        return None if payload is None else payload.decode("utf-8")
+    except NexfortCacheConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - an unreadable fact is an unknown one
+        warn_once(f"fact-{type(e).__name__}", f"nexfort cache: could not read a fact ({type(e).__name__}: {e}).")
+        return None
+
+
+@hookimpl
+def nexfort_record_fact(name: str, value: str, config: Any) -> None:
+    if not enabled(config):
+        return
+    try:
+        get_store(config).put(fact_key(name), value.encode("utf-8"))
+        counters["cache"]["facts_saved"] += 1
+    except NexfortCacheConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        warn_once(f"fact-save-{type(e).__name__}", f"nexfort cache: could not save a fact ({type(e).__name__}: {e}).")
+
+
 def reset() -> None:
     """Forget which keys this process loaded (tests)."""
     with _lock:

@@ -286,7 +286,7 @@ def mark_dynamic(t: torch.Tensor, dim: int, min: Optional[int] = None, max: Opti
 _UPSAMPLE_NEAREST_OK: Dict[str, Optional[bool]] = {}
 
 
-def inductor_upsample_nearest_scale_factor_ok(probe: bool = True) -> Optional[bool]:
+def inductor_upsample_nearest_scale_factor_ok(probe: bool = True, config: Any = None) -> Optional[bool]:
     """Whether Inductor computes ``F.interpolate(x, scale_factor=2.0, mode="nearest")`` right under
     ``torch.inference_mode()``; ``None`` when it cannot be told here (no working C++ compiler, ...), or when
     ``probe`` is False and it has not been told yet in this process.
@@ -299,9 +299,24 @@ def inductor_upsample_nearest_scale_factor_ok(probe: bool = True) -> Optional[bo
     take symbolic sizes there either ("Cannot convert expression to float" under ``dynamic=True``). Told by
     compiling and running the op once on a small CPU tensor (a view into a larger buffer, so a wrong index reads
     the buffer, not beyond it) and comparing with eager, once per process (never from inside a compilation:
-    ``compile_pipe`` asks first)."""
+    ``compile_pipe`` asks first). With a ``config``, the outcome is remembered through the plugins
+    (:mod:`nexfort.core.facts`: the cache plugin's store when its cache is on), so that a warm process skips the
+    probe's two compilations (9 s of C++ compile on a GPU machine with a fresh Inductor directory)."""
     if "ok" in _UPSAMPLE_NEAREST_OK or not probe:
         return _UPSAMPLE_NEAREST_OK.get("ok")
+    from nexfort.core import facts
+
+    told = facts.remembered("inductor_upsample_nearest2d", {"ok": bool, "dynamic_ok": bool},
+                            _probe_upsample_nearest, config)
+    _UPSAMPLE_NEAREST_OK["ok"] = None if told is None else told["ok"]
+    if told is not None:
+        _UPSAMPLE_NEAREST_OK["dynamic_ok"] = told["dynamic_ok"]
+    return _UPSAMPLE_NEAREST_OK["ok"]
+
+
+def _probe_upsample_nearest() -> Optional[Dict[str, bool]]:
+    """``{"ok": ..., "dynamic_ok": ...}`` told by compiling (see :func:`inductor_upsample_nearest_scale_factor_ok`),
+    ``None`` when it cannot be told here."""
     import torch.nn.functional as F
 
     def up(t: torch.Tensor) -> torch.Tensor:
@@ -318,10 +333,9 @@ def inductor_upsample_nearest_scale_factor_ok(probe: bool = True) -> Optional[bo
             ok: Optional[bool] = bool(torch.equal(out, up(x)))
     except Exception:  # pragma: no cover (no C++ compiler, ...)
         ok = None
-    _UPSAMPLE_NEAREST_OK["ok"] = ok
-    if ok is not None:
-        _UPSAMPLE_NEAREST_OK["dynamic_ok"] = _upsample_nearest_dynamic_ok(up_dynamic, big)
-    return ok
+    if ok is None:
+        return None
+    return {"ok": ok, "dynamic_ok": _upsample_nearest_dynamic_ok(up_dynamic, big)}
 
 
 def _upsample_nearest_dynamic_ok(up: Callable[[torch.Tensor], torch.Tensor], big: torch.Tensor) -> bool:

@@ -81,6 +81,20 @@ def nexfort_cache_store(config: "NexfortConfig") -> Optional[Any]:
     """
 
 
+@hookspec(firstresult=True)
+def nexfort_recall_fact(name: str, config: "NexfortConfig") -> Optional[str]:
+    """Return what :func:`nexfort_record_fact` recorded under ``name`` for this environment (torch build,
+    devices), e.g. a feature probe's outcome, so that a new process need not probe again; ``None`` when
+    unknown. ``firstresult``. The value is JSON text; core checks its shape and probes again if it is wrong.
+    """
+
+
+@hookspec
+def nexfort_record_fact(name: str, value: str, config: "NexfortConfig") -> None:
+    """Remember ``value`` (JSON text) under ``name`` for this environment. The return value is ignored;
+    a plugin that cannot store it says so in a log, never raises."""
+
+
 @hookspec
 def nexfort_cache_dirs() -> Optional[Sequence[str]]:
     """Name directories that ``python -m nexfort.utils.clear_inductor_cache`` should clear.

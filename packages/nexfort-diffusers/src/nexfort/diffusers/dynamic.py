@@ -232,12 +232,13 @@ def _upsample_explicit_size_forward(
     return type(self).forward(self, hidden_states, output_size, *args, **kwargs)
 
 
-def make_upsample_sizes_explicit(module: torch.nn.Module, force: bool = False) -> int:
+def make_upsample_sizes_explicit(module: torch.nn.Module, force: bool = False, config: Any = None) -> int:
     """Where Inductor gets ``F.interpolate(scale_factor=2.0, mode="nearest")`` wrong under inference mode (torch
     2.2, see :func:`nexfort.core.compat.inductor_upsample_nearest_scale_factor_ok`; checked only when ``module``
     has such upsamplers, and presumed wrong where it cannot be checked), make diffusers' ``Upsample2D``
     instances in ``module`` pass an explicit output size (:func:`_upsample_explicit_size_forward`); ``force``
-    skips the check. Returns how many were patched."""
+    skips the check; ``config`` (nexfort's) lets the check's outcome be remembered between processes. Returns
+    how many were patched."""
     ups = [
         m
         for m in module.modules()
@@ -251,7 +252,7 @@ def make_upsample_sizes_explicit(module: torch.nn.Module, force: bool = False) -
     if not force:
         from nexfort.core import compat
 
-        if compat.inductor_upsample_nearest_scale_factor_ok() is True:
+        if compat.inductor_upsample_nearest_scale_factor_ok(config=config) is True:
             return 0
     for m in ups:
         m.forward = types.MethodType(_upsample_explicit_size_forward, m)

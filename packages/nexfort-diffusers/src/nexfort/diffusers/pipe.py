@@ -252,7 +252,7 @@ def compile_pipe(pipe: Any, mode: Optional[str] = None, options: Any = None, *, 
         owner, attr = (comps["vae"], name.split(".", 1)[1]) if name.startswith("vae.") else (pipe, name)
         module = getattr(owner, attr)
         # torch 2.2: Inductor misreads nearest upsampling's scale factor under inference mode (detected)
-        make_upsample_sizes_explicit(module)
+        make_upsample_sizes_explicit(module, config=cfg if backend == "nexfort" else None)
         compiled = compile_module(module, cfg, backend)
         if compiled is not module:  # pragma: no cover (torch < 2.2)
             setattr(owner, attr, compiled)
