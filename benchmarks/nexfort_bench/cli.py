@@ -31,7 +31,8 @@ def str2bool(v: str) -> bool:
 
 def parser(description: str, default_model_help: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--model", default=None, help=f"hub id, local folder or built-in name {models.BUILTIN}; "
+    p.add_argument("--model", default=None, help=f"hub id, local folder or built-in name "
+                   f"({', '.join(models.BUILTIN)}: published architectures, random weights, nothing downloaded); "
                    f"default: {default_model_help}")
     p.add_argument("--scheduler", default="none", choices=list(models.SCHEDULERS),
                    help="'none' keeps the model's scheduler")
@@ -89,13 +90,30 @@ def multiple_resolutions() -> List[Tuple[int, int]]:
 RARE_RESOLUTIONS = [(544, 408), (960, 720)]
 
 
+def max_size(loaded: models.Loaded) -> Optional[int]:
+    """The largest height or width in pixels the denoiser takes, or None: a transformer that crops a fixed position
+    table (SD3: ``pos_embed_max_size`` patches a side) takes at most ``pos_embed_max_size * patch_size * 8``
+    pixels (3072 for SD3-medium, 1536 for tiny-sd3)."""
+    cfg = loaded.denoiser.config
+    n = getattr(cfg, "pos_embed_max_size", None)
+    if not n:
+        return None
+    return int(n) * int(getattr(cfg, "patch_size", None) or 1) * inputs.vae_scale(loaded.pipe)
+
+
 def aligned(loaded: models.Loaded, resolutions: Sequence[Tuple[int, int]]) -> List[Tuple[int, int]]:
-    """Round sizes down to what the model takes: a patch-2 transformer (PixArt) needs multiples of 16 pixels
-    (544x408 becomes 544x400); a UNet takes any multiple of the VAE's 8. Duplicates are dropped."""
+    """Round sizes down to what the model takes: a patch-2 transformer (PixArt, SD3) needs multiples of 16 pixels
+    (544x408 becomes 544x400); a UNet takes any multiple of the VAE's 8. Duplicates are dropped, and so are sizes
+    above :func:`max_size` (with a note on stderr)."""
     align = inputs.vae_scale(loaded.pipe) * int(getattr(loaded.denoiser.config, "patch_size", None) or 1)
+    limit = max_size(loaded)
     out: List[Tuple[int, int]] = []
     for h, w in resolutions:
         hw = (max(align, h // align * align), max(align, w // align * align))
+        if limit is not None and max(hw) > limit:
+            print(f"skipping {hw[0]}x{hw[1]}: {loaded.info.get('denoiser')} takes at most {limit} pixels a side "
+                  "(its position table)", file=sys.stderr)
+            continue
         if hw not in out:
             out.append(hw)
     return out
@@ -235,6 +253,10 @@ def main(argv: Optional[Sequence[str]] = None, *, family: str = "pixart", descri
         resolutions += rare if rare is not None else RARE_RESOLUTIONS
     env = report.environment(args.device)
     loaded = models.load_pipeline(args.model, args.torch_dtype, args.device, args.scheduler, args.seed, family)
+    limit = max_size(loaded)
+    if limit is not None and max(args.height, args.width) > limit:
+        raise SystemExit(f"--height/--width {args.height}x{args.width}: {loaded.info['denoiser']} takes at most "
+                         f"{limit} pixels a side (pos_embed_max_size x patch_size x VAE scale)")
     resolutions = aligned(loaded, resolutions)
     jobs: List[Tuple[int, ...]] = list(resolutions)
     if jobs:  # the batch sweep: the base resolution at another batch size (1 -> 4)

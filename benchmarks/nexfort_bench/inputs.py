@@ -7,7 +7,7 @@ from typing import Any, Dict
 
 import torch
 
-from nexfort_bench.models import CLIP_SEQ_LEN, PIXART_SEQ_LEN, Loaded
+from nexfort_bench.models import CLIP_SEQ_LEN, PIXART_SEQ_LEN, SD3_SEQ_LEN, Loaded
 
 PROMPT = "a photo of an astronaut riding a horse on mars, highly detailed, 8k"
 
@@ -45,6 +45,13 @@ def prompt_kwargs(loaded: Loaded, batch: int, seed: int, dtype: torch.dtype, dev
                 "prompt_attention_mask": mask,
                 "negative_prompt_embeds": _randn((batch, PIXART_SEQ_LEN, dim), seed + 2, dtype, device),
                 "negative_prompt_attention_mask": mask.clone()}
+    if loaded.kind == "sd3":  # CLIP-L/G + T5 tokens (joint_attention_dim), pooled CLIP-L + CLIP-G
+        cfg = pipe.transformer.config
+        text, pooled = (SD3_SEQ_LEN, cfg.joint_attention_dim), cfg.pooled_projection_dim
+        return {"prompt": None, "prompt_embeds": _randn((batch, *text), seed + 1, dtype, device),
+                "negative_prompt_embeds": _randn((batch, *text), seed + 2, dtype, device),
+                "pooled_prompt_embeds": _randn((batch, pooled), seed + 3, dtype, device),
+                "negative_pooled_prompt_embeds": _randn((batch, pooled), seed + 4, dtype, device)}
     unet = pipe.unet.config
     pooled = unet.projection_class_embeddings_input_dim - 6 * unet.addition_time_embed_dim
     dim = unet.cross_attention_dim
@@ -92,5 +99,11 @@ def denoiser_kwargs(loaded: Loaded, *, batch: int, height: int, width: int, seed
         added = {"text_embeds": _randn((b, pooled), seed + 3, dtype, device), "time_ids": time_ids}
         return {"sample": x, "timestep": t, "encoder_hidden_states": text, "added_cond_kwargs": added,
                 "return_dict": False}
+    if loaded.kind == "sd3":  # flow matching: the pipeline passes float timesteps (sigma x 1000)
+        cfg = den.config
+        return {"hidden_states": x, "timestep": torch.full((b,), 500.0, dtype=torch.float32, device=device),
+                "encoder_hidden_states": _randn((b, SD3_SEQ_LEN, cfg.joint_attention_dim), seed + 1, dtype, device),
+                "pooled_projections": _randn((b, cfg.pooled_projection_dim), seed + 3, dtype, device),
+                "return_dict": False}
     raise ValueError(f"--denoiser-only does not know how to call a {type(den).__name__}; "
-                     "it supports PixArt transformers and SDXL-style UNets")
+                     "it supports PixArt and SD3 transformers and SDXL-style UNets")

@@ -1,9 +1,9 @@
 """Pipelines for the benchmarks: real ``from_pretrained`` loading, or built-in architectures with random weights.
 
 Nothing here downloads anything unless ``--model`` names a hub id. The built-in defaults are the published
-architecture configs (PixArt-α XL-2 1024-MS; SDXL base UNet) with random weights, or small variants of the same
-architectures for machines without a GPU. Pipelines without a text encoder get ready random prompt embeddings of
-the shape their text encoder would produce.
+architecture configs (PixArt-α XL-2 1024-MS; SDXL base UNet; Stable Diffusion 3 medium's MMDiT and 16-channel
+VAE) with random weights, or small variants of the same architectures for machines without a GPU. Pipelines without
+a text encoder get ready random prompt embeddings of the shape their text encoder would produce.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from typing import Any, Dict, Optional
 
 import torch
 
-BUILTIN = ("pixart-alpha", "pixart-alpha-small", "sdxl", "sdxl-small", "tiny-pixart", "tiny-sdxl")
+BUILTIN = ("pixart-alpha", "pixart-alpha-small", "sdxl", "sdxl-small", "sd3-medium", "tiny-pixart", "tiny-sdxl",
+           "tiny-sd3")
 
 # --------------------------------------------------------------------------------------- architectures
 PIXART_ALPHA_XL2_1024 = dict(  # PixArt-alpha/PixArt-XL-2-1024-MS transformer/config.json
@@ -51,23 +52,40 @@ SDXL_TINY = {**SDXL_SMALL, "block_out_channels": (8, 16, 16), "attention_head_di
              "projection_class_embeddings_input_dim": 6 * 4 + 8}
 SDXL_VAE = {**SD_VAE, "scaling_factor": 0.13025, "force_upcast": True}
 
+SD3_MEDIUM = dict(  # stabilityai/stable-diffusion-3-medium-diffusers transformer/config.json (2.03 B parameters):
+    # hidden 24 x 64 = 1536 (diffusers' single-file loader: adaLN bias 6 x 1536 = 9216), position table 192 x 192
+    sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64, num_attention_heads=24,
+    joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048, out_channels=16,
+    pos_embed_max_size=192)
+# two blocks (the last one is context_pre_only); position table 96 x 96 (diffusers' default): at most
+# 96 x 2 x 8 = 1536 pixels a side, so the resolution grid (up to 1024) stays inside it as it does for SD3-medium
+SD3_TINY = {**SD3_MEDIUM, "sample_size": 8, "num_layers": 2, "attention_head_dim": 8, "num_attention_heads": 2,
+            "joint_attention_dim": 32, "caption_projection_dim": 16, "pooled_projection_dim": 32,
+            "pos_embed_max_size": 96}
+SD3_VAE_CHANGES = dict(latent_channels=16, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False,
+                       use_post_quant_conv=False)
+SD3_VAE = {**SD_VAE, **SD3_VAE_CHANGES}  # stable-diffusion-3-medium-diffusers vae/config.json
+SD3_VAE_TINY = {**VAE_TINY, **SD3_VAE_CHANGES}
+
 PIXART_SCHEDULER = dict(beta_start=0.0001, beta_end=0.02, beta_schedule="linear", num_train_timesteps=1000,
                         prediction_type="epsilon", solver_order=2, algorithm_type="dpmsolver++",
                         lower_order_final=True)
 SDXL_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
                       prediction_type="epsilon", steps_offset=1, timestep_spacing="leading")
+SD3_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0)  # FlowMatchEulerDiscreteScheduler
 
 SCHEDULERS = {"none": None, "dpmsolver": "DPMSolverMultistepScheduler", "euler": "EulerDiscreteScheduler",
               "ddim": "DDIMScheduler", "euler_a": "EulerAncestralDiscreteScheduler"}
 PIXART_SEQ_LEN = 120  # T5 tokens PixArt-α was trained with
 CLIP_SEQ_LEN = 77
+SD3_SEQ_LEN = CLIP_SEQ_LEN + 256  # SD3: CLIP-L/G tokens, then T5 (max_sequence_length 256), concatenated
 
 
 @dataclass
 class Loaded:
     pipe: Any
     name: str
-    kind: str  # "pixart" | "sdxl" | "generic"
+    kind: str  # "pixart" | "sdxl" | "sd3" | "generic"
     denoiser_name: str
     info: Dict[str, Any] = field(default_factory=dict)
 
@@ -107,10 +125,36 @@ def build_sdxl(variant: str = "sdxl", seed: int = 0) -> Any:
                                      tokenizer_2=None, unet=unet, scheduler=scheduler, add_watermarker=False)
 
 
+def build_sd3(variant: str = "sd3-medium", seed: int = 0) -> Any:
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+
+    tcfg, vcfg = {"sd3-medium": (SD3_MEDIUM, SD3_VAE), "tiny-sd3": (SD3_TINY, SD3_VAE_TINY)}[variant]
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(**tcfg)
+    vae = AutoencoderKL(**vcfg)
+    scheduler = FlowMatchEulerDiscreteScheduler(**SD3_SCHEDULER)
+    return StableDiffusion3Pipeline(transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=None,
+                                    tokenizer=None, text_encoder_2=None, tokenizer_2=None, text_encoder_3=None,
+                                    tokenizer_3=None)
+
+
+def _is_sd3(config: Any) -> bool:
+    """SD3's MMDiT (SD3Transformer2DModel): pooled text projection and caption projection (Flux has no caption
+    projection, AuraFlow no pooled projection)."""
+    return all(k in config for k in ("joint_attention_dim", "caption_projection_dim", "pooled_projection_dim"))
+
+
 def _kind(pipe: Any) -> str:
     tr = getattr(pipe, "transformer", None)
     if tr is not None and "caption_channels" in getattr(tr, "config", {}):
         return "pixart"
+    if tr is not None and _is_sd3(getattr(tr, "config", {})):
+        return "sd3"
     unet = getattr(pipe, "unet", None)
     if unet is not None and getattr(unet.config, "addition_embed_type", None) == "text_time":
         return "sdxl"
@@ -143,6 +187,13 @@ def _load_model_folder(path: str, torch_dtype: torch.dtype) -> Optional[Any]:
     elif getattr(model.config, "addition_embed_type", None) == "text_time":
         pipe = build_sdxl("sdxl" if torch.cuda.is_available() else "sdxl-small")
         pipe.unet = model
+    elif _is_sd3(model.config):
+        pipe = build_sd3("tiny-sd3")  # its transformer is replaced: no 2 B random one built for nothing
+        if torch.cuda.is_available():
+            from diffusers import AutoencoderKL
+
+            pipe.vae = AutoencoderKL(**SD3_VAE)
+        pipe.transformer = model
     else:
         raise ValueError(f"{path}: a lone {cls_name} is not supported; save the whole pipeline (model_index.json)")
     return pipe
@@ -154,7 +205,8 @@ def load_pipeline(model: Optional[str], dtype: torch.dtype, device: str, schedul
     model = model or default_model(family)
     if model in BUILTIN:
         with torch.device(device):  # random init on the GPU: seconds instead of minutes for SDXL's UNet
-            pipe = build_pixart(model, seed) if "pixart" in model else build_sdxl(model, seed)
+            build = build_pixart if "pixart" in model else build_sd3 if "sd3" in model else build_sdxl
+            pipe = build(model, seed)
         # the scheduler keeps its tables on the CPU (diffusers converts them to numpy): built outside that context
         pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
     elif os.path.isdir(model) and not os.path.isfile(os.path.join(model, "model_index.json")):
