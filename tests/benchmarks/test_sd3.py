@@ -3,37 +3,18 @@ SD3-medium architecture checked on the meta device (nothing allocated, nothing d
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import os
 
 import pytest
 import torch
 
+from .conftest import SIZE
+
 pytest.importorskip("diffusers")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SIZE = ["--height", "64", "--width", "64", "--steps", "2", "--warmups", "1", "--iters", "2"]
 # one compilation serves every size: the eager reference (which the resolution sweeps add) costs no compile
 JIT = ["--compiler", "nexfort", "--inductor-cache", "shared"]
-
-
-def _load_script(rel: str):
-    path = os.path.join(ROOT, rel)
-    spec = importlib.util.spec_from_file_location(rel.replace("/", "_").replace(".py", ""), path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-@pytest.fixture(scope="module")
-def bench():
-    mod = _load_script("benchmarks/text_to_image.py")
-    from nexfort_bench import models
-
-    mod.models = models
-    return mod
 
 
 @pytest.fixture

@@ -10,27 +10,10 @@ import os
 import pytest
 import torch
 
+from .conftest import SIZE, load_script
+
 pytest.importorskip("diffusers")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SIZE = ["--height", "64", "--width", "64", "--steps", "2", "--warmups", "1", "--iters", "2"]
-
-
-def _load_script(rel: str):
-    path = os.path.join(ROOT, rel)
-    spec = importlib.util.spec_from_file_location(rel.replace("/", "_").replace(".py", ""), path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-@pytest.fixture(scope="module")
-def bench():
-    mod = _load_script("benchmarks/text_to_image.py")
-    from nexfort_bench import models
-
-    mod.models = models
-    return mod
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +117,7 @@ def test_bad_compiler_config_fails_before_loading(bench, tmp_path):
 
 
 def test_sdxl_example_eager_default_small_model(tmp_path):
-    example = _load_script("examples/text_to_image_sdxl.py")
+    example = load_script("examples/text_to_image_sdxl.py")
     out = tmp_path / "sdxl.json"
     rc = example.main(["--model", "tiny-sdxl", "--compiler", "none", "--output-json", str(out), *SIZE])
     assert rc == 0
@@ -192,7 +175,7 @@ def test_sdxl_example_multiple_and_rare_resolutions_denoiser(tmp_path):
     explicit upsample sizes: compile_pipe makes the UNet forward them at every size), every output checked
     against eager. mkldnn is off: on the CPU, PyTorch picks a convolution
     kernel by input size and Dynamo turns that choice into size guards (no such guard on CUDA)."""
-    example = _load_script("examples/text_to_image_sdxl.py")
+    example = load_script("examples/text_to_image_sdxl.py")
     out = tmp_path / "sdxl.json"
     with torch.backends.mkldnn.flags(enabled=False):
         rc = example.main(["--model", "tiny-sdxl", "--denoiser-only", "--run_multiple_resolutions", "1",

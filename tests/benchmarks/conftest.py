@@ -1,0 +1,30 @@
+"""Shared by the benchmark-script tests: loading a script of the repository as a module, the ``bench`` fixture
+(``benchmarks/text_to_image.py`` with its helper package), the small default size."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SIZE = ["--height", "64", "--width", "64", "--steps", "2", "--warmups", "1", "--iters", "2"]
+
+
+def load_script(rel: str):
+    """The script at ``rel`` (relative to the repository root), imported as a module."""
+    path = os.path.join(ROOT, rel)
+    spec = importlib.util.spec_from_file_location(rel.replace("/", "_").replace(".py", ""), path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def bench():
+    mod = load_script("benchmarks/text_to_image.py")
+    from nexfort_bench import models
+
+    mod.models = models
+    return mod
