@@ -90,23 +90,21 @@ def multiple_resolutions() -> List[Tuple[int, int]]:
 RARE_RESOLUTIONS = [(544, 408), (960, 720)]
 
 
-def max_size(loaded: models.Loaded) -> Optional[int]:
-    """The largest height or width in pixels the denoiser takes, or None: a transformer that crops a fixed position
-    table (SD3: ``pos_embed_max_size`` patches a side) takes at most ``pos_embed_max_size * patch_size * 8``
-    pixels (3072 for SD3-medium, 1536 for tiny-sd3)."""
-    cfg = loaded.denoiser.config
-    n = getattr(cfg, "pos_embed_max_size", None)
-    if not n:
-        return None
-    return int(n) * int(getattr(cfg, "patch_size", None) or 1) * inputs.vae_scale(loaded.pipe)
+def size_limits(loaded: models.Loaded) -> Tuple[int, Optional[int]]:
+    """``(multiple, max)`` in pixels of the sizes the denoiser takes (``max`` None when unbounded): nexfort's own
+    :func:`nexfort.diffusers.dynamic.valid_sizes_hint`. A patch-2 transformer (PixArt, SD3) needs multiples of 16,
+    a UNet of the VAE's 8; a transformer that crops a fixed position table (SD3: ``pos_embed_max_size`` patches
+    a side) takes at most ``pos_embed_max_size * patch_size * 8`` pixels (3072 for SD3-medium, 1536 for
+    tiny-sd3)."""
+    from nexfort.diffusers.dynamic import valid_sizes_hint
+
+    return valid_sizes_hint(loaded.denoiser, inputs.vae_scale(loaded.pipe))
 
 
 def aligned(loaded: models.Loaded, resolutions: Sequence[Tuple[int, int]]) -> List[Tuple[int, int]]:
-    """Round sizes down to what the model takes: a patch-2 transformer (PixArt, SD3) needs multiples of 16 pixels
-    (544x408 becomes 544x400); a UNet takes any multiple of the VAE's 8. Duplicates are dropped, and so are sizes
-    above :func:`max_size` (with a note on stderr)."""
-    align = inputs.vae_scale(loaded.pipe) * int(getattr(loaded.denoiser.config, "patch_size", None) or 1)
-    limit = max_size(loaded)
+    """Round sizes down to what the model takes (:func:`size_limits`; 544x408 becomes 544x400 for PixArt).
+    Duplicates are dropped, and so are sizes above the maximum (with a note on stderr)."""
+    align, limit = size_limits(loaded)
     out: List[Tuple[int, int]] = []
     for h, w in resolutions:
         hw = (max(align, h // align * align), max(align, w // align * align))
@@ -253,7 +251,7 @@ def main(argv: Optional[Sequence[str]] = None, *, family: str = "pixart", descri
         resolutions += rare if rare is not None else RARE_RESOLUTIONS
     env = report.environment(args.device)
     loaded = models.load_pipeline(args.model, args.torch_dtype, args.device, args.scheduler, args.seed, family)
-    limit = max_size(loaded)
+    limit = size_limits(loaded)[1]
     if limit is not None and max(args.height, args.width) > limit:
         raise SystemExit(f"--height/--width {args.height}x{args.width}: {loaded.info['denoiser']} takes at most "
                          f"{limit} pixels a side (pos_embed_max_size x patch_size x VAE scale)")

@@ -93,7 +93,7 @@ def test_sd3_position_table_limits_sizes(bench, tmp_path, capsys):
     cli, models = bench.cli, bench.models
     loaded = models.load_pipeline("tiny-sd3", torch.float32, "cpu")
     assert loaded.kind == "sd3" and loaded.denoiser_name == "transformer"
-    assert cli.max_size(loaded) == 1536
+    assert cli.size_limits(loaded) == (16, 1536)
     assert cli.aligned(loaded, [(1536, 1024), (1552, 512), (1000, 2048)]) == [(1536, 1024)]
     assert "at most 1536 pixels" in capsys.readouterr().err
     assert cli.aligned(loaded, cli.multiple_resolutions()) == cli.multiple_resolutions()
@@ -120,7 +120,7 @@ def test_sd3_medium_architecture_on_meta(bench):
     assert (cfg.num_layers, cfg.num_attention_heads * cfg.attention_head_dim, cfg.pos_embed_max_size) == (24, 1536, 192)
     assert (vae.latent_channels, vae.scaling_factor, vae.shift_factor) == (16, 1.5305, 0.0609)
     assert not vae.use_quant_conv and not vae.use_post_quant_conv
-    assert cli.max_size(loaded) == 3072
+    assert cli.size_limits(loaded) == (16, 3072)
     dkw = inputs.denoiser_kwargs(loaded, batch=1, height=1024, width=1024, seed=0, dtype=torch.float16,
                                  device="meta")
     assert dkw["hidden_states"].shape == (2, 16, 128, 128)

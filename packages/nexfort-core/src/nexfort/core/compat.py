@@ -308,9 +308,7 @@ def inductor_upsample_nearest_scale_factor_ok(probe: bool = True, config: Any = 
 
     told = facts.remembered("inductor_upsample_nearest2d", {"ok": bool, "dynamic_ok": bool},
                             _probe_upsample_nearest, config)
-    _UPSAMPLE_NEAREST_OK["ok"] = None if told is None else told["ok"]
-    if told is not None:
-        _UPSAMPLE_NEAREST_OK["dynamic_ok"] = told["dynamic_ok"]
+    _UPSAMPLE_NEAREST_OK.update(told if told is not None else {"ok": None})
     return _UPSAMPLE_NEAREST_OK["ok"]
 
 

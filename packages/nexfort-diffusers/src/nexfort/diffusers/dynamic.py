@@ -36,6 +36,7 @@ class UnsupportedResolutionError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------ Dynamo settings
+@functools.lru_cache(maxsize=None)
 def dynamic_shapes_patches() -> Dict[str, Any]:
     """``torch.fx.experimental._config`` settings for traps-free dynamic shapes (only those this torch has)."""
     try:
@@ -73,6 +74,7 @@ def mark_inputs_dynamic(args: Sequence[Any], kwargs: Dict[str, Any]) -> int:
     return n
 
 
+@functools.lru_cache(maxsize=None)
 def dynamo_patches() -> Dict[str, Any]:
     """``torch._dynamo.config`` settings for dynamic shapes on a torch whose Dynamo has no
     ``allow_unspec_int_on_nn_module`` (2.1-2.4): there a module compiled in place (``nn.Module.compile``) is
@@ -88,8 +90,9 @@ def dynamo_patches() -> Dict[str, Any]:
 
 
 @contextlib.contextmanager
-def dynamic_shapes_context() -> Iterator[None]:
-    """:func:`dynamic_shapes_patches` and :func:`dynamo_patches` for the duration of a compiled call."""
+def dynamic_shapes_context(unet: Optional[torch.nn.Module] = None) -> Iterator[None]:
+    """:func:`dynamic_shapes_patches` and :func:`dynamo_patches` for the duration of a compiled call and, given a
+    ``unet`` (see :func:`forwards_upsample_sizes`), :func:`always_forward_upsample_sizes` on it."""
     with contextlib.ExitStack() as stack:
         patches = dynamic_shapes_patches()
         if patches:
@@ -99,12 +102,18 @@ def dynamic_shapes_context() -> Iterator[None]:
         dynamo = dynamo_patches()
         if dynamo:
             stack.enter_context(torch._dynamo.config.patch(**dynamo))
+        if unet is not None:
+            stack.enter_context(always_forward_upsample_sizes(unet))
         yield
 
 
 # ------------------------------------------------------------------------------------------ PatchEmbed
+def _from_diffusers(cls: type) -> bool:
+    return cls.__module__.split(".", 1)[0] == "diffusers"
+
+
 def _is_class(module: Any, name: str) -> bool:
-    return any(c.__name__ == name and c.__module__.split(".", 1)[0] == "diffusers" for c in type(module).__mro__)
+    return any(c.__name__ == name and _from_diffusers(c) for c in type(module).__mro__)
 
 
 def _sincos_from_grid_pt(embed_dim: int, grid: torch.Tensor) -> torch.Tensor:
@@ -269,7 +278,7 @@ def forwards_upsample_sizes(module: torch.nn.Module) -> bool:
     the skip connection's size (``UNet2DConditionModel``: a latent height or width that is not a multiple of
     ``2 ** num_upsamplers`` takes the second path): two graphs under dynamic shapes."""
     n = getattr(module, "num_upsamplers", None)
-    return type(n) is int and n > 0 and type(module).__module__.split(".", 1)[0] == "diffusers"
+    return type(n) is int and n > 0 and _from_diffusers(type(module))
 
 
 @contextlib.contextmanager
@@ -404,19 +413,9 @@ def wrap_compiled_call(
         return False
     if not dynamic and check is None and not denoiser:
         return False
-    patched = dynamic and bool(dynamic_shapes_patches() or dynamo_patches())
     # a UNet: one graph for latents that are multiples of its upsampling factor and the others
-    upsizes = dynamic and forwards_upsample_sizes(module)
-
-    @contextlib.contextmanager
-    def ctx() -> Iterator[None]:
-        with contextlib.ExitStack() as stack:
-            if patched:
-                stack.enter_context(dynamic_shapes_context())
-            if upsizes:
-                stack.enter_context(always_forward_upsample_sizes(module))
-            yield
-
+    unet = module if forwards_upsample_sizes(module) else None
+    ctx = functools.partial(dynamic_shapes_context, unet) if dynamic else contextlib.nullcontext
     # no use_duck_shape setting in this torch: the same through the inputs' marks
     mark = dynamic and "use_duck_shape" not in dynamic_shapes_patches()
     split = dynamic and per_sample
