@@ -71,7 +71,8 @@ def child_pipeline(args: argparse.Namespace) -> None:
 
     dtype = torch.float16 if args.device.startswith("cuda") else torch.float32
     loaded = models.load_pipeline(args.model, dtype, args.device)
-    compile_pipe(loaded.pipe, mode=args.mode, dynamic=args.dynamic)
+    compile_pipe(loaded.pipe, mode=args.mode, dynamic=args.dynamic,
+                 options=json.loads(args.options) if args.options else None)
     kw = inputs.pipeline_kwargs(loaded, batch=1, height=args.height, width=args.width, steps=args.steps,
                                 seed=0, guidance_scale=4.5, dtype=dtype, device=args.device)
     kw["output_type"] = "pt"
@@ -145,6 +146,8 @@ def main() -> None:
     p.add_argument("--dynamic", action="store_true", help="compile with dynamic=True")
     p.add_argument("--redis-url", default=None, help="also run a process on 'another machine': its own empty "
                    "local directory, this Redis")
+    p.add_argument("--options", default=None, help="nexfort options for compile_pipe, as JSON (e.g. "
+                   "'{\"inductor.coordinate_descent_tuning\": false}')")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--save-output", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -192,7 +195,8 @@ def main_pipeline(args: argparse.Namespace) -> None:
     from nexfort_bench import report
 
     extra = ("--model", args.model, "--height", str(args.height), "--width", str(args.width), "--steps",
-             str(args.steps)) + (("--dynamic",) if args.dynamic else ())
+             str(args.steps)) + (("--dynamic",) if args.dynamic else ()) + (
+                 ("--options", args.options) if args.options else ())
     rows = []
     with tempfile.TemporaryDirectory(prefix="nexfort-bench-") as tmp:
         for i in range(args.repeats):
@@ -239,9 +243,9 @@ def main_pipeline(args: argparse.Namespace) -> None:
               + ("" if what == "cold" else f" ({med['first_output_s'] / summary['cold']['first_output_s']:.1%} "
                  "of cold)"))
     if args.output_json:
-        env = {**report.environment(args.device), "mode": args.mode, "model": args.model, "height": args.height,
-               "width": args.width, "steps": args.steps, "dynamic": args.dynamic, "redis": bool(args.redis_url),
-               "repeats": args.repeats, "date": time.strftime("%Y-%m-%d")}
+        env = {**report.environment(args.device), "mode": args.mode, "options": args.options, "model": args.model,
+               "height": args.height, "width": args.width, "steps": args.steps, "dynamic": args.dynamic,
+               "redis": bool(args.redis_url), "repeats": args.repeats, "date": time.strftime("%Y-%m-%d")}
         with open(args.output_json, "w") as f:
             json.dump({"benchmark": "cache_warm_start_pipeline", "env": env, "summary": summary, "runs": rows}, f,
                       indent=2)
