@@ -17,8 +17,8 @@ original modules (and their parameters' ``requires_grad``, which PEFT turns off 
 only weight *values* change, which a compiled graph reads at every call (weights are graph
 inputs, not constants, unless ``freezing`` is on). The weights a LoRA touches are saved first, so
 :func:`unfuse_lora` restores them exactly and a swap is ``fuse_lora(pipe, other)`` (it unfuses the previous
-one). QKV projections fused by ``max-optimize`` (``to_qkv``/``to_kv``: copies of ``to_q``/``to_k``/``to_v``) are
-refreshed in place from the fused weights, so the LoRA reaches them too.
+one). QKV projections fused by ``max-optimize`` (``to_qkv``/``to_kv``, whose rows ``to_q``/``to_k``/``to_v`` are views
+of) are refreshed in place from the fused weights, so the LoRA reaches them too.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
+
+from nexfort.diffusers.fused import fused_groups
 
 #: pipeline components a LoRA may touch (those present are used)
 LORA_COMPONENTS = ("transformer", "unet", "text_encoder", "text_encoder_2", "text_encoder_3")
@@ -56,25 +58,16 @@ def _lora_targets(pipe: Any) -> List[Tuple[str, str, torch.nn.Parameter]]:
 
 def refresh_fused_projections(module: torch.nn.Module) -> int:
     """Copy ``to_q``/``to_k``/``to_v`` (and ``add_*_proj``) into the fused ``to_qkv``/``to_kv``/``to_added_qkv``
-    that ``fuse_qkv_projections()`` made, in place (same tensors: no recompilation). Returns how many."""
+    that ``fuse_qkv_projections()`` made, in place (same tensors: no recompilation). Returns how many. (Where
+    :func:`nexfort.diffusers.fused.share_fused_weights` made them views of the fused weights, PEFT may still have
+    replaced a weight tensor instead of updating it.)"""
     n = 0
     with torch.no_grad():
-        for m in module.modules():
-            if not getattr(m, "fused_projections", False):
-                continue
-            groups = [("to_qkv", ("to_q", "to_k", "to_v")), ("to_kv", ("to_k", "to_v")),
-                      ("to_added_qkv", ("add_q_proj", "add_k_proj", "add_v_proj"))]
-            for fused_name, parts in groups:
-                fused = getattr(m, fused_name, None)
-                layers = [getattr(m, p, None) for p in parts]
-                if not isinstance(fused, torch.nn.Linear) or any(not isinstance(x, torch.nn.Linear) for x in layers):
-                    continue
-                if fused.weight.shape[0] != sum(x.weight.shape[0] for x in layers):
-                    continue
-                fused.weight.copy_(torch.cat([x.weight for x in layers]))
-                if fused.bias is not None and all(x.bias is not None for x in layers):
-                    fused.bias.copy_(torch.cat([x.bias for x in layers]))
-                n += 1
+        for fused, layers in fused_groups(module):
+            fused.weight.copy_(torch.cat([x.weight for x in layers]))
+            if fused.bias is not None:
+                fused.bias.copy_(torch.cat([x.bias for x in layers]))
+            n += 1
     return n
 
 

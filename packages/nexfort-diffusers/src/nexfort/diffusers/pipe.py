@@ -209,8 +209,8 @@ def compile_pipe(pipe: Any, mode: Optional[str] = None, options: Any = None, *, 
     models only. ``ignores`` names components to leave alone (``"vae"``, ``"vae.decoder"``, ``"transformer"``,
     ...). ``fuse_qkv_projections`` lets the diffusers plugin fuse attention projections when ``max-optimize`` is
     on. Modules are compiled in place (``nn.Module.compile``): they keep their parameters, so in-place weight
-    changes (``load_state_dict``, LoRA fusing) reach the compiled pipeline without recompiling, except weights
-    of QKV projections fused by max-optimize, which are copies. ``backend="inductor"`` compiles with plain
+    changes (``load_state_dict``, LoRA fusing) reach the compiled pipeline without recompiling (QKV projections
+    fused by max-optimize share their weights with the unfused layers). ``backend="inductor"`` compiles with plain
     ``torch.compile`` (default mode; only ``dynamic``, ``fullgraph`` and ``memory_format`` apply), for
     comparison.
 

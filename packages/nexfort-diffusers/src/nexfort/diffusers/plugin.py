@@ -7,7 +7,8 @@ Loaded through the ``nexfort`` entry-point group (name ``diffusers``). It owns t
   without a batch-size guard (:mod:`nexfort.diffusers.masks`), so that one graph serves every resolution and
   batch size;
 - when ``max-optimize`` is on, fuses the QKV projections of diffusers models that support it
-  (``fuse_qkv_projections()``: PixArt's transformer, UNet2DConditionModel, ...).
+  (``fuse_qkv_projections()``: PixArt's transformer, UNet2DConditionModel, ...) without keeping a second copy of
+  their weights (:mod:`nexfort.diffusers.fused`).
 Importing this module must stay cheap: diffusers itself is never imported here.
 """
 
@@ -27,7 +28,8 @@ class DiffusersOptions:
     """``options.diffusers.*``."""
 
     # fuse the QKV (self-attention) / KV (cross-attention) projections of the denoiser when max-optimize is on.
-    # The fused weights are copies: in-place weight updates after compiling (LoRA fusing) do not reach them.
+    # The unfused layers' weights become views of the fused ones (no second copy): in-place weight updates of
+    # either reach both (nexfort.diffusers.fused).
     fuse_qkv_projections: bool = True
     # with dynamic=True: rewrite shape-dependent branches of diffusers modules (PatchEmbed) so that one graph
     # serves every resolution
@@ -78,7 +80,10 @@ def nexfort_transform_module(module: Any, config: Any) -> Optional[str]:
         if callable(fuse) and not qkv_fused(module):
             try:
                 fuse()
-                done.append("fused QKV projections (fuse_qkv_projections())")
+                from nexfort.diffusers.fused import share_fused_weights
+
+                shared = share_fused_weights(module)
+                done.append(f"fused QKV projections (fuse_qkv_projections(); {shared} unfused copies freed)")
             except ValueError as e:  # e.g. models with added KV projections
                 done.append(f"QKV projections left unfused ({e})")
     return "; ".join(done) or None
