@@ -154,3 +154,56 @@ def test_loaded_entry_that_inductor_could_not_use_is_replaced(cache_env, monkeyp
     plugin.nexfort_post_compile(gm=gm, example_inputs=inputs, config=cfg, compiled=None)
     assert counters["cache"]["stale"] == 1 and counters["cache"]["saved"] == 1
     assert bundle.unpack(LocalStore().get(key))[0] == b"new torch bundle"
+
+
+def _compile_with_first_call_recording(monkeypatch, artifact, width):
+    """Compile a small model with cache-all; its first call records ``artifact`` (``(type, key, content)``) as
+    Inductor's GPU kernels record their autotuning results on their first run (None: records nothing)."""
+    from torch.compiler._cache import CacheArtifactManager
+
+    from nexfort.core import backend
+
+    real = backend._after_first_call
+
+    def first_call_records(compiled, callbacks):
+        def run(*args, **kwargs):
+            out = compiled(*args, **kwargs)
+            if artifact is not None:
+                CacheArtifactManager.record_artifact(*artifact)
+            return out
+
+        return real(backend._copy_attrs(run, compiled), callbacks)
+
+    monkeypatch.setattr(backend, "_after_first_call", first_call_records)
+    torch._dynamo.reset()
+    model = torch.nn.Sequential(torch.nn.Linear(width, width), torch.nn.GELU())  # a graph of its own per test
+    x = torch.randn(3, width)
+    out = torch.compile(model, backend="nexfort", options={"mode": "cache-all"})(x)
+    torch._dynamo.reset()
+    return out, model(x)
+
+
+@needs_artifacts
+def test_autotuning_recorded_by_the_first_call_updates_the_entry(cache_env, counters, monkeypatch, assert_close):
+    import uuid
+
+    from torch._inductor.runtime.autotune_cache import AutotuneCacheArtifact
+    from torch.compiler._cache import CacheArtifactManager
+
+    name = f"zz/nexfort{uuid.uuid4().hex}.best_config"
+    tuned = {"XBLOCK": 64, "num_warps": 4, "num_stages": 1, "found_by_coordesc": True}
+    out, ref = _compile_with_first_call_recording(monkeypatch, (AutotuneCacheArtifact.type(), name, tuned), 8)
+    assert_close(out, ref, tol=1e-5)
+    assert counters["cache"]["saved"] == 1 and counters["cache"]["updated"] == 1
+    (key,) = LocalStore().keys()
+    artifacts = CacheArtifactManager.deserialize(bundle.unpack(LocalStore().get(key))[0])
+    autotune = [a for a in artifacts.get(AutotuneCacheArtifact.type(), []) if a.key == name]
+    assert len(autotune) == 1, "the first call's autotuning result must be in the stored entry"
+    assert artifacts.get("inductor"), "and the compiled graph still is"
+
+
+@needs_artifacts
+def test_first_call_that_records_nothing_leaves_the_entry(cache_env, counters, monkeypatch, assert_close):
+    out, ref = _compile_with_first_call_recording(monkeypatch, None, 6)
+    assert_close(out, ref, tol=1e-5)
+    assert counters["cache"]["saved"] == 1 and counters["cache"]["updated"] == 0

@@ -267,3 +267,41 @@ def test_symbolic_power_guards_do_not_recompile_every_call(counters, assert_clos
             x = torch.randn(3, rows, 8, generator=torch.Generator().manual_seed(i))
             assert_close(compiled(x), model(x), tol=1e-5)
     assert dynamo_counters["stats"]["unique_graphs"] - g0 == 1
+
+
+class _AfterFirstCallPlugin:
+    def __init__(self, fail: bool) -> None:
+        self.calls, self.fail = 0, fail
+
+    @hookimpl
+    def nexfort_post_compile(self, gm, example_inputs, config, compiled):
+        def after_first_call():
+            self.calls += 1
+            if self.fail:
+                raise RuntimeError("deliberately failing follow-up")
+
+        return after_first_call
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_post_compile_follow_up_runs_once_after_the_first_call(fail, assert_close):
+    """A plugin's nexfort_post_compile may return a function core calls once after the graph's first call (a
+    cache stores the autotuning that call recorded); its failure is one warning, never the caller's error."""
+    pm = get_plugin_manager()
+    plugin = _AfterFirstCallPlugin(fail)
+    pm.register(plugin, name="after-first-call-test")
+    try:
+        torch._dynamo.reset()
+        fn = torch.compile(lambda x: torch.tanh(x) * 3 + (1 if fail else 2), backend="nexfort")
+        x = torch.randn(6)
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            outs = [fn(x) for _ in range(3)]
+        for out in outs:
+            assert_close(out, torch.tanh(x) * 3 + (1 if fail else 2), tol=1e-6)
+        assert plugin.calls == 1
+        failed = [w for w in record if "after-first-call step failed" in str(w.message)]
+        assert len(failed) == (1 if fail else 0)
+    finally:
+        pm.unregister(plugin)
+        torch._dynamo.reset()

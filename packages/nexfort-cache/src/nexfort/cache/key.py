@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Sequence
 
 import torch
 
-KEY_VERSION = 1
+KEY_VERSION = 2  # 2: entries carry the autotuning results of the first call
 NEXFORT_DISTRIBUTIONS = ("nexfort-core", "nexfort-passes", "nexfort-cache", "nexfort-diffusers")
 
 

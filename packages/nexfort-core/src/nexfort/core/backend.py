@@ -140,6 +140,28 @@ def _run_under_flags(compiled: Callable, flags: Dict[str, bool]) -> Callable:
     return _copy_attrs(run, compiled)
 
 
+def _after_first_call(compiled: Callable, callbacks: List[Callable[[], None]]) -> Callable:
+    """``compiled``, which calls ``callbacks`` once after its first call returned (the plugins'
+    ``nexfort_post_compile`` results); their exceptions are logged, never raised."""
+    pending = list(callbacks)
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        out = compiled(*args, **kwargs)
+        if pending:
+            todo = pending[:]
+            pending.clear()
+            for cb in todo:
+                try:
+                    cb()
+                except Exception as e:  # noqa: BLE001 - a plugin's follow-up never breaks the model's call
+                    _warn_once(f"after-first-{type(e).__name__}",
+                               f"nexfort: a plugin's after-first-call step failed ({type(e).__name__}: {e}).")
+                    logger.debug("nexfort: after-first-call failure", exc_info=True)
+        return out
+
+    return _copy_attrs(run, compiled)
+
+
 def _clone_cudagraph_outputs(compiled: Callable) -> Callable:
     """``compiled`` whose CUDA-graph outputs are copied out of the graph's memory pool after each replay.
 
@@ -246,7 +268,10 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], cfg: 
         post_fn = (lambda graph: run_passes(post, graph)) if post else None
         with compat.backend_flags(scoped_flags):
             compiled = compat.compile_fx(work, example_inputs, patches, post_fn, combined_uuid(post))
-        pm.hook.nexfort_post_compile(gm=gm, example_inputs=example_inputs, config=cfg, compiled=compiled)
+        after_first = [f for f in pm.hook.nexfort_post_compile(gm=gm, example_inputs=example_inputs, config=cfg,
+                                                                compiled=compiled) if callable(f)]
+        if after_first:
+            compiled = _after_first_call(compiled, after_first)
         if patches.get("triton.cudagraphs"):
             compiled = _clone_cudagraph_outputs(compiled)
         if scoped_flags:

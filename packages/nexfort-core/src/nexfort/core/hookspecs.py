@@ -7,7 +7,7 @@ group. Core never imports a plugin by name.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 
 import pluggy
 
@@ -114,8 +114,11 @@ def nexfort_pre_compile(gm: "torch.fx.GraphModule", example_inputs: Sequence[Any
 
 @hookspec
 def nexfort_post_compile(gm: "torch.fx.GraphModule", example_inputs: Sequence[Any], config: "NexfortConfig",
-                         compiled: Any) -> None:
+                         compiled: Any) -> Optional[Callable[[], None]]:
     """Called for each graph after Inductor compiled it successfully (e.g. a cache saves its artifacts).
 
-    ``compiled`` is what the backend returns to Dynamo. The return value is ignored.
+    ``compiled`` is what the backend returns to Dynamo. Return ``None``, or a function of no arguments that core
+    calls once, after the graph's first call returned: Inductor's GPU kernels autotune on their first run
+    (runtime autotuning, coordinate descent), so what that records exists only then (a cache saves it). An
+    exception from that function is logged with one warning and never reaches the caller.
     """
