@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List, Sequence
 
 import torch
 
-from nexfort.core import compat
+from nexfort.core import compat, compat_autotune
 from nexfort.core.config import flags_turned_on, resolve_config
 from nexfort.core.counters import counters
 from nexfort.core.errors import NexfortConfigError
@@ -249,6 +249,7 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], cfg: 
     """Compile one Dynamo graph under a resolved configuration."""
     check_features(cfg)  # configuration errors are never "fallen back" from
     compat.complete_guard_namespace()  # once, before Dynamo builds the first frame's guards
+    compat_autotune.fix_coordesc_warm_cache()  # once: torch 2.11's warm cache re-ran coordinate descent
     scoped_flags = apply_overrides(cfg)
     patches = inductor_patches(cfg)
     passes = collect_passes(cfg)

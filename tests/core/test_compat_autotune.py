@@ -1,0 +1,100 @@
+"""nexfort.core.compat_autotune: torch's fix for coordinate descent re-running on a warm cache (pytorch#173391),
+installed only where the installed torch lacks it. The fixed method is checked on fake autotuners (the GPU path
+it serves cannot run here)."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+
+from nexfort.core import compat_autotune
+
+th = pytest.importorskip("torch._inductor.runtime.triton_heuristics",
+                         reason="torch without torch._inductor.runtime (2.1)")
+if not hasattr(getattr(th, "CachingAutotuner", None), "recheck_autotune_cache"):
+    pytest.skip("this torch's CachingAutotuner has no recheck_autotune_cache (before 2.8): nothing to fix",
+                allow_module_level=True)
+
+
+def buggy_recheck_autotune_cache(self, reload_kernel_from_src):  # torch 2.11's text, abridged
+    configs = [result.config for result in self.compile_results]
+    (cached_configs, _, autotune_cache_info) = th.check_autotune_cache(configs, self.filename, self.inductor_meta)
+    if len(cached_configs) == 1 and len(configs) > 1:
+        best_config = cached_configs[0]
+        for compile_result in self.compile_results:
+            if th.triton_config_to_hashable(compile_result.config) == th.triton_config_to_hashable(best_config):
+                self.compile_results = [compile_result]
+                return
+        if best_config.found_by_coordesc:
+            self.compile_results = [self._precompile_config(best_config)]
+
+
+def test_the_bug_is_recognised_from_the_source():
+    assert compat_autotune.needs_fix(buggy_recheck_autotune_cache)
+    assert not compat_autotune.needs_fix(compat_autotune.recheck_autotune_cache)
+    assert not compat_autotune.needs_fix(len)  # no source: torch is left alone
+
+
+class _Config:
+    def __init__(self, block: int, coordesc: bool = False) -> None:
+        self.block = block
+        if coordesc:
+            self.found_by_coordesc = True
+
+
+def _autotuner(monkeypatch, compiled_blocks, cached):
+    """A fake statically launchable autotuner with compile results of these block sizes; the autotune cache
+    returns ``cached`` (a config found by coordinate descent) or misses (None)."""
+    monkeypatch.setattr(th, "triton_config_to_hashable", lambda c: ("block", c.block))
+    monkeypatch.setattr(th, "check_autotune_cache",
+                        lambda configs, filename, meta: ([cached] if cached else configs, None, {"hit": bool(cached)}))
+    results = [types.SimpleNamespace(config=_Config(b)) for b in compiled_blocks]
+    tuner = types.SimpleNamespace(compile_results=list(results), filename="k.py", inductor_meta={},
+                                  is_statically_launchable=lambda: True, fn=types.SimpleNamespace(fn=object()),
+                                  precompiled=[])
+    tuner._precompile_config = lambda cfg: tuner.precompiled.append(cfg) or types.SimpleNamespace(config=cfg)
+    return tuner, results
+
+
+@pytest.mark.parametrize("compiled", [[32, 64], [64]], ids=["several-configs", "one-config"])
+def test_cached_coordesc_config_is_marked_on_the_compiled_result(monkeypatch, compiled):
+    tuner, results = _autotuner(monkeypatch, compiled, _Config(64, coordesc=True))
+    compat_autotune.recheck_autotune_cache(tuner, lambda: None)
+    (kept,) = tuner.compile_results
+    assert kept is results[-1] and kept.config.found_by_coordesc is True  # run() will not tune it again
+    assert tuner.precompiled == []
+    if len(compiled) == 1:  # torch 2.11 skipped this case entirely
+        buggy, _ = _autotuner(monkeypatch, compiled, _Config(64, coordesc=True))
+        buggy_recheck_autotune_cache(buggy, lambda: None)
+        assert not hasattr(buggy.compile_results[0].config, "found_by_coordesc")
+
+
+def test_config_found_at_run_time_is_compiled(monkeypatch):
+    best = _Config(128, coordesc=True)
+    tuner, _ = _autotuner(monkeypatch, [32, 64], best)
+    compat_autotune.recheck_autotune_cache(tuner, lambda: None)
+    assert tuner.precompiled == [best] and tuner.compile_results[0].config is best
+
+
+def test_cache_miss_leaves_the_autotuner_alone(monkeypatch):
+    tuner, results = _autotuner(monkeypatch, [32, 64], None)
+    compat_autotune.recheck_autotune_cache(tuner, lambda: None)
+    assert tuner.compile_results == results
+    assert not any(hasattr(r.config, "found_by_coordesc") for r in results)
+
+
+def test_installed_only_where_torch_has_the_bug(monkeypatch):
+    compat_autotune.fix_coordesc_warm_cache.cache_clear()
+    original = th.CachingAutotuner.recheck_autotune_cache
+    try:
+        expected = compat_autotune.needs_fix(original)
+        assert compat_autotune.fix_coordesc_warm_cache() is expected
+        compat_autotune.fix_coordesc_warm_cache.cache_clear()
+        monkeypatch.setattr(th.CachingAutotuner, "recheck_autotune_cache", buggy_recheck_autotune_cache)
+        assert compat_autotune.fix_coordesc_warm_cache() is True
+        assert th.CachingAutotuner.recheck_autotune_cache is compat_autotune.recheck_autotune_cache
+    finally:
+        monkeypatch.undo()
+        th.CachingAutotuner.recheck_autotune_cache = original
+        compat_autotune.fix_coordesc_warm_cache.cache_clear()
