@@ -151,6 +151,15 @@ def main() -> None:
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--save-output", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.options is not None:  # checked here, before any child process loads a model
+        try:
+            parsed = json.loads(args.options)
+        except json.JSONDecodeError as e:
+            p.error(f"--options {args.options!r} is not valid JSON ({e}); expected an object like "
+                    '\'{"inductor.coordinate_descent_tuning": false}\'')
+        if not isinstance(parsed, dict):
+            p.error(f"--options {args.options!r} is a JSON {type(parsed).__name__}; expected an object of nexfort "
+                    "options")
     if args.child:
         return child_pipeline(args) if args.model else child(args.device, args.mode)
     if args.model:

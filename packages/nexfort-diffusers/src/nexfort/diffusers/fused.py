@@ -56,7 +56,9 @@ def share_fused_weights(module: Any) -> int:
             plan = []  # (layer, attribute, its parameter, the view of the fused parameter that replaces it)
             for attr in ("weight", "bias"):
                 whole, row = getattr(fused, attr), 0
-                for p in parts if whole is not None else ():
+                if whole is None:  # no biases (fused_groups checked the parts have none either)
+                    continue
+                for p in parts:
                     old = getattr(p, attr)
                     plan.append((p, attr, old, whole.data[row:row + old.shape[0]]))
                     row += old.shape[0]
