@@ -69,6 +69,10 @@ def child_pipeline(args: argparse.Namespace) -> None:
     from nexfort.core import counters
     from nexfort.diffusers import compile_pipe
 
+    if os.environ.get("NEXFORT_BENCH_TRACE_AUTOTUNE"):  # why a warm process still tunes (a JSON line a kernel)
+        from nexfort_bench import autotune_trace
+
+        autotune_trace.install(os.environ["NEXFORT_BENCH_TRACE_AUTOTUNE"])
     dtype = torch.float16 if args.device.startswith("cuda") else torch.float32
     loaded = models.load_pipeline(args.model, dtype, args.device)
     compile_pipe(loaded.pipe, mode=args.mode, dynamic=args.dynamic,
@@ -148,6 +152,8 @@ def main() -> None:
                    "local directory, this Redis")
     p.add_argument("--options", default=None, help="nexfort options for compile_pipe, as JSON (e.g. "
                    "'{\"inductor.coordinate_descent_tuning\": false}')")
+    p.add_argument("--trace-autotune", default=None, help="a folder: write there, per process, a JSON line for "
+                   "each Triton kernel that autotunes or runs coordinate descent (why a warm process still tunes)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--save-output", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -207,6 +213,8 @@ def main_pipeline(args: argparse.Namespace) -> None:
              str(args.steps)) + (("--dynamic",) if args.dynamic else ()) + (
                  ("--options", args.options) if args.options else ())
     rows = []
+    if args.trace_autotune:
+        os.makedirs(args.trace_autotune, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="nexfort-bench-") as tmp:
         for i in range(args.repeats):
             base = dict(os.environ, NEXFORT_CACHE_DIR=os.path.join(tmp, f"nexfort-{i}"))
@@ -225,6 +233,8 @@ def main_pipeline(args: argparse.Namespace) -> None:
             for what, env in plan:
                 env = dict(env, TORCHINDUCTOR_CACHE_DIR=os.path.join(tmp, f"ind-{what}-{i}"),
                            TRITON_CACHE_DIR=os.path.join(tmp, f"triton-{what}-{i}"))
+                if args.trace_autotune:
+                    env["NEXFORT_BENCH_TRACE_AUTOTUNE"] = os.path.join(args.trace_autotune, f"{what}-{i}.jsonl")
                 out = os.path.join(tmp, f"{what}-{i}.pt")
                 r = run(env, args.device, args.mode, extra + ("--save-output", out))
                 r["output"] = out

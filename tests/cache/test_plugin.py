@@ -156,9 +156,10 @@ def test_loaded_entry_that_inductor_could_not_use_is_replaced(cache_env, monkeyp
     assert bundle.unpack(LocalStore().get(key))[0] == b"new torch bundle"
 
 
-def _compile_with_first_call_recording(monkeypatch, artifact, width):
+def _compile_with_first_call_recording(monkeypatch, artifact, width, during_first_call=None):
     """Compile a small model with cache-all; its first call records ``artifact`` (``(type, key, content)``) as
-    Inductor's GPU kernels record their autotuning results on their first run (None: records nothing)."""
+    Inductor's GPU kernels record their autotuning results on their first run (None: records nothing), and runs
+    ``during_first_call``."""
     from torch.compiler._cache import CacheArtifactManager
 
     from nexfort.core import backend
@@ -170,6 +171,8 @@ def _compile_with_first_call_recording(monkeypatch, artifact, width):
             out = compiled(*args, **kwargs)
             if artifact is not None:
                 CacheArtifactManager.record_artifact(*artifact)
+            if during_first_call is not None:
+                during_first_call()
             return out
 
         return real(backend._copy_attrs(run, compiled), callbacks)
@@ -207,3 +210,34 @@ def test_first_call_that_records_nothing_leaves_the_entry(cache_env, counters, m
     out, ref = _compile_with_first_call_recording(monkeypatch, None, 6)
     assert_close(out, ref, tol=1e-5)
     assert counters["cache"]["saved"] == 1 and counters["cache"]["updated"] == 0
+
+
+@needs_artifacts
+def test_triton_kernels_compiled_by_the_first_call_travel_with_the_entry(cache_env, counters, monkeypatch,
+                                                                          assert_close, tmp_path):
+    import time
+    import uuid
+
+    from torch._inductor.runtime.autotune_cache import AutotuneCacheArtifact
+
+    from .test_triton_kernels import HASH_NEW, HASH_OLD, _kernel_dir
+
+    cold = tmp_path / "triton-cold"
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(cold))
+    _kernel_dir(cold, HASH_OLD, mtime=time.time() - 3600)  # compiled before: in torch's bundle, not shipped again
+    tuned = (AutotuneCacheArtifact.type(), f"zz/nexfort{uuid.uuid4().hex}.best_config",
+             {"XBLOCK": 128, "num_warps": 4, "num_stages": 1, "found_by_coordesc": True})
+    out, ref = _compile_with_first_call_recording(monkeypatch, tuned, 10, lambda: _kernel_dir(cold, HASH_NEW))
+    assert_close(out, ref, tol=1e-5)
+    assert counters["cache"]["updated"] == 1
+    (key,) = LocalStore().keys()
+    payload = LocalStore().get(key)
+    shipped = {p.split("/")[1] for p in bundle.unpack(payload)[1] if p.startswith("triton/")}
+    assert shipped == {HASH_NEW}
+
+    warm = tmp_path / "triton-warm"  # another process: its own Triton cache
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(warm))
+    plugin.reset()
+    assert plugin._load(key, payload)
+    assert counters["cache"]["triton_kernels"] == 1
+    assert sorted(p.name for p in (warm / HASH_NEW).iterdir()) == sorted(p.name for p in (cold / HASH_NEW).iterdir())

@@ -1,9 +1,10 @@
 """nexfort.core.compat_autotune: torch's fix for coordinate descent re-running on a warm cache (pytorch#173391),
-installed only where the installed torch lacks it. The fixed method is checked on fake autotuners (the GPU path
-it serves cannot run here)."""
+installed only where the installed torch lacks it, and the kernel path of autotuners loaded from another cache.
+Both are checked on fake autotuners (the GPU path they serve cannot run here)."""
 
 from __future__ import annotations
 
+import os
 import types
 
 import pytest
@@ -84,17 +85,66 @@ def test_cache_miss_leaves_the_autotuner_alone(monkeypatch):
     assert not any(hasattr(r.config, "found_by_coordesc") for r in results)
 
 
-def test_installed_only_where_torch_has_the_bug(monkeypatch):
-    compat_autotune.fix_coordesc_warm_cache.cache_clear()
-    original = th.CachingAutotuner.recheck_autotune_cache
+def _install_with(monkeypatch, method):
+    compat_autotune.fix_warm_autotune_cache.cache_clear()
+    monkeypatch.setattr(th.CachingAutotuner, "recheck_autotune_cache", method)
     try:
-        expected = compat_autotune.needs_fix(original)
-        assert compat_autotune.fix_coordesc_warm_cache() is expected
-        compat_autotune.fix_coordesc_warm_cache.cache_clear()
-        monkeypatch.setattr(th.CachingAutotuner, "recheck_autotune_cache", buggy_recheck_autotune_cache)
-        assert compat_autotune.fix_coordesc_warm_cache() is True
-        assert th.CachingAutotuner.recheck_autotune_cache is compat_autotune.recheck_autotune_cache
+        return compat_autotune.fix_warm_autotune_cache(), th.CachingAutotuner.recheck_autotune_cache
     finally:
-        monkeypatch.undo()
-        th.CachingAutotuner.recheck_autotune_cache = original
-        compat_autotune.fix_coordesc_warm_cache.cache_clear()
+        compat_autotune.fix_warm_autotune_cache.cache_clear()
+
+
+def test_coordesc_fix_installed_only_where_torch_has_the_bug(monkeypatch):
+    original = th.CachingAutotuner.recheck_autotune_cache
+    fixed, installed = _install_with(monkeypatch, original)  # this torch's own method
+    assert fixed[-1] == "local-filename" and ("coordesc" in fixed) is compat_autotune.needs_fix(original)
+    fixed, installed = _install_with(monkeypatch, buggy_recheck_autotune_cache)
+    assert fixed == ("coordesc", "local-filename")
+    assert installed.__wrapped__ is compat_autotune.recheck_autotune_cache
+
+    def upstream(self, reload_kernel_from_src):  # a torch with the fix: its method stays, wrapped
+        return compat_autotune.FIX_MARK
+
+    fixed, installed = _install_with(monkeypatch, upstream)
+    assert fixed == ("local-filename",) and installed.__wrapped__ is upstream
+    # installing twice in a process (the lru_cache cleared) does not wrap twice
+    monkeypatch.setattr(th.CachingAutotuner, "recheck_autotune_cache", installed)
+    compat_autotune.fix_warm_autotune_cache.cache_clear()
+    assert compat_autotune.fix_warm_autotune_cache() == ()
+    compat_autotune.fix_warm_autotune_cache.cache_clear()
+
+
+def test_kernel_path_is_mapped_into_this_cache(tmp_path):
+    here, there = str(tmp_path / "warm"), "/elsewhere/ind-cold/nu/cnu6ez.py"
+    assert compat_autotune.local_kernel_path(there, here) == os.path.join(here, "nu", "cnu6ez.py")
+    local = os.path.join(here, "nu", "cnu6ez.py")
+    assert compat_autotune.local_kernel_path(local, here) == local  # already here: unchanged
+    for odd in ("/elsewhere/kernels/k.py", "/elsewhere/nu/k.cpp", None, ""):  # not Inductor's layout: unchanged
+        assert compat_autotune.local_kernel_path(odd, here) == odd
+
+
+def test_autotuner_from_another_cache_looks_up_and_saves_in_this_one(tmp_path, monkeypatch):
+    autotune_cache = pytest.importorskip("torch._inductor.runtime.autotune_cache",
+                                         reason="torch without Inductor's autotune cache")
+    here = tmp_path / "warm"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(here))
+    meta = {"autotune_local_cache": True}
+    foreign = str(tmp_path / "cold" / "nu" / "cnu6ez.py")
+    old = autotune_cache.AutotuneCache.create(meta, foreign, "confighash")
+    seen = []
+
+    def recheck(self, reload_kernel_from_src):
+        seen.append(self.filename)
+
+    tuner = types.SimpleNamespace(filename=foreign, inductor_meta=meta, save_cache_hook=old.save)
+    compat_autotune.with_local_filename(recheck)(tuner, lambda: None)
+    assert seen == [str(here / "nu" / "cnu6ez.py")] and tuner.filename == seen[0]
+    new = tuner.save_cache_hook.__self__
+    assert new.configs_hash == "confighash"
+    assert new.local_cache[1].startswith(str(here / "nu") + os.sep)
+    assert old.local_cache[1].startswith(str(tmp_path / "cold"))
+    # near miss: an autotuner already in this cache keeps its path and its cache
+    hook = new.save
+    tuner.save_cache_hook = hook
+    compat_autotune.with_local_filename(recheck)(tuner, lambda: None)
+    assert seen[-1] == seen[0] and tuner.save_cache_hook is hook

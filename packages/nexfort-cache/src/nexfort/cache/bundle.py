@@ -8,7 +8,8 @@ a graph compiled and writes them back under the same names before Inductor looks
 
 Format (no pickle): ``b"NXB1" | u64 len | torch bundle | u32 n | n x (u16 len | relative path | u64 len | data)``.
 Callers only parse payloads whose signature verified; the parser still bounds-checks everything and accepts
-only plain relative paths of the shape Inductor uses (``ab/cab...so``).
+only plain relative paths of the shape Inductor uses (``ab/cab...so``), and ``triton/<hash>/<file>`` for the
+Triton kernels compiled after the graph compiled (:mod:`nexfort.cache.triton_kernels`).
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ import struct
 import time
 from typing import Dict, List, Tuple
 
+from nexfort.cache import triton_kernels
 from nexfort.cache.store import atomic_write
 
 MAGIC = b"NXB1"
 _PATH = re.compile(r"^[a-z0-9]{2}/[A-Za-z0-9_]+(\.main)?\.(so|cpp|h)$")
 _KERNEL_SUFFIXES = (".so", ".cpp")
-MAX_KERNEL_FILES = 4096
+MAX_KERNEL_FILES = 16384
 
 
 class BundleError(ValueError):
@@ -62,7 +64,7 @@ def unpack(payload: bytes) -> Tuple[bytes, Dict[str, bytes]]:
     for _ in range(count):
         (ln,) = struct.unpack(">H", take(2))
         rel = take(ln).decode()
-        if not _PATH.match(rel):
+        if not (_PATH.match(rel) or triton_kernels.PATH.match(rel)):
             raise BundleError(f"bundle names an unexpected path {rel!r}")
         (size,) = struct.unpack(">Q", take(8))
         files[rel] = take(size)

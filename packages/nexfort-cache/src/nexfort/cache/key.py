@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Sequence
 
 import torch
 
-KEY_VERSION = 2  # 2: entries carry the autotuning results of the first call
+KEY_VERSION = 3  # 2: entries carry the autotuning results of the first call; 3: and its Triton kernels
 NEXFORT_DISTRIBUTIONS = ("nexfort-core", "nexfort-passes", "nexfort-cache", "nexfort-diffusers")
 
 

@@ -13,7 +13,8 @@ torch with ``torch.compiler.save_cache_artifacts`` / ``load_cache_artifacts`` (2
   them under the key, with the C++ kernels' shared objects that torch's bundle leaves out
   (:mod:`nexfort.cache.bundle`); after the graph's first call it stores the entry again if that call recorded
   more (Inductor's GPU kernels autotune on their first run: coordinate-descent and runtime config choices,
-  which a warm process would otherwise tune again: measured 67-99 s of PixArt-alpha's warm start on an H100).
+  which a warm process would otherwise tune again: measured 67-99 s of PixArt-alpha's warm start on an H100),
+  with the Triton kernels those choices compiled (:mod:`nexfort.cache.triton_kernels`).
 
 Older torch (2.1-2.6) has no portable bundle: this plugin then stores nothing and loads nothing (one info
 message; a warning where the FX graph cache is off, e.g. ``NEXFORT_GRAPH_CACHE=1`` without ``cache-all``).
@@ -33,7 +34,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 import torch
 
-from nexfort.cache import bundle
+from nexfort.cache import bundle, triton_kernels
 from nexfort.cache import key as keymod
 from nexfort.cache.store import NexfortCacheConfigError, warn_once
 from nexfort.core import counters, hookimpl
@@ -197,6 +198,9 @@ def _load(key: str, payload: bytes) -> bool:
         written = bundle.install_kernel_files(inductor_cache_dir(), files)
         if written:
             counters["cache"]["kernel_files"] += len(written)
+        triton_dirs = triton_kernels.install(triton_kernels.cache_dir(), files)
+        if triton_dirs:
+            counters["cache"]["triton_kernels"] += len(triton_dirs)
         info = torch.compiler.load_cache_artifacts(torch_bundle)
     except Exception as e:  # noqa: BLE001 - a verified but unusable bundle (e.g. another torch): a miss
         warn_once(f"load-{key}", f"nexfort cache: could not load entry {key[:16]}... "
@@ -224,28 +228,35 @@ def nexfort_post_compile(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]
         counters["cache"]["stale"] += 1
     if not _save(key, store, mark, started):
         return None
-    saved_at = artifacts_mark()
+    saved_at, saved_time = artifacts_mark(), bundle.now()
 
     def after_first_call() -> None:
         """Inductor's GPU kernels autotune on their first run (coordinate descent, runtime config choice) and
-        record the results then: store the entry again with them, or every warm process tunes again."""
+        record the results then: store the entry again with them and the kernels they compiled, or every warm
+        process tunes (and compiles) again."""
         now = artifacts_mark()
         if saved_at is None or now is None or now > saved_at:
-            if _save(key, store, mark, started, counter="updated"):
+            if _save(key, store, mark, started, counter="updated", triton_since=saved_time):
                 logger.info("nexfort cache: %s updated with its first call's autotuning results", key[:16])
 
     return after_first_call
 
 
-def _save(key: str, store: Any, mark: Optional[int], started: float, counter: str = "saved") -> bool:
-    """Store the artifacts recorded since ``mark`` (and the C++ kernel files written since ``started``)."""
+def _save(key: str, store: Any, mark: Optional[int], started: float, counter: str = "saved",
+          triton_since: Optional[float] = None) -> bool:
+    """Store the artifacts recorded since ``mark``, the C++ kernel files written since ``started`` and (with
+    ``triton_since``) the Triton kernels compiled since then, which Inductor's own bundle does not carry."""
     try:
         from nexfort.core.compat import inductor_cache_dir
 
         data = artifacts_since(mark)
         if not data:
             return False
-        data = bundle.pack(data, bundle.kernel_files_since(inductor_cache_dir(), started))
+        files = bundle.kernel_files_since(inductor_cache_dir(), started)
+        if triton_since is not None:
+            files.update(triton_kernels.files_since(triton_kernels.cache_dir(), triton_since,
+                                                    bundle.MAX_KERNEL_FILES - len(files)))
+        data = bundle.pack(data, files)
         store.put(key, data)
         with _lock:
             _loaded.add(key)  # this process has these artifacts in Inductor's caches already

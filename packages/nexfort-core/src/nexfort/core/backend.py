@@ -249,7 +249,7 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], cfg: 
     """Compile one Dynamo graph under a resolved configuration."""
     check_features(cfg)  # configuration errors are never "fallen back" from
     compat.complete_guard_namespace()  # once, before Dynamo builds the first frame's guards
-    compat_autotune.fix_coordesc_warm_cache()  # once: torch 2.11's warm cache re-ran coordinate descent
+    compat_autotune.fix_warm_autotune_cache()  # once: warm processes tuned Triton kernels again
     scoped_flags = apply_overrides(cfg)
     patches = inductor_patches(cfg)
     passes = collect_passes(cfg)

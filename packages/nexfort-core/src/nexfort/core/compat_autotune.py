@@ -12,8 +12,17 @@ so coordinate-descent tuning runs again in every warm process although its resul
 H100 (torch 2.11, PixArt-alpha 1024x1024, ``max-optimize:max-autotune:low-precision:cache-all``): 67-112 s of the
 warm process's first image, about as long as in the cold one.
 
-:func:`fix_coordesc_warm_cache` installs the upstream method (:func:`recheck_autotune_cache`, the same code) where
-the installed one lacks the fix (read from its source), once per process; the backend calls it.
+A second problem, in every torch with static autotuners (2.8+, upstream too): the autotuner pickled into the FX graph
+cache keeps the compiling process's kernel path (``filename``) and its autotune cache (``save_cache_hook``). A
+warm process with another ``TORCHINDUCTOR_CACHE_DIR`` (another machine, a container) looks up and stores its
+tuning results in a directory that is not its own: it misses what nexfort loaded into its own cache (and tunes
+again), or, where that directory exists, reads and overwrites another process's results. Measured on an H100:
+7 kernels tuned again on "another machine" after a warm process had overwritten their entries (30-40 s).
+:func:`local_kernel_path` maps the path into this process's cache (same layout, ``<dir>/<2 chars>/<name>.py``).
+
+:func:`fix_warm_autotune_cache` installs both, once per process (the backend calls it): the upstream method
+(:func:`recheck_autotune_cache`, the same code) where the installed one lacks the fix (read from its source), and,
+around whichever method is in place, the path mapping.
 """
 
 from __future__ import annotations
@@ -21,7 +30,8 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from typing import Any, Callable
+import os
+from typing import Any, Callable, Optional, Tuple
 
 logger = logging.getLogger("nexfort")
 FIX_MARK = "compile_result.config.found_by_coordesc"
@@ -61,21 +71,68 @@ def recheck_autotune_cache(self: Any, reload_kernel_from_src: Callable[[], Any])
         self.compile_results = [self._precompile_config(best_config)]
 
 
+def local_kernel_path(filename: Optional[str], root: str) -> Optional[str]:
+    """``filename`` (a kernel file in some Inductor cache) in the cache ``root``; unchanged where it is there
+    already or does not have the cache's layout."""
+    if not filename:
+        return filename
+    root = os.path.abspath(root)
+    path = os.path.abspath(filename)
+    if path.startswith(root + os.sep):
+        return filename
+    sub, name = os.path.split(path)
+    sub = os.path.basename(sub)
+    if len(sub) != 2 or not name.endswith(".py"):
+        return filename
+    return os.path.join(root, sub, name)
+
+
+def with_local_filename(recheck: Callable) -> Callable:
+    """``recheck`` preceded by moving the autotuner's kernel path and autotune cache into this process's cache."""
+
+    @functools.wraps(recheck)
+    def recheck_autotune_cache_locally(self: Any, reload_kernel_from_src: Callable[[], Any]) -> None:
+        try:
+            from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+            local = local_kernel_path(self.filename, cache_dir())
+        except Exception:  # noqa: BLE001 - internals moved: leave the autotuner as it is
+            local = self.filename
+        if local != self.filename:
+            self.filename = local
+            hook = getattr(self, "save_cache_hook", None)
+            old = getattr(hook, "__self__", None)
+            if getattr(old, "local_cache", None) and hasattr(old, "configs_hash"):
+                from torch._inductor.runtime.autotune_cache import AutotuneCache
+
+                new = AutotuneCache.create(self.inductor_meta, local, old.configs_hash)
+                if new is not None:
+                    self.save_cache_hook = new.save
+        return recheck(self, reload_kernel_from_src)
+
+    recheck_autotune_cache_locally.nexfort_local_filename = True  # type: ignore[attr-defined]
+    return recheck_autotune_cache_locally
+
+
 @functools.lru_cache(maxsize=None)
-def fix_coordesc_warm_cache() -> bool:
-    """Install :func:`recheck_autotune_cache` where the installed torch has the bug; whether it did."""
+def fix_warm_autotune_cache() -> Tuple[str, ...]:
+    """Install the fixes where the installed torch needs them; the names of those installed (``"coordesc"``:
+    pytorch/pytorch#173391, ``"local-filename"``: the kernel path mapping)."""
     try:
         from torch._inductor.runtime import triton_heuristics as th
     except Exception:  # noqa: BLE001 - torch without that module (2.1) or without Triton support
-        return False
+        return ()
     cls = getattr(th, "CachingAutotuner", None)
     method = getattr(cls, "recheck_autotune_cache", None)
-    if method is None or not all(hasattr(th, n) for n in ("check_autotune_cache", "triton_config_to_hashable",
+    if method is None or getattr(method, "nexfort_local_filename", False):
+        return ()
+    fixed = []
+    if needs_fix(method) and all(hasattr(th, n) for n in ("check_autotune_cache", "triton_config_to_hashable",
                                                            "dynamo_timed")):
-        return False
-    if not needs_fix(method):
-        return False
-    cls.recheck_autotune_cache = recheck_autotune_cache
-    logger.info("nexfort: applied torch's fix for coordinate descent re-running on a warm cache "
-                "(pytorch/pytorch#173391)")
-    return True
+        method = recheck_autotune_cache
+        fixed.append("coordesc")
+        logger.info("nexfort: applied torch's fix for coordinate descent re-running on a warm cache "
+                    "(pytorch/pytorch#173391)")
+    cls.recheck_autotune_cache = with_local_filename(method)
+    fixed.append("local-filename")
+    return tuple(fixed)
