@@ -148,3 +148,17 @@ def test_autotuner_from_another_cache_looks_up_and_saves_in_this_one(tmp_path, m
     tuner.save_cache_hook = hook
     compat_autotune.with_local_filename(recheck)(tuner, lambda: None)
     assert seen[-1] == seen[0] and tuner.save_cache_hook is hook
+
+
+@pytest.mark.parametrize("coordesc", [True, False], ids=["coordesc-config", "heuristic-config"])
+def test_block_halving_is_skipped_only_for_a_config_found_by_coordesc(coordesc):
+    meta = {"coordinate_descent_tuning": True}
+
+    def recheck(self, reload_kernel_from_src):
+        self.compile_results = [types.SimpleNamespace(config=_Config(64, coordesc=coordesc))]
+
+    tuner = types.SimpleNamespace(filename=None, inductor_meta=meta, compile_results=[])
+    compat_autotune.with_local_filename(recheck)(tuner, lambda: None)
+    assert tuner.inductor_meta.get("dynamic_scale_rblock", True) is (not coordesc)
+    assert tuner.inductor_meta["coordinate_descent_tuning"] is True
+    assert meta == {"coordinate_descent_tuning": True}  # the shared dict is not changed

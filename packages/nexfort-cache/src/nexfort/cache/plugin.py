@@ -211,6 +211,7 @@ def _load(key: str, payload: bytes) -> bool:
     with _lock:
         _loaded.add(key)
     counters["cache"]["loaded"] += 1
+    counters["cache"]["bytes_loaded"] += len(payload)
     logger.info("nexfort cache: loaded %s (%d bytes)", key[:16], len(payload))
     return True
 
@@ -261,6 +262,7 @@ def _save(key: str, store: Any, mark: Optional[int], started: float, counter: st
         with _lock:
             _loaded.add(key)  # this process has these artifacts in Inductor's caches already
         counters["cache"][counter] += 1
+        counters["cache"]["bytes_stored"] += len(data)
         logger.info("nexfort cache: stored %s (%d bytes)", key[:16], len(data))
         return True
     except Exception as e:  # noqa: BLE001
