@@ -220,6 +220,8 @@ def test_triton_kernels_compiled_by_the_first_call_travel_with_the_entry(cache_e
 
     from torch._inductor.runtime.autotune_cache import AutotuneCacheArtifact
 
+    from nexfort.core import compat_autotune
+
     from .test_triton_kernels import HASH_NEW, HASH_OLD, _kernel_dir
 
     cold = tmp_path / "triton-cold"
@@ -227,7 +229,16 @@ def test_triton_kernels_compiled_by_the_first_call_travel_with_the_entry(cache_e
     _kernel_dir(cold, HASH_OLD, mtime=time.time() - 3600)  # compiled before: in torch's bundle, not shipped again
     tuned = (AutotuneCacheArtifact.type(), f"zz/nexfort{uuid.uuid4().hex}.best_config",
              {"XBLOCK": 128, "num_warps": 4, "num_stages": 1, "found_by_coordesc": True})
-    out, ref = _compile_with_first_call_recording(monkeypatch, tuned, 10, lambda: _kernel_dir(cold, HASH_NEW))
+    candidate = "C3" * 26  # compiled by the first call's tuning but not chosen: not shipped
+
+    def first_call_tunes():
+        _kernel_dir(cold, HASH_NEW)
+        _kernel_dir(cold, candidate)
+        compat_autotune._tuned_dirs.add(HASH_NEW)
+
+    monkeypatch.setattr(compat_autotune, "_tuned_dirs", set())
+    out, ref = _compile_with_first_call_recording(monkeypatch, tuned, 10, first_call_tunes)
+    assert compat_autotune.tuned_kernel_dirs() == {HASH_NEW}
     assert_close(out, ref, tol=1e-5)
     assert counters["cache"]["updated"] == 1
     (key,) = LocalStore().keys()

@@ -162,3 +162,23 @@ def test_block_halving_is_skipped_only_for_a_config_found_by_coordesc(coordesc):
     assert tuner.inductor_meta.get("dynamic_scale_rblock", True) is (not coordesc)
     assert tuner.inductor_meta["coordinate_descent_tuning"] is True
     assert meta == {"coordinate_descent_tuning": True}  # the shared dict is not changed
+
+
+def test_kernels_chosen_by_run_time_tuning_are_recorded(monkeypatch):
+    monkeypatch.setattr(compat_autotune, "_tuned_dirs", set())
+    monkeypatch.setattr(compat_autotune, "_recording", True)
+    chosen, other, kept = (types.SimpleNamespace(cache_hash=h) for h in ("BEST", "CANDIDATE", "KEPT"))
+
+    def coordesc(self, launcher, *args, **kwargs):  # tried ``other`` on the way, returns ``chosen``
+        return chosen
+
+    def autotune(self, *args, **kwargs):
+        self.launchers = [kept]
+
+    tuner = types.SimpleNamespace(launchers=[chosen, other])
+    assert compat_autotune.recording_coordesc(coordesc)(tuner, other) is chosen
+    compat_autotune.recording_autotune(autotune)(tuner)
+    compat_autotune.recording_coordesc(lambda self, launcher: types.SimpleNamespace())(tuner, other)  # no hash
+    assert compat_autotune.tuned_kernel_dirs() == {"BEST", "KEPT"}
+    monkeypatch.setattr(compat_autotune, "_recording", False)
+    assert compat_autotune.tuned_kernel_dirs() is None  # not recording: the cache ships every new kernel

@@ -255,8 +255,10 @@ def _save(key: str, store: Any, mark: Optional[int], started: float, counter: st
             return False
         files = bundle.kernel_files_since(inductor_cache_dir(), started)
         if triton_since is not None:
+            from nexfort.core.compat_autotune import tuned_kernel_dirs
+
             files.update(triton_kernels.files_since(triton_kernels.cache_dir(), triton_since,
-                                                    bundle.MAX_KERNEL_FILES - len(files)))
+                                                    bundle.MAX_KERNEL_FILES - len(files), only=tuned_kernel_dirs()))
         data = bundle.pack(data, files)
         store.put(key, data)
         with _lock:

@@ -6,7 +6,8 @@ descent, occupancy-driven block halving) and compile the configs they pick. A wa
 from the autotune cache must then compile them from source (measured on an H100, PixArt-alpha 1024x1024,
 torch 2.11: ~40 kernels, 10-15 s of the warm first image). nexfort therefore adds, when it stores an entry again
 after the graph's first call, the Triton cache directories written since the compile-time save, and writes them
-back into the warm process's Triton cache before Inductor looks for them.
+back into the warm process's Triton cache before Inductor looks for them: only the directories of the kernels that
+tuning chose (:func:`nexfort.core.compat_autotune.tuned_kernel_dirs`), not every candidate it compiled.
 
 A Triton cache directory is ``<triton cache>/<hash>/`` with the kernel's files and a ``__grp__<name>.json`` that
 lists them by absolute path. Paths travel as ``triton/<hash>/<file>``; the group file's paths are rewritten to a
@@ -21,7 +22,7 @@ import os
 import re
 import shutil
 import uuid
-from typing import Dict, List, Optional
+from typing import AbstractSet, Dict, List, Optional
 
 PREFIX = "triton/"
 PATH = re.compile(r"^triton/([A-Za-z0-9]{32,128})/([A-Za-z0-9_][A-Za-z0-9_.\-]{0,250})$")
@@ -73,13 +74,16 @@ def _group_in(data: bytes, directory: str, names: set) -> Optional[bytes]:
     return json.dumps({"child_paths": out}).encode()
 
 
-def files_since(root: Optional[str], since: float, limit: int) -> Dict[str, bytes]:
-    """The Triton cache directories under ``root`` whose group file was written at or after ``since``."""
+def files_since(root: Optional[str], since: float, limit: int,
+                only: Optional[AbstractSet[str]] = None) -> Dict[str, bytes]:
+    """The Triton cache directories under ``root`` whose group file was written at or after ``since`` (and whose
+    name is in ``only``, where given)."""
     out: Dict[str, bytes] = {}
     if not root:
         return out
     try:
-        dirs = [e for e in os.scandir(root) if e.is_dir() and _HASH.match(e.name)]
+        dirs = [e for e in os.scandir(root)
+                if e.is_dir() and _HASH.match(e.name) and (only is None or e.name in only)]
     except OSError:
         return out
     for d in dirs:

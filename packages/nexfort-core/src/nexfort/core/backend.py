@@ -250,6 +250,7 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], cfg: 
     check_features(cfg)  # configuration errors are never "fallen back" from
     compat.complete_guard_namespace()  # once, before Dynamo builds the first frame's guards
     compat_autotune.fix_warm_autotune_cache()  # once: warm processes tuned Triton kernels again
+    compat_autotune.record_tuned_kernels()  # once: which run-time compiled Triton kernels the cache ships
     scoped_flags = apply_overrides(cfg)
     patches = inductor_patches(cfg)
     passes = collect_passes(cfg)
