@@ -198,7 +198,8 @@ def _load(key: str, payload: bytes) -> bool:
         written = bundle.install_kernel_files(inductor_cache_dir(), files)
         if written:
             counters["cache"]["kernel_files"] += len(written)
-        triton_dirs = triton_kernels.install(triton_kernels.cache_dir(), files)
+        shipped = any(rel.startswith(triton_kernels.PREFIX) for rel in files)
+        triton_dirs = triton_kernels.install(triton_kernels.cache_dir(), files) if shipped else []
         if triton_dirs:
             counters["cache"]["triton_kernels"] += len(triton_dirs)
         info = torch.compiler.load_cache_artifacts(torch_bundle)
