@@ -1,8 +1,8 @@
 """nexfort-diffusers: compile whole diffusers pipelines with nexfort.
 
 ``compile_pipe(pipe, mode=..., options=..., ignores=(), fuse_qkv_projections=True)``; ``fuse_lora(pipe, weights)``
-/ ``unfuse_lora(pipe)``: LoRA on a compiled pipeline without recompiling. ``quantize_pipe`` is
-not provided yet.
+/ ``unfuse_lora(pipe)``: LoRA on a compiled pipeline without recompiling. ``quantize_pipe(pipe, "fp8")``: the
+denoisers' linear layers in float8 (nexfort-passes' ``quantize_``).
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from nexfort.diffusers.pipe import (
     upcast_vae_once,
     valid_ignore_names,
 )
+from nexfort.diffusers.quant import quantize_pipe
 
 __all__ = ["UnsupportedResolutionError", "fuse_lora", "unfuse_lora",
            "compile_pipe", "compile_module", "compilable_components", "resolve_pipe_config", "uncompile_pipe",
-           "upcast_vae_once",
+           "upcast_vae_once", "quantize_pipe",
            "valid_ignore_names"]
 __version__ = "0.1.0"

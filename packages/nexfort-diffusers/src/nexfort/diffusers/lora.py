@@ -78,6 +78,12 @@ def fuse_lora(pipe: Any, weights: Any, *, lora_scale: float = 1.0, adapter_name:
     earlier call is unfused first (a swap). Returns the names of the parameters changed."""
     if not callable(getattr(pipe, "load_lora_weights", None)):
         raise TypeError(f"{type(pipe).__name__} cannot load LoRA weights (no load_lora_weights)")
+    quantized = [n for n, comp in _components(pipe).items()
+                 if any(type(m).__name__ == "Float8Linear" for m in comp.modules())]
+    if quantized:
+        raise RuntimeError(f"nexfort.diffusers.fuse_lora: {', '.join(quantized)} is quantized (quantize_pipe or the "
+                           "quant flag): LoRA weights cannot be fused into quantized layers; fuse the LoRA first, "
+                           "then quantize")
     unfuse_lora(pipe)
     if any(_is_lora_layer(m) for comp in _components(pipe).values() for m in comp.modules()):
         raise RuntimeError("nexfort.diffusers.fuse_lora: the pipeline already has PEFT LoRA layers (loaded with "

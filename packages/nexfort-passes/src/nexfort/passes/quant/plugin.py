@@ -1,0 +1,80 @@
+"""The ``quant`` plugin (entry point ``quant``): implements the ``quant`` mode flag.
+
+Owns ``options.quant`` (:class:`QuantOptions`). With the flag on, ``nexfort_compile``/``compile_pipe`` quantize the
+module's linear layers with ``quantize_`` before compiling (after the other plugins' module transforms, so fused
+projections are quantized as fused). ``torch.compile(m, backend="nexfort")`` sees graphs, not the module: there
+the flag warns once that nothing was quantized, and says what to use instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, List, Mapping, Optional
+
+from nexfort.core import hookimpl
+
+NAMESPACE = "quant"
+logger = logging.getLogger("nexfort")
+_applied: "dict[int, weakref.ref]" = {}  # id -> config whose module this plugin quantized (by identity)
+_warned = set()
+
+
+@dataclass
+class QuantOptions:
+    """``options.quant.*``."""
+
+    # the method (nexfort.passes.quant.config_for): "fp8" (float8 weights and activations, Hopper/Ada GPUs)
+    type: str = "fp8"
+    # layers with fewer input or output features are left alone
+    min_features: int = 256
+    # layers whose qualified name contains one of these strings are left alone (e.g. "proj_out")
+    exclude: List[str] = field(default_factory=list)
+
+
+def _on(config: Any) -> bool:
+    try:
+        return bool(config.flags.quant)
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@hookimpl
+def nexfort_config_schema() -> Optional[Mapping[str, type]]:
+    return {NAMESPACE: QuantOptions}
+
+
+@hookimpl
+def nexfort_claims_feature(feature: str, config: Any) -> Optional[bool]:
+    return True if feature == "quant" else None
+
+
+@hookimpl(trylast=True)
+def nexfort_transform_module(module: Any, config: Any) -> Optional[str]:
+    if not _on(config):
+        return None
+    from nexfort.passes.quant import config_for, quantize_
+
+    opts = config.options.get(NAMESPACE)
+    qcfg = config_for(str(opts.type), min_features=int(opts.min_features))
+    exclude = [str(s) for s in opts.exclude]
+    n = quantize_(module, qcfg, filter_fn=lambda m, fqn: not any(s in fqn for s in exclude))
+    try:
+        _applied[id(config)] = weakref.ref(config, lambda _, key=id(config): _applied.pop(key, None))
+    except TypeError:  # a config that cannot be weakly referenced: the warning below may then show once
+        pass
+    return f"quantized {n} linear layers ({qcfg.name})"
+
+
+@hookimpl
+def nexfort_pre_compile(gm: Any, example_inputs: Any, config: Any) -> None:
+    ref = _applied.get(id(config))
+    if not _on(config) or (ref is not None and ref() is config) or "graph" in _warned:
+        return
+    _warned.add("graph")
+    warnings.warn("nexfort: mode flag 'quant' is on, but torch.compile(backend='nexfort') compiles graphs and "
+                  "cannot quantize the module: nothing was quantized. Use nexfort.compilers.nexfort_compile(model, "
+                  "mode=...), nexfort.diffusers.compile_pipe(pipe, mode=...), or quantize first: "
+                  "nexfort.passes.quant.quantize_(model, Float8DynamicConfig()).", stacklevel=2)

@@ -1,0 +1,74 @@
+"""quantize_pipe and compile_pipe's quant flag on a tiny PixArt-α pipeline (float8 linears on the CPU's fp8 GEMM)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+
+from tiny_pixart import pipe_inputs, tiny_pixart_pipe  # noqa: E402
+
+from nexfort.diffusers import compile_pipe, quantize_pipe  # noqa: E402
+from nexfort.passes.quant import Float8Linear, QuantizationError, fp8  # noqa: E402
+from tests.helpers import rel_l2  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not fp8.cpu_fp8_gemm(),
+                                reason=f"torch {torch.__version__} has no fp8 GEMM (torch._scaled_mm) on the CPU")
+
+
+def _image(pipe, seed=0):
+    with torch.inference_mode():
+        return pipe(**pipe_inputs(seed)).images
+
+
+def test_quantize_pipe_quantizes_the_denoiser_once_fused(counters):
+    pipe = tiny_pixart_pipe()
+    ref = _image(pipe)
+    done = quantize_pipe(pipe, "fp8", min_features=16)
+    blocks = pipe.transformer.transformer_blocks[0]
+    assert done["transformer"] == counters["quant"]["fp8"] > 0
+    attn = blocks.attn1
+    assert isinstance(attn.to_qkv, Float8Linear) and isinstance(attn.to_q, Float8Linear)
+    assert attn.to_q.weight.untyped_storage().data_ptr() == attn.to_qkv.weight.untyped_storage().data_ptr()
+    assert not any(isinstance(m, Float8Linear) for m in pipe.vae.modules())  # only the denoiser by default
+    out = _image(pipe)
+    err = rel_l2(out, ref)
+    assert 0 < err < 0.1, err
+
+
+def test_bad_requests_fail_before_anything_changes():
+    pipe = tiny_pixart_pipe()
+    with pytest.raises(QuantizationError, match="Unknown quantization type 'fp16'"):
+        quantize_pipe(pipe, "fp16", min_features=16)
+    with pytest.raises(ValueError, match="'unet' to quantize in PixArtAlphaPipeline; valid components: .*transformer"):
+        quantize_pipe(pipe, components=["transformer", "unet"], min_features=16)
+    assert not any(isinstance(m, Float8Linear) for m in pipe.transformer.modules())
+    assert quantize_pipe(pipe, min_features=16, exclude=["attn", "ff", "proj", "caption", "adaln", "emb"]) == {
+        "transformer": 0}
+
+
+def test_compile_pipe_quant_flag_matches_the_eager_quantized_pipeline(counters):
+    eager = tiny_pixart_pipe()
+    quantize_pipe(eager, "fp8", min_features=16)
+    ref = _image(eager, seed=3)
+    pipe = tiny_pixart_pipe()
+    compile_pipe(pipe, mode="max-optimize:quant", options={"quant.min_features": 16})
+    assert isinstance(pipe.transformer.transformer_blocks[0].attn1.to_qkv, Float8Linear)
+    out = _image(pipe, seed=3)
+    assert rel_l2(out, ref) < 2e-3
+
+
+def test_lora_on_a_quantized_pipeline_is_a_clear_error():
+    import os
+    import sys
+
+    from nexfort.diffusers import fuse_lora
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
+    from nexfort_bench import models
+
+    pipe = models.load_pipeline("tiny-sd3", torch.float32, "cpu").pipe  # a pipeline that loads LoRA weights
+    assert quantize_pipe(pipe, min_features=16)["transformer"] > 0
+    with pytest.raises(RuntimeError, match="transformer is quantized .* fuse the LoRA first, then quantize"):
+        fuse_lora(pipe, {})
