@@ -5,7 +5,8 @@ with an empty nexfort cache, "warm" with the nexfort cache that a cold run fille
 process plays another machine: its own empty local directory, the same Redis (entries signed with the same
 ``NEXFORT_CACHE_SECRET``). Prints the time to the first output (compile + first call; with ``--model``, the first
 image of the pipeline) and of the whole process, the warm/cold ratios, and checks that every warm output equals
-the cold one.
+the cold one. ``--trace-autotune DIR`` writes, per process, a JSON line for every Triton kernel that tunes or is
+loaded (``nexfort_bench/autotune_trace.py``: why a warm process still tunes).
 
     python benchmarks/cache_warm_start.py [--repeats 3] [--device cpu|cuda] [--mode cache-all]
     python benchmarks/cache_warm_start.py --device cuda --model pixart-alpha --height 1024 --width 1024 \
