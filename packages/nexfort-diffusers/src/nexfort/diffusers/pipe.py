@@ -196,6 +196,21 @@ def upcast_vae_once(pipe: Any) -> bool:
     return True
 
 
+def _without_quant(cfg: Any) -> Any:
+    """``cfg`` with the quant flag off (``cfg`` itself where it is off)."""
+    if not bool(getattr(cfg.flags, "quant", False)):
+        return cfg
+    import copy
+
+    from omegaconf import OmegaConf
+
+    out = copy.deepcopy(cfg)
+    OmegaConf.set_readonly(out, False)
+    out.flags.quant = False
+    OmegaConf.set_readonly(out, True)
+    return out
+
+
 def compile_pipe(pipe: Any, mode: Optional[str] = None, options: Any = None, *, ignores: Sequence[str] = (),
                  fuse_qkv_projections: bool = True, dynamic: Optional[bool] = None,
                  fullgraph: Optional[bool] = None, memory_format: Any = None, backend: str = "nexfort",
@@ -212,7 +227,8 @@ def compile_pipe(pipe: Any, mode: Optional[str] = None, options: Any = None, *, 
     changes (``load_state_dict``, LoRA fusing) reach the compiled pipeline without recompiling (QKV projections
     fused by max-optimize share their weights with the unfused layers). ``backend="inductor"`` compiles with plain
     ``torch.compile`` (default mode; only ``dynamic``, ``fullgraph`` and ``memory_format`` apply), for
-    comparison.
+    comparison. The ``quant`` flag quantizes the denoisers' linear layers (after QKV fusion); for other
+    components use :func:`nexfort.diffusers.quantize_pipe` with ``components=``.
 
     ``dynamic=True`` (nexfort backend): one compiled graph per model serves every resolution, batch size and
     text length: the plugin makes size-dependent Python branches of diffusers modules branch-free (PatchEmbed's
@@ -253,7 +269,10 @@ def compile_pipe(pipe: Any, mode: Optional[str] = None, options: Any = None, *, 
         module = getattr(owner, attr)
         # torch 2.2: Inductor misreads nearest upsampling's scale factor under inference mode (detected)
         make_upsample_sizes_explicit(module, config=cfg if backend == "nexfort" else None)
-        compiled = compile_module(module, cfg, backend)
+        # the quant flag quantizes the denoisers only (the VAE's and text encoders' few linear layers would trade
+        # their accuracy for nothing measurable); quantize_pipe(components=...) reaches the others
+        ccfg = cfg if name in DENOISERS or backend != "nexfort" else _without_quant(cfg)
+        compiled = compile_module(module, ccfg, backend)
         if compiled is not module:  # pragma: no cover (torch < 2.2)
             setattr(owner, attr, compiled)
         # dynamic shapes without the duck-sizing trap (nexfort only: backend="inductor" stays plain
