@@ -2,8 +2,9 @@
 
     y = (round8(x / sx) @ round8(W / sw)^T) * sx * sw^T + b,   sx = rowmax|x| / 448,  sw = rowmax|W| / 448
 
-``torch._scaled_mm`` runs the product on fp8 tensor cores (Hopper/Ada: twice the fp16 rate) and on the CPU. Under
-``torch.compile`` Inductor fuses the activation's scaling and rounding into one kernel before the GEMM. Error: the
+``torch._scaled_mm`` runs the product on fp8 tensor cores (Hopper/Ada: twice the fp16 peak rate) and on the CPU.
+Under ``torch.compile`` the activation's row maximum, scaling and rounding are ordinary ops Inductor can fuse
+(what it makes of them on the GPU, and the speed, are not measured yet: ``benchmarks/gpu/quant_fp8.sh``). Error: the
 e4m3 rounding of both operands, about 2-4 % relative L2 per layer on random data (tests/passes/test_quant.py):
 this is a speed-for-accuracy trade, off unless asked for (the ``quant`` flag or ``quantize_``).
 
