@@ -11,7 +11,7 @@ Importing this module stays cheap: torch is imported by the functions that need 
 
 from __future__ import annotations
 
-from typing import Any, List, Tuple
+from typing import Any, List, Optional, Tuple
 
 #: (fused layer, the layers whose output rows it concatenates, in order): diffusers' ``fuse_projections``
 FUSED_GROUPS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
@@ -19,6 +19,25 @@ FUSED_GROUPS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("to_kv", ("to_k", "to_v")),
     ("to_added_qkv", ("add_q_proj", "add_k_proj", "add_v_proj")),
 )
+
+
+def qkv_fused(module: Any) -> bool:
+    """Whether ``fuse_qkv_projections()`` has already run on ``module``."""
+    return getattr(module, "original_attn_processors", None) is not None
+
+
+def fuse_projections(module: Any) -> Optional[str]:
+    """Fuse the QKV projections of a diffusers model that supports it (``fuse_qkv_projections()``) and free the
+    unfused copies (:func:`share_fused_weights`); what was done (None: nothing to do, or done already)."""
+    fuse = getattr(module, "fuse_qkv_projections", None)
+    if not callable(fuse) or qkv_fused(module):
+        return None
+    try:
+        fuse()
+        shared = share_fused_weights(module)
+    except ValueError as e:  # e.g. models with added KV projections
+        return f"QKV projections left unfused ({e})"
+    return f"fused QKV projections (fuse_qkv_projections(); {shared} unfused copies freed)"
 
 
 def fused_groups(module: Any) -> List[Tuple[Any, List[Any]]]:

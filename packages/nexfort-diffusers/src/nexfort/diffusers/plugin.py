@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, List, Mapping, Optional
 
 from nexfort.core import hookimpl
+from nexfort.diffusers.fused import fuse_projections, qkv_fused  # noqa: F401 - qkv_fused: part of this module's API
 
 PLUGIN_NAME = "diffusers"
 NAMESPACE = "diffusers"
@@ -40,11 +41,6 @@ def is_diffusers_model(module: Any) -> bool:
     """A diffusers ``ModelMixin`` (checked by its class's module, so diffusers need not be imported)."""
     return any(c.__module__.split(".", 1)[0] == "diffusers" and c.__name__ == "ModelMixin"
                for c in type(module).__mro__)
-
-
-def qkv_fused(module: Any) -> bool:
-    """Whether ``fuse_qkv_projections()`` has already run on ``module``."""
-    return getattr(module, "original_attn_processors", None) is not None
 
 
 def _get(obj: Any, key: str, default: Any = None) -> Any:
@@ -76,14 +72,7 @@ def nexfort_transform_module(module: Any, config: Any) -> Optional[str]:
         if n:
             done.append(f"attention masks of {n} Attention repeated per head without a batch-size guard")
     if bool(_get(config.flags, "max_optimize", False)) and opts is not None and bool(opts.fuse_qkv_projections):
-        fuse = getattr(module, "fuse_qkv_projections", None)
-        if callable(fuse) and not qkv_fused(module):
-            try:
-                fuse()
-                from nexfort.diffusers.fused import share_fused_weights
-
-                shared = share_fused_weights(module)
-                done.append(f"fused QKV projections (fuse_qkv_projections(); {shared} unfused copies freed)")
-            except ValueError as e:  # e.g. models with added KV projections
-                done.append(f"QKV projections left unfused ({e})")
+        fused = fuse_projections(module)
+        if fused:
+            done.append(fused)
     return "; ".join(done) or None

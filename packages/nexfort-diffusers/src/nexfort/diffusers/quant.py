@@ -16,6 +16,7 @@ from typing import Any, Dict, Iterable, Optional
 
 import torch
 
+from nexfort.diffusers.fused import fuse_projections
 from nexfort.diffusers.pipe import DENOISERS, _components
 
 logger = logging.getLogger("nexfort")
@@ -46,28 +47,15 @@ def quantize_pipe(pipe: Any, method: str = "fp8", *, components: Optional[Iterab
         raise ValueError(f"quantize_pipe: {', '.join(map(repr, bad)) or 'nothing'} to quantize in "
                          f"{pipe.__class__.__name__}; valid components: "
                          f"{', '.join(modules)}.")
-    exclude = [str(s) for s in exclude]
+    keep = quant.excluding(exclude)
     for name in names:
         config.check(modules[name])
     done: Dict[str, int] = {}
     for name in names:
         module = modules[name]
         if fuse_qkv_projections:
-            _fuse(module)
-        done[name] = quant.quantize_(module, config, filter_fn=lambda m, fqn: not any(s in fqn for s in exclude))
+            fuse_projections(module)
+        done[name] = quant.quantize_(module, config, filter_fn=keep)
     logger.info("nexfort: quantize_pipe(%s, %r) quantized %s", pipe.__class__.__name__, method,
                 ", ".join(f"{n}: {k} layers" for n, k in done.items()))
     return done
-
-
-def _fuse(module: torch.nn.Module) -> None:
-    from nexfort.diffusers.fused import share_fused_weights
-    from nexfort.diffusers.plugin import qkv_fused
-
-    fuse = getattr(module, "fuse_qkv_projections", None)
-    if callable(fuse) and not qkv_fused(module):
-        try:
-            fuse()
-        except ValueError:  # e.g. models with added KV projections: quantized unfused
-            return
-        share_fused_weights(module)

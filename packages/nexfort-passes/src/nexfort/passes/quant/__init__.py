@@ -14,8 +14,8 @@ The ``quant`` mode flag applies the method named by ``options.quant.type`` to a 
 
 from __future__ import annotations
 
-from nexfort.passes.quant.api import QuantConfig, QuantizationError, config_for, quantize_, register_handler
+from nexfort.passes.quant.api import QuantConfig, QuantizationError, config_for, excluding, quantize_, register_handler
 from nexfort.passes.quant.fp8 import Float8DynamicConfig, Float8Linear
 
-__all__ = ["QuantConfig", "QuantizationError", "config_for", "quantize_", "register_handler",
+__all__ = ["QuantConfig", "QuantizationError", "config_for", "excluding", "quantize_", "register_handler",
            "Float8DynamicConfig", "Float8Linear"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from typing import Any, Callable, Dict, List, Optional, Type
+from typing import Any, Callable, Dict, Iterable, List, Optional, Type
 
 import torch
 
@@ -50,6 +50,13 @@ def config_for(name: str, **kwargs: Any) -> QuantConfig:
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise QuantizationError(f"Unknown quantization type {name!r}{hint} Valid types: {', '.join(sorted(_BY_NAME))}.")
     return cls(**kwargs)
+
+
+def excluding(names: Iterable[str]) -> Callable[[torch.nn.Module, str], bool]:
+    """A ``filter_fn`` for :func:`quantize_` that leaves alone the layers whose qualified name contains one of
+    ``names``."""
+    names = [str(s) for s in names]
+    return lambda linear, fqn: not any(s in fqn for s in names)
 
 
 def quantize_(model: torch.nn.Module, config: QuantConfig,

@@ -55,12 +55,11 @@ def nexfort_claims_feature(feature: str, config: Any) -> Optional[bool]:
 def nexfort_transform_module(module: Any, config: Any) -> Optional[str]:
     if not _on(config):
         return None
-    from nexfort.passes.quant import config_for, quantize_
+    from nexfort.passes.quant import config_for, excluding, quantize_
 
     opts = config.options.get(NAMESPACE)
     qcfg = config_for(str(opts.type), min_features=int(opts.min_features))
-    exclude = [str(s) for s in opts.exclude]
-    n = quantize_(module, qcfg, filter_fn=lambda m, fqn: not any(s in fqn for s in exclude))
+    n = quantize_(module, qcfg, filter_fn=excluding(opts.exclude))
     try:
         _applied[id(config)] = weakref.ref(config, lambda _, key=id(config): _applied.pop(key, None))
     except TypeError:  # a config that cannot be weakly referenced: the warning below may then show once
