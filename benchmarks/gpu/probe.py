@@ -132,6 +132,20 @@ def denoiser(args: argparse.Namespace) -> None:
     den = loaded.denoiser
     with torch.inference_mode():
         ref = den(**kw)[0].float()
+        ref32 = None
+        if args.fp32_ref:  # float32 reference: a float32 copy of the same weights on float32 inputs
+            import copy
+
+            den32 = copy.deepcopy(den).float()
+            def f32(v):
+                if isinstance(v, dict):
+                    return {k: f32(x) for k, x in v.items()}
+                return v.float() if torch.is_tensor(v) and v.is_floating_point() else v
+
+            kw32 = f32(kw)
+            ref32 = den32(**kw32)[0].float()
+            del den32, kw32
+            torch.cuda.empty_cache()
         eager_ms = time_ms(lambda: den(**kw)) if args.eager else None
         cfg, pipe_kw = cli.parse_compiler_config(args.compiler_config)
         torch.cuda.reset_peak_memory_stats()
@@ -150,6 +164,8 @@ def denoiser(args: argparse.Namespace) -> None:
                    "config": args.compiler_config, "cold_compile_s": round(compile_s, 1), "ms": round(ms, 3),
                    "eager_ms": None if eager_ms is None else round(eager_ms, 3),
                    "rel_l2_vs_eager": report.rel_l2(out, ref),
+                   "rel_l2_vs_fp32": None if ref32 is None else report.rel_l2(out, ref32),
+                   "eager_rel_l2_vs_fp32": None if ref32 is None else report.rel_l2(ref, ref32),
                    "peak_mem_mb": round((torch.cuda.max_memory_allocated() - base_mem) / 2**20, 1),
                    "gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
             if args.compiler == "nexfort":
@@ -175,6 +191,7 @@ def main() -> None:
     p.add_argument("--compiler-config", default=None)
     p.add_argument("--eager", action="store_true", help="time eager too")
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--fp32-ref", action="store_true", help="relative L2 against a float32 copy too")
     p.add_argument("--profile-eager", action="store_true")
     args = p.parse_args()
     attention() if args.what == "attention" else denoiser(args)

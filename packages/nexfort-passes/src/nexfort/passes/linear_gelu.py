@@ -1,0 +1,171 @@
+"""GELU in the GEMM's epilogue: ``gelu(linear(x, W, b))`` -> ``torch._addmm_activation`` (a pre_grad pass, a plugin).
+
+The feed-forward of every diffusion transformer (PixArt, SD3, Flux: diffusers' ``GELU(approximate="tanh")``)
+computes ``fc1`` and then GELU over its output, the largest activation of the block (4 x hidden per token).
+Inductor calls cuBLAS for the GEMM (bias in its epilogue) and writes a Triton kernel that reads the GEMM's output
+back, applies GELU and writes it again. cuBLASLt can apply GELU in the GEMM's epilogue (``GELU_BIAS``), which
+``torch._addmm_activation(b, x, W.t(), use_gelu=True)`` exposes and Inductor keeps as one call. The pattern and
+its replacement, as plain torch functions:
+
+    def pattern(x, w, b):
+        return F.gelu(F.linear(x, w, b), approximate=APPROXIMATE[x.device.type])
+
+    def replacement(x, w, b):
+        y = torch._addmm_activation(b, x.reshape(-1, x.shape[-1]), w.t(), use_gelu=True)
+        return y.reshape(*x.shape[:-1], w.shape[0])
+
+``_addmm_activation``'s GELU is the tanh approximation on CUDA and the exact (erf) GELU on the CPU, so the pass
+matches ``approximate="tanh"`` on CUDA tensors and ``approximate="none"`` on CPU ones: the result is the same
+function either way. Recognised: ``F.linear``/``torch._C._nn.linear`` or an ``nn.Linear`` call_module node (torch
+2.1-2.4), then ``F.gelu`` or an ``nn.GELU`` call_module node.
+
+Left alone (the guard returns False, it never raises): a linear without a bias, a linear output used by anything
+else, the other GELU approximation for the device, inputs, weight and bias of different dtypes or devices (autocast
+regions), a weight that is not 2-D, a 1-D input, other devices, and nodes without Dynamo's fake-tensor metadata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch.fx import GraphModule, Node
+
+from nexfort.core import hookimpl
+from nexfort.core.graph_pass import GraphPass
+from nexfort.passes._fx import arg, fake, is_op
+
+NAME = "linear_gelu"
+LINEAR_FUNCTIONS = tuple({F.linear, torch._C._nn.linear})
+GELU_FUNCTIONS = tuple({F.gelu, torch._C._nn.gelu})
+# the GELU that _addmm_activation(use_gelu=True) computes, per device type
+APPROXIMATE = {"cuda": "tanh", "cpu": "none"}
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@dataclasses.dataclass
+class LinearGeluOptions:
+    """``options.linear_gelu.*``."""
+
+    enabled: Optional[bool] = None  # None: on with the max-optimize flag; True/False: on/off regardless
+
+
+def _module(gm: GraphModule, node: Node) -> Optional[torch.nn.Module]:
+    try:
+        return gm.get_submodule(node.target)
+    except AttributeError:
+        return None
+
+
+def _gelu_input(gm: GraphModule, node: Node) -> Optional[Tuple[Node, str]]:
+    """``(input, approximate)`` if ``node`` is a GELU; else ``None``."""
+    if is_op(node, GELU_FUNCTIONS):
+        if len(node.args) != 1 or set(node.kwargs) - {"approximate"}:
+            return None
+        approximate = node.kwargs.get("approximate", "none")
+        return (node.args[0], approximate) if isinstance(approximate, str) else None
+    if node.op == "call_module" and len(node.args) == 1 and not node.kwargs:
+        mod = _module(gm, node)
+        if type(mod) is torch.nn.GELU:
+            return node.args[0], mod.approximate
+    return None
+
+
+def _linear_operands(gm: GraphModule, node: Any) -> Optional[Tuple[Node, Any, Any]]:
+    """``(x, weight, bias)`` of a linear call (weight/bias: graph nodes, or a module's parameter names)."""
+    if is_op(node, LINEAR_FUNCTIONS):
+        if len(node.args) + len(node.kwargs) != 3 or set(node.kwargs) - {"weight", "bias"}:
+            return None
+        x, w, b = node.args[0], arg(node, 1, "weight"), arg(node, 2, "bias")
+        return (x, w, b) if all(isinstance(t, Node) for t in (x, w, b)) else None
+    if isinstance(node, Node) and node.op == "call_module" and len(node.args) == 1 and not node.kwargs:
+        mod = _module(gm, node)
+        if type(mod) is torch.nn.Linear and mod.bias is not None and isinstance(node.args[0], Node):
+            return node.args[0], f"{node.target}.weight", f"{node.target}.bias"
+    return None
+
+
+class LinearGeluPass(GraphPass):
+    """``gelu(linear(x, W, b))`` -> ``torch._addmm_activation(b, x2d, W.t(), use_gelu=True)`` (see the module)."""
+
+    name = NAME
+    stage = "pre_grad"
+    priority = 60  # after attention (50): independent patterns, a fixed order keeps the graph deterministic
+
+    def apply(self, gm: GraphModule) -> int:
+        count = 0
+        for node in list(gm.graph.nodes):
+            found = self.match(gm, node)
+            if found is not None:
+                self.replace(gm, node, *found)
+                count += 1
+        if count:
+            gm.graph.lint()
+            gm.recompile()
+        return count
+
+    def match(self, gm: GraphModule, gelu: Node) -> Optional[Tuple[Node, Node, Any, Any]]:
+        g = _gelu_input(gm, gelu)
+        if g is None:
+            return None
+        linear, approximate = g
+        if not isinstance(linear, Node) or len(linear.users) != 1:
+            return None
+        ops = _linear_operands(gm, linear)
+        if ops is None:
+            return None
+        x, w, b = ops
+        fx, fy, fg = fake(x), fake(linear), fake(gelu)
+        if fx is None or fy is None or fg is None or fx.dim() < 2:
+            return None
+        if isinstance(w, Node):
+            fw, fb = fake(w), fake(b)
+        else:
+            fw, fb = gm.get_parameter(w), gm.get_parameter(b)
+        if fw is None or fb is None or fw.dim() != 2 or fb.dim() != 1:
+            return None
+        if APPROXIMATE.get(fx.device.type) != approximate:
+            return None
+        dtypes = {t.dtype for t in (fx, fw, fb, fy, fg)}
+        devices = {t.device for t in (fx, fw, fb, fy, fg)}
+        if len(dtypes) != 1 or dtypes.pop() not in DTYPES or len(devices) != 1:
+            return None
+        return linear, x, w, b
+
+    def replace(self, gm: GraphModule, gelu: Node, linear: Node, x: Node, w: Any, b: Any) -> None:
+        graph = gm.graph
+        with graph.inserting_before(gelu):
+            if not isinstance(w, Node):  # an nn.Linear call_module node: read its parameters
+                w, b = graph.get_attr(w), graph.get_attr(b)
+            k = graph.call_method("size", (x, -1))
+            x2 = graph.call_method("reshape", (x, -1, k))
+            wt = graph.call_method("t", (w,))
+            y = graph.call_function(torch._addmm_activation, (b, x2, wt), {"use_gelu": True})
+            lead = [graph.call_method("size", (x, i)) for i in range(fake(x).dim() - 1)]
+            out = graph.call_method("reshape", (y, *lead, graph.call_method("size", (wt, 1))))
+        out.meta["example_value"] = fake(gelu)
+        gelu.replace_all_uses_with(out)
+        graph.erase_node(gelu)
+        graph.erase_node(linear)
+
+
+# ------------------------------------------------------------------------------------------------ plugin
+@hookimpl
+def nexfort_config_schema():
+    return {NAME: LinearGeluOptions}
+
+
+@hookimpl
+def nexfort_graph_passes(config):
+    opts = config.options.get(NAME) if hasattr(config.options, "get") else None
+    enabled = opts.get("enabled", None) if opts is not None else None
+    if enabled is None:
+        enabled = bool(config.flags.max_optimize)
+    return [LinearGeluPass(LinearGeluOptions(enabled=enabled))] if enabled else None
+
+
+@hookimpl
+def nexfort_claims_feature(feature, config):
+    return True if feature == "max_optimize" else None
