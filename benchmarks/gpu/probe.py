@@ -172,6 +172,10 @@ def denoiser(args: argparse.Namespace) -> None:
                 from nexfort.core import counters
 
                 res["nexfort_counters"] = {k: dict(v) for k, v in counters.items()}  # fallbacks must be 0
+            if args.compile_times:  # where the cold compile went (Dynamo's per-phase totals, seconds)
+                from torch._dynamo.utils import compile_times
+
+                res["compile_times"] = compile_times(repr="csv", aggregate=True)
             if args.profile:
                 res["profile"] = profile(lambda: den(**kw))
             if args.profile_eager:
@@ -191,6 +195,7 @@ def main() -> None:
     p.add_argument("--compiler-config", default=None)
     p.add_argument("--eager", action="store_true", help="time eager too")
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--compile-times", action="store_true", help="Dynamo's per-phase compile times")
     p.add_argument("--fp32-ref", action="store_true", help="relative L2 against a float32 copy too")
     p.add_argument("--profile-eager", action="store_true")
     args = p.parse_args()
