@@ -14,12 +14,12 @@ VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
 SEQ = 12
 
 
-def tiny_pixart_pipe(seed: int = 0, dtype: torch.dtype = torch.float32):
+def tiny_pixart_pipe(seed: int = 0, dtype: torch.dtype = torch.float32, num_layers: int = 1):
     from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
 
     torch.manual_seed(seed)
     pipe = PixArtAlphaPipeline(tokenizer=None, text_encoder=None, vae=AutoencoderKL(**VAE),
-                               transformer=PixArtTransformer2DModel(**TRANSFORMER),
+                               transformer=PixArtTransformer2DModel(**{**TRANSFORMER, "num_layers": num_layers}),
                                scheduler=DPMSolverMultistepScheduler())
     pipe.to(dtype=dtype)
     pipe.set_progress_bar_config(disable=True)

@@ -13,6 +13,7 @@ import torch
 
 from nexfort.core.errors import NexfortConfigError
 from nexfort.diffusers.dynamic import make_upsample_sizes_explicit, shape_check, wrap_compiled_call
+from nexfort.diffusers.regional import uncompile_regions
 
 logger = logging.getLogger("nexfort")
 
@@ -138,11 +139,28 @@ def _apply_memory_format(module: torch.nn.Module, cfg: Any) -> None:
         module.to(memory_format=torch.channels_last)
 
 
-def compile_module(module: torch.nn.Module, cfg: Any, backend: str = "nexfort") -> torch.nn.Module:
+def regional(cfg: Any) -> bool:
+    """Whether ``cfg`` asks for regional compilation of the denoisers (``options.diffusers.regional``)."""
+    try:
+        return bool(cfg.options.diffusers.regional)
+    except Exception:  # noqa: BLE001 - the diffusers plugin's namespace is absent (plugin blocked)
+        return False
+
+
+def _check_regional(cfg: Any) -> None:
+    if regional(cfg) and not callable(getattr(torch.nn.Module, "compile", None)):
+        raise NexfortConfigError(f"compile_pipe: options.diffusers.regional needs nn.Module.compile (torch 2.2+); "
+                                 f"this is torch {torch.__version__}.")
+
+
+def compile_module(module: torch.nn.Module, cfg: Any, backend: str = "nexfort",
+                   regions: bool = False) -> torch.nn.Module:
     """Compile ``module`` in place (``nn.Module.compile``) so that it keeps its type, its ``state_dict`` keys and
     its parameters; where torch lacks ``nn.Module.compile`` return ``torch.compile``'s wrapper (which shares the
     parameters too). ``backend="nexfort"`` is what ``nexfort_compile`` does: memory format and the plugins'
-    module transforms (``prepare_module``), then the nexfort backend bound to ``cfg``."""
+    module transforms (``prepare_module``), then the nexfort backend bound to ``cfg``. ``regions=True`` compiles
+    the module's repeated blocks instead of the whole (:mod:`nexfort.diffusers.regional`; the whole module where it
+    has none)."""
     if backend == "nexfort":
         from nexfort.compilers import prepare_module
         from nexfort.core.backend import NexfortBackend
@@ -153,7 +171,18 @@ def compile_module(module: torch.nn.Module, cfg: Any, backend: str = "nexfort") 
         _apply_memory_format(module, cfg)
         be = "inductor"
     kwargs = {"backend": be, "dynamic": cfg.dynamic, "fullgraph": bool(cfg.fullgraph)}
-    if callable(getattr(torch.nn.Module, "compile", None)):
+    in_place = callable(getattr(torch.nn.Module, "compile", None))
+    if regions:
+        from nexfort.diffusers.regional import compile_regions
+
+        _check_regional(cfg)
+        n = compile_regions(module, lambda block: block.compile(**kwargs))
+        if n:
+            logger.info("nexfort: compiled %d repeated blocks of %s (regional)", n, type(module).__name__)
+            return module
+        logger.warning("nexfort: options.diffusers.regional: %s has no repeated blocks; compiling it whole",
+                       type(module).__name__)
+    if in_place:
         module.compile(**kwargs)
         return module
     return torch.compile(module, **kwargs)  # pragma: no cover (torch < 2.2)
@@ -249,6 +278,8 @@ def compile_pipe(pipe: Any, mode: Optional[str] = None, options: Any = None, *, 
     cfg = resolve_pipe_config(mode, options, dynamic=dynamic, fullgraph=fullgraph, memory_format=memory_format,
                               fuse_qkv_projections=fuse_qkv_projections)
     skipped = _check_ignores(pipe, ignores)
+    if backend == "nexfort":
+        _check_regional(cfg)
     if backend == "inductor" and (cfg.mode or options):
         logger.info("nexfort: backend='inductor' compiles with torch.compile defaults; mode %r and options ignored",
                     cfg.mode)
@@ -272,7 +303,8 @@ def compile_pipe(pipe: Any, mode: Optional[str] = None, options: Any = None, *, 
         # the quant flag quantizes the denoisers only (the VAE's and text encoders' few linear layers would trade
         # their accuracy for nothing measurable); quantize_pipe(components=...) reaches the others
         ccfg = cfg if name in DENOISERS or backend != "nexfort" else _without_quant(cfg)
-        compiled = compile_module(module, ccfg, backend)
+        regions = backend == "nexfort" and name in DENOISERS and regional(cfg)
+        compiled = compile_module(module, ccfg, backend, regions=regions)
         if compiled is not module:  # pragma: no cover (torch < 2.2)
             setattr(owner, attr, compiled)
         # dynamic shapes without the duck-sizing trap (nexfort only: backend="inductor" stays plain
@@ -293,8 +325,8 @@ def uncompile_pipe(pipe: Any) -> Any:
     for name in compilable_components(pipe, text_encoders=True):
         owner, attr = (comps["vae"], name.split(".", 1)[1]) if name.startswith("vae.") else (pipe, name)
         mod = getattr(owner, attr)
-        if getattr(mod, "_compiled_call_impl", None) is not None:
-            mod._compiled_call_impl = None
+        if isinstance(mod, torch.nn.Module):
+            uncompile_regions(mod)  # the module and, after a regional compile, its blocks
         orig = getattr(mod, "_orig_mod", None)  # torch.compile's wrapper (torch < 2.2)
         if isinstance(orig, torch.nn.Module):
             setattr(owner, attr, orig)

@@ -35,6 +35,9 @@ class DiffusersOptions:
     # with dynamic=True: rewrite shape-dependent branches of diffusers modules (PatchEmbed) so that one graph
     # serves every resolution
     dynamic_transforms: bool = True
+    # compile_pipe compiles the denoisers' repeated blocks (one graph for all) instead of the whole denoiser: a much
+    # shorter cold compile, no fusion across blocks (nexfort.diffusers.regional)
+    regional: bool = False
 
 
 def is_diffusers_model(module: Any) -> bool:
