@@ -9,11 +9,12 @@ import torch
 from tiny_pixart import pipe_inputs, tiny_pixart_pipe
 
 from nexfort.diffusers import compile_module, compile_pipe, resolve_pipe_config, uncompile_pipe
-from nexfort.diffusers.regional import repeated_blocks
+from nexfort.diffusers.regional import blocks_share_graphs, repeated_blocks
 
 pytest.importorskip("diffusers")
-pytestmark = pytest.mark.skipif(not callable(getattr(torch.nn.Module, "compile", None)),
-                                reason="regional compilation needs nn.Module.compile (torch 2.2+)")
+pytestmark = pytest.mark.skipif(not callable(getattr(torch.nn.Module, "compile", None)) or not blocks_share_graphs(),
+                                reason="regional compilation needs nn.Module.compile and blocks sharing a compiled "
+                                       "graph (torch._dynamo.config.inline_inbuilt_nn_modules: torch 2.5+)")
 REGIONAL = {"diffusers.regional": True}
 
 
@@ -94,6 +95,16 @@ def test_a_model_without_repeated_blocks_is_compiled_whole(caplog):
     torch.testing.assert_close(model(x), torch.nn.functional.gelu(model[0](x)))
 
 
-def test_regional_is_an_option_of_the_diffusers_plugin():
-    assert resolve_pipe_config("jit").options.diffusers.regional is False
-    assert resolve_pipe_config("jit", REGIONAL).options.diffusers.regional is True
+def test_regional_is_on_with_jit_unless_switched_off():
+    from nexfort.diffusers.pipe import regional
+
+    assert resolve_pipe_config("jit").options.diffusers.regional is None
+    assert regional(resolve_pipe_config("jit")) and not regional(resolve_pipe_config("max-optimize"))
+    assert regional(resolve_pipe_config("max-optimize", REGIONAL))
+    assert not regional(resolve_pipe_config("jit", {"diffusers.regional": False}))
+    pipe = tiny_pixart_pipe(num_layers=2)
+    compile_pipe(pipe, mode="jit", ignores=["vae"])
+    assert all(_compiled(b) for b in pipe.transformer.transformer_blocks)
+    pipe = tiny_pixart_pipe(num_layers=2)
+    compile_pipe(pipe, mode="jit", options={"diffusers.regional": False}, ignores=["vae"])
+    assert not any(_compiled(b) for b in pipe.transformer.transformer_blocks) and _compiled(pipe.transformer)

@@ -140,11 +140,17 @@ def _apply_memory_format(module: torch.nn.Module, cfg: Any) -> None:
 
 
 def regional(cfg: Any) -> bool:
-    """Whether ``cfg`` asks for regional compilation of the denoisers (``options.diffusers.regional``)."""
+    """Whether ``cfg`` asks for regional compilation of the denoisers (``options.diffusers.regional``; unset: on
+    with the jit flag)."""
     try:
-        return bool(cfg.options.diffusers.regional)
+        value = cfg.options.diffusers.regional
     except Exception:  # noqa: BLE001 - the diffusers plugin's namespace is absent (plugin blocked)
         return False
+    if value is None:  # implied by jit: only where the blocks share their compiled graphs (torch 2.5+)
+        from nexfort.diffusers.regional import blocks_share_graphs
+
+        return bool(cfg.flags.jit) and callable(getattr(torch.nn.Module, "compile", None)) and blocks_share_graphs()
+    return bool(value)
 
 
 def _check_regional(cfg: Any) -> None:
@@ -176,12 +182,20 @@ def compile_module(module: torch.nn.Module, cfg: Any, backend: str = "nexfort",
         from nexfort.diffusers.regional import compile_regions
 
         _check_regional(cfg)
+        from nexfort.diffusers.regional import blocks_share_graphs
+
         n = compile_regions(module, lambda block: block.compile(**kwargs))
+        if n and not blocks_share_graphs():
+            warnings.warn(f"nexfort: regional compilation on torch {torch.__version__}: Dynamo does not share a "
+                          "compiled graph between blocks here (torch._dynamo.config.inline_inbuilt_nn_modules is "
+                          "off), so every block compiles on its own; compile the whole model instead (torch 2.5+ "
+                          "shares them).", stacklevel=3)
         if n:
             logger.info("nexfort: compiled %d repeated blocks of %s (regional)", n, type(module).__name__)
             return module
-        logger.warning("nexfort: options.diffusers.regional: %s has no repeated blocks; compiling it whole",
-                       type(module).__name__)
+        explicit = getattr(getattr(cfg.options, "diffusers", None), "regional", None) is True
+        (logger.warning if explicit else logger.info)(
+            "nexfort: regional compilation: %s has no repeated blocks; compiling it whole", type(module).__name__)
     if in_place:
         module.compile(**kwargs)
         return module

@@ -20,6 +20,16 @@ from typing import Any, Callable, List, Tuple
 import torch
 
 
+def blocks_share_graphs() -> bool:
+    """Whether Dynamo lets instances of one block class share a compiled graph (``inline_inbuilt_nn_modules``,
+    on by default since torch 2.5); before, it guards on each instance and compiles every block again."""
+    try:
+        import torch._dynamo.config as dynamo_config
+    except ImportError:  # pragma: no cover
+        return False
+    return bool(getattr(dynamo_config, "inline_inbuilt_nn_modules", False))
+
+
 def repeated_blocks(module: torch.nn.Module) -> List[Tuple[str, torch.nn.Module]]:
     """``(qualified name, block)`` of each repeated block of ``module`` (see the module docstring)."""
     declared = getattr(type(module), "_repeated_blocks", None) or ()
