@@ -5,16 +5,10 @@
 # Results: one JSON line per step in $RES/probe.jsonl.
 set -uo pipefail
 source benchmarks/gpu/setup.sh
+source benchmarks/gpu/probe_steps.sh
 export PYTHONUNBUFFERED=1
 RES=${RES:-$OUT}; mkdir -p $RES
 LP=max-optimize:low-precision
-probe() {  # name, then probe.py arguments
-  local name=$1; shift
-  export TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) TRITON_CACHE_DIR=$(mktemp -d)
-  timeout 300 python3 benchmarks/gpu/probe.py denoiser "$@" > $RES/$name.log 2>&1
-  grep '^{' $RES/$name.log | sed "s/^{/{\"step\": \"$name\", /" >> $RES/probe.jsonl
-  grep -v Warning $RES/$name.log | grep -v '^{' | grep -iv "kept in float32\|_warn_once" | tail -3 | cut -c1-300
-}
 for STEP in ${@:-small-freeze small-target-cg sd3-cg sd3-cg-freeze px-cg-freeze px-jit}; do
   echo "== $STEP $(date +%T)"
   case $STEP in
@@ -28,15 +22,5 @@ for STEP in ${@:-small-freeze small-target-cg sd3-cg sd3-cg-freeze px-cg-freeze 
     px-jit) probe $STEP --hw 1024x1024 --compile-times --compiler-config "{\"mode\": \"jit:disable-runtime-fusion\"}" ;;
   esac
 done
-python3 - $RES/probe.jsonl <<'PY'
-import json, sys
-for line in open(sys.argv[1]):
-    r = json.loads(line)
-    print(f"{r['step']:16s} {r['model']:12s} {r['hw']:9s} ms={r['ms']:7.3f} eager={r.get('eager_ms')} "
-          f"compile={r['cold_compile_s']}s l2={r['rel_l2_vs_eager']:.2e} mem={r['peak_mem_mb']}")
-    if r.get("compile_times"):
-        keys, vals = r["compile_times"]
-        top = sorted(zip(keys, vals), key=lambda kv: -float(kv[1]))[:10]
-        print("   compile phases (s):", ", ".join(f"{k}={float(v):.1f}" for k, v in top))
-PY
+summary
 echo ALL-DONE

@@ -5,17 +5,11 @@
 # Results: one JSON line per step in $RES/probe.jsonl.
 set -uo pipefail
 source benchmarks/gpu/setup.sh
+source benchmarks/gpu/probe_steps.sh
 export PYTHONUNBUFFERED=1
 RES=${RES:-$OUT}; mkdir -p $RES
 LP=max-optimize:low-precision
 OFF='"options": {"linear_gelu": {"enabled": false}}'
-probe() {  # name, then probe.py arguments
-  local name=$1; shift
-  export TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) TRITON_CACHE_DIR=$(mktemp -d)
-  timeout 300 python3 benchmarks/gpu/probe.py denoiser "$@" > $RES/$name.log 2>&1
-  grep '^{' $RES/$name.log | sed "s/^{/{\"step\": \"$name\", /" >> $RES/probe.jsonl
-  grep -v Warning $RES/$name.log | grep -v '^{' | grep -iv "kept in float32\|_warn_once" | tail -3 | cut -c1-300
-}
 for STEP in ${@:-tests px-on px-off small-on small-off sd3-on sd3-off}; do
   echo "== $STEP $(date +%T)"
   case $STEP in
@@ -29,14 +23,5 @@ for STEP in ${@:-tests px-on px-off small-on small-off sd3-on sd3-off}; do
     sd3-off) probe sd3-off --model sd3-medium --hw 1024x1024 --profile --compiler-config "{\"mode\": \"$LP\", $OFF}" ;;
   esac
 done
-python3 - $RES/probe.jsonl <<'PY'
-import json, sys
-for line in open(sys.argv[1]):
-    r = json.loads(line)
-    p = r.get("profile") or {}
-    c = (r.get("nexfort_counters") or {}).get("pass", {})
-    print(f"{r['step']:10s} {r['model']:12s} {r['hw']:9s} ms={r['ms']:7.3f} eager={r.get('eager_ms')} "
-          f"compile={r['cold_compile_s']}s l2={r['rel_l2_vs_eager']:.2e} mem={r['peak_mem_mb']} gpu_ms={p.get('gpu_ms')} "
-          f"passes={c} fam={p.get('families_ms')}")
-PY
+summary
 echo ALL-DONE

@@ -1,6 +1,7 @@
 """Where a compiled denoiser's GPU time goes (issue 4's profiling step), and SDPA backends on its shapes.
 
     python benchmarks/gpu/probe.py attention                      # SDPA backends on PixArt-α's attention shapes
+    python benchmarks/gpu/probe.py summary RES/probe.jsonl        # one line per result (the lease scripts' table)
     python benchmarks/gpu/probe.py denoiser --model pixart-alpha --hw 1024x1024 \
         --compiler nexfort --compiler-config '{"mode": "max-optimize:low-precision"}' [--profile]
 
@@ -72,10 +73,12 @@ def attention() -> None:
             emit(probe="attention", kind="cross-masked", n=4096, d=72, backend=name, error=str(e)[:120])
 
 
-FAMILIES = (("attention", ("fmha", "flash", "cudnn", "sdpa", "attention", "attn")),
-            ("gemm", ("gemm", "nvjet", "cutlass", "xmma", "triton_tem", "_mm_", "sm90", "matmul")),
-            ("triton reduction", ("triton_per", "triton_red")),
+# Inductor's generated kernels first: their names list the ops fused into them (``triton_red_fused__scaled_mm_...``,
+# ``triton_poi_fused__scaled_dot_product_cudnn_attention_...``), which must not count them as GEMMs or attention
+FAMILIES = (("triton reduction", ("triton_per", "triton_red")),
             ("triton pointwise", ("triton_poi",)),
+            ("attention", ("fmha", "flash", "cudnn", "sdpa", "attention", "attn")),
+            ("gemm", ("gemm", "nvjet", "cutlass", "xmma", "triton_tem", "_mm_", "sm90", "matmul")),
             ("copy/cast", ("copy", "cast", "elementwise_kernel", "vectorized_elementwise", "unrolled_elementwise")),
             ("norm", ("layer_norm", "norm")))
 
@@ -186,7 +189,27 @@ def denoiser(args: argparse.Namespace) -> None:
     emit(**res)
 
 
+def summary(path: str) -> None:
+    """One line per JSON line of ``path`` (what the lease scripts print last)."""
+    for line in open(path):
+        r = json.loads(line)
+        p = r.get("profile") or {}
+        counters = r.get("nexfort_counters") or {}
+        fp32 = r.get("rel_l2_vs_fp32")
+        print(f"{r.get('step', ''):16s} {r['model']:12s} {r['hw']:9s} ms={r['ms']:7.3f} eager={r.get('eager_ms')} "
+              f"compile={r['cold_compile_s']}s graphs={counters.get('backend', {}).get('graphs')} "
+              f"l2={r['rel_l2_vs_eager']:.2e}" + (f" l2_fp32={fp32:.2e}" if fp32 is not None else "") +
+              f" mem={r['peak_mem_mb']} passes={counters.get('pass')}"
+              + (f" gpu_ms={p['gpu_ms']} fam={p['families_ms']}" if p else ""))
+        if r.get("compile_times"):
+            keys, vals = r["compile_times"]
+            top = sorted(zip(keys, vals), key=lambda kv: -float(kv[1]))[:8]
+            print("   compile phases (s):", ", ".join(f"{k}={float(v):.1f}" for k, v in top))
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["summary"]:
+        return summary(sys.argv[2])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("what", choices=("attention", "denoiser"))
     p.add_argument("--model", default="pixart-alpha")

@@ -46,18 +46,6 @@ def softmax_count(graphs):
     return sum(1 for gm in graphs for n in gm.graph.nodes if "softmax" in str(n.target))
 
 
-@pytest.fixture
-def captured(monkeypatch):
-    """Graphs the nexfort backend hands to Inductor (after its pre_grad passes); Inductor still runs."""
-    graphs = []
-    real = compat.compile_fx
-
-    def recording(gm, *args, **kwargs):
-        graphs.append(gm)
-        return real(gm, *args, **kwargs)
-
-    monkeypatch.setattr(compat, "compile_fx", recording)
-    return graphs
 
 
 def qkv(*shape, kv_len=None, dtype=torch.float32, seed=0):

@@ -12,7 +12,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nexfort.core import compat
 from nexfort.passes.linear_gelu import LinearGeluOptions, LinearGeluPass
 
 FUSED = torch._addmm_activation
@@ -135,17 +134,6 @@ def test_graph_without_metadata_is_left_alone(counters):
     assert LinearGeluPass(LinearGeluOptions())(gm) == 0 and counters["pass"]["linear_gelu"] == 0
 
 
-@pytest.fixture
-def captured(monkeypatch):
-    graphs = []
-    real = compat.compile_fx
-
-    def recording(gm, *args, **kwargs):
-        graphs.append(gm)
-        return real(gm, *args, **kwargs)
-
-    monkeypatch.setattr(compat, "compile_fx", recording)
-    return graphs
 
 
 def test_end_to_end_max_optimize(captured, counters, assert_close):
