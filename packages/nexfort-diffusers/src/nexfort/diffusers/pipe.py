@@ -271,7 +271,10 @@ def compile_pipe(pipe: Any, mode: Optional[str] = None, options: Any = None, *, 
     fused by max-optimize share their weights with the unfused layers). ``backend="inductor"`` compiles with plain
     ``torch.compile`` (default mode; only ``dynamic``, ``fullgraph`` and ``memory_format`` apply), for
     comparison. The ``quant`` flag quantizes the denoisers' linear layers (after QKV fusion); for other
-    components use :func:`nexfort.diffusers.quantize_pipe` with ``components=``.
+    components use :func:`nexfort.diffusers.quantize_pipe` with ``components=``. With
+    ``options.diffusers.regional`` (on by default with the ``jit`` flag on torch 2.5+) the denoisers' repeated
+    blocks are compiled instead of the whole denoisers: a cold compile of about one block
+    (:mod:`nexfort.diffusers.regional`).
 
     ``dynamic=True`` (nexfort backend): one compiled graph per model serves every resolution, batch size and
     text length: the plugin makes size-dependent Python branches of diffusers modules branch-free (PatchEmbed's
