@@ -6,8 +6,6 @@
 set -uo pipefail
 source benchmarks/gpu/setup.sh
 source benchmarks/gpu/probe_steps.sh
-export PYTHONUNBUFFERED=1
-RES=${RES:-$OUT}; mkdir -p $RES
 LP=max-optimize:low-precision
 OFF='"options": {"linear_gelu": {"enabled": false}}'
 for STEP in ${@:-tests px-on px-off small-on small-off sd3-on sd3-off}; do

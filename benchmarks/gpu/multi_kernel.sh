@@ -5,8 +5,6 @@
 set -uo pipefail
 source benchmarks/gpu/setup.sh
 source benchmarks/gpu/probe_steps.sh
-export PYTHONUNBUFFERED=1
-RES=${RES:-$OUT}; mkdir -p $RES
 T=max-optimize:max-autotune:low-precision
 MK='"options": {"triton.multi_kernel": 1}'
 for STEP in ${@:-sd3-cg-mk sd3-cg px-mk px}; do

@@ -1,7 +1,11 @@
-# Sourced by the lease scripts that run benchmarks/gpu/probe.py once per step (after setup.sh, with RES set).
+# Sourced by the lease scripts that run benchmarks/gpu/probe.py once per step (after setup.sh). Results go to $RES
+# (default: the device tool's $OUT).
 # probe NAME ARGS...: `probe.py denoiser ARGS` in a process of its own with fresh Inductor/Triton caches, its JSON
 # line (tagged "step": NAME) appended to $RES/probe.jsonl, its log in $RES/NAME.log.
 # summary: one line per step of $RES/probe.jsonl (`probe.py summary`).
+export PYTHONUNBUFFERED=1
+RES=${RES:-$OUT}; mkdir -p $RES
+
 probe() {
   local name=$1; shift
   export TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) TRITON_CACHE_DIR=$(mktemp -d)

@@ -6,8 +6,6 @@
 set -uo pipefail
 source benchmarks/gpu/setup.sh
 source benchmarks/gpu/probe_steps.sh
-export PYTHONUNBUFFERED=1
-RES=${RES:-$OUT}; mkdir -p $RES
 LP=max-optimize:low-precision
 for STEP in ${@:-tests base quant quant-mlp small-base small-quant}; do
   echo "== $STEP $(date +%T)"

@@ -6,8 +6,6 @@
 set -uo pipefail
 source benchmarks/gpu/setup.sh
 source benchmarks/gpu/probe_steps.sh
-export PYTHONUNBUFFERED=1
-RES=${RES:-$OUT}; mkdir -p $RES
 JIT=jit:disable-runtime-fusion
 REG='"options": {"diffusers": {"regional": true}}'
 for STEP in ${@:-px-jit-regional px-jit px-lp-regional sd3-jit-regional sd3-jit}; do

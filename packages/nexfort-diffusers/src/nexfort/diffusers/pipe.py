@@ -139,22 +139,31 @@ def _apply_memory_format(module: torch.nn.Module, cfg: Any) -> None:
         module.to(memory_format=torch.channels_last)
 
 
+def _in_place() -> bool:
+    """Whether this torch compiles modules in place (``nn.Module.compile``, torch 2.2+)."""
+    return callable(getattr(torch.nn.Module, "compile", None))
+
+
+def _regional_option(cfg: Any) -> Optional[bool]:
+    try:
+        return cfg.options.diffusers.regional
+    except Exception:  # noqa: BLE001 - the diffusers plugin's namespace is absent (plugin blocked)
+        return False
+
+
 def regional(cfg: Any) -> bool:
     """Whether ``cfg`` asks for regional compilation of the denoisers (``options.diffusers.regional``; unset: on
     with the jit flag)."""
-    try:
-        value = cfg.options.diffusers.regional
-    except Exception:  # noqa: BLE001 - the diffusers plugin's namespace is absent (plugin blocked)
-        return False
+    value = _regional_option(cfg)
     if value is None:  # implied by jit: only where the blocks share their compiled graphs (torch 2.5+)
         from nexfort.diffusers.regional import blocks_share_graphs
 
-        return bool(cfg.flags.jit) and callable(getattr(torch.nn.Module, "compile", None)) and blocks_share_graphs()
+        return bool(cfg.flags.jit) and _in_place() and blocks_share_graphs()
     return bool(value)
 
 
-def _check_regional(cfg: Any) -> None:
-    if regional(cfg) and not callable(getattr(torch.nn.Module, "compile", None)):
+def _check_regions(regions: bool) -> None:
+    if regions and not _in_place():
         raise NexfortConfigError(f"compile_pipe: options.diffusers.regional needs nn.Module.compile (torch 2.2+); "
                                  f"this is torch {torch.__version__}.")
 
@@ -177,26 +186,17 @@ def compile_module(module: torch.nn.Module, cfg: Any, backend: str = "nexfort",
         _apply_memory_format(module, cfg)
         be = "inductor"
     kwargs = {"backend": be, "dynamic": cfg.dynamic, "fullgraph": bool(cfg.fullgraph)}
-    in_place = callable(getattr(torch.nn.Module, "compile", None))
     if regions:
         from nexfort.diffusers.regional import compile_regions
 
-        _check_regional(cfg)
-        from nexfort.diffusers.regional import blocks_share_graphs
-
+        _check_regions(regions)
         n = compile_regions(module, lambda block: block.compile(**kwargs))
-        if n and not blocks_share_graphs():
-            warnings.warn(f"nexfort: regional compilation on torch {torch.__version__}: Dynamo does not share a "
-                          "compiled graph between blocks here (torch._dynamo.config.inline_inbuilt_nn_modules is "
-                          "off), so every block compiles on its own; compile the whole model instead (torch 2.5+ "
-                          "shares them).", stacklevel=3)
         if n:
             logger.info("nexfort: compiled %d repeated blocks of %s (regional)", n, type(module).__name__)
             return module
-        explicit = getattr(getattr(cfg.options, "diffusers", None), "regional", None) is True
-        (logger.warning if explicit else logger.info)(
+        (logger.warning if _regional_option(cfg) is True else logger.info)(
             "nexfort: regional compilation: %s has no repeated blocks; compiling it whole", type(module).__name__)
-    if in_place:
+    if _in_place():
         module.compile(**kwargs)
         return module
     return torch.compile(module, **kwargs)  # pragma: no cover (torch < 2.2)
@@ -295,8 +295,7 @@ def compile_pipe(pipe: Any, mode: Optional[str] = None, options: Any = None, *, 
     cfg = resolve_pipe_config(mode, options, dynamic=dynamic, fullgraph=fullgraph, memory_format=memory_format,
                               fuse_qkv_projections=fuse_qkv_projections)
     skipped = _check_ignores(pipe, ignores)
-    if backend == "nexfort":
-        _check_regional(cfg)
+    _check_regions(backend == "nexfort" and regional(cfg))  # before anything is touched
     if backend == "inductor" and (cfg.mode or options):
         logger.info("nexfort: backend='inductor' compiles with torch.compile defaults; mode %r and options ignored",
                     cfg.mode)

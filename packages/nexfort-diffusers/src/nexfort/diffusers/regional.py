@@ -15,6 +15,7 @@ inside a chosen block is part of that block).
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any, Callable, List, Tuple
 
 import torch
@@ -58,6 +59,11 @@ def compile_regions(module: torch.nn.Module, compile_block: Callable[[torch.nn.M
     (:func:`nexfort.diffusers.dynamic.wrap_compiled_call`) apply to it as to a whole-model compile. Returns the
     number of blocks (0: none found, nothing done)."""
     blocks = repeated_blocks(module)
+    if blocks and not blocks_share_graphs():
+        warnings.warn(f"nexfort: regional compilation on torch {torch.__version__}: Dynamo does not share a compiled "
+                      "graph between blocks here (torch._dynamo.config.inline_inbuilt_nn_modules is off), so every "
+                      "block compiles on its own; compile the whole model instead (torch 2.5+ shares them).",
+                      stacklevel=4)
     for _, block in blocks:
         compile_block(block)
     if blocks:

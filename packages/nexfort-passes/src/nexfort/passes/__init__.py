@@ -4,6 +4,9 @@ Each pass is its own module and its own pluggy plugin (entry-point group ``nexfo
 blocked with ``NEXFORT_DISABLED_PLUGINS=attention`` or switched off with ``options={"attention.enabled": False}``:
 
 - :mod:`nexfort.passes.attention`: decomposed attention -> ``scaled_dot_product_attention`` (pre_grad).
+- :mod:`nexfort.passes.linear_gelu`: ``gelu(linear(x))`` -> ``torch._addmm_activation`` (GELU in the GEMM's
+  epilogue; pre_grad).
+- :mod:`nexfort.passes.quant`: ``quantize_`` and the ``quant`` flag (fp8 linear layers; a module transform).
 """
 
 from __future__ import annotations

@@ -50,6 +50,7 @@ from nexfort.core import hookimpl
 from nexfort.core.graph_pass import GraphPass
 from nexfort.passes import _fx
 from nexfort.passes._fx import arg, fake, is_op
+from nexfort.passes._options import pass_options
 
 NAME = "attention"
 
@@ -318,11 +319,8 @@ def nexfort_config_schema():
 
 @hookimpl
 def nexfort_graph_passes(config):
-    opts = config.options.get(NAME) if hasattr(config.options, "get") else None
-    options = AttentionOptions(**{f.name: opts.get(f.name, f.default) for f in dataclasses.fields(AttentionOptions)}
-                               if opts is not None else {})
-    enabled = options.enabled if options.enabled is not None else bool(config.flags.max_optimize)
-    return [AttentionPass(options)] if enabled else None
+    options, on = pass_options(config, NAME, AttentionOptions)
+    return [AttentionPass(options)] if on else None
 
 
 @hookimpl

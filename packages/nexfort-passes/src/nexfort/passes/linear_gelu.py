@@ -40,6 +40,7 @@ from torch.fx import GraphModule, Node
 from nexfort.core import hookimpl
 from nexfort.core.graph_pass import GraphPass
 from nexfort.passes._fx import arg, fake, is_op
+from nexfort.passes._options import pass_options
 
 NAME = "linear_gelu"
 LINEAR_FUNCTIONS = tuple({F.linear, torch._C._nn.linear})
@@ -167,10 +168,8 @@ def nexfort_config_schema():
 
 @hookimpl
 def nexfort_graph_passes(config):
-    opts = config.options.get(NAME) if hasattr(config.options, "get") else None
-    enabled = opts.get("enabled", None) if opts is not None else None
-    on = bool(config.flags.max_optimize) if enabled is None else bool(enabled)
-    return [LinearGeluPass(LinearGeluOptions(enabled=enabled))] if on else None
+    options, on = pass_options(config, NAME, LinearGeluOptions)
+    return [LinearGeluPass(options)] if on else None
 
 
 @hookimpl
