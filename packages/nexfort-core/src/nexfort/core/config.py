@@ -140,7 +140,9 @@ def _check_type(key: str, value: Any, expected: Any) -> None:
     if origin is typing.Union:
         args = [a for a in typing.get_args(expected) if a is not type(None)]
         optional = len(args) < len(typing.get_args(expected))
-        allowed = tuple(a for a in args if isinstance(a, type))
+        if any(not isinstance(a, type) for a in args):  # Optional[List[str]] and such: containers are accepted
+            return
+        allowed = tuple(args)
     elif isinstance(expected, type):
         allowed = (expected,)
     else:  # Any / containers: accept

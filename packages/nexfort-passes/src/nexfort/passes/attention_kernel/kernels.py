@@ -1,0 +1,275 @@
+"""Attention kernels beyond SDPA's, the op that picks one at run time, and the kernels' registry.
+
+``torch.ops.nexfort.attention(q, k, v, scale)`` computes ``scaled_dot_product_attention(q, k, v, scale=scale)``
+(no mask, no dropout, not causal; q/k/v ``(batch, heads, tokens, head_dim)`` as SDPA takes them). The first call
+for a shape times SDPA (whatever backend torch picks, cuDNN on Hopper) and every registered kernel that supports
+the inputs, checks each one's output against SDPA's (relative L2 ``<= max_rel_l2``, finite), and keeps the
+fastest for that shape for the rest of the process; a kernel must beat SDPA by ``min_speedup`` to be chosen. While
+a CUDA graph is being captured nothing is timed: an unchosen shape runs SDPA (CUDA-graph trees run each graph
+eagerly before they capture it, so the choice is normally made by then).
+
+The output always has the strides of a ``(batch, tokens, heads, head_dim)`` tensor seen through ``transpose(1, 2)``
+(what FlashAttention and cuDNN write, and what the meta kernel tells the compiler).
+
+Kernels (:func:`register_kernel`): ``fa4`` is FlashAttention-4's CuTe-DSL forward (``pip install --pre
+flash-attn-4``), on Hopper (sm90) and Blackwell (sm100) GPUs for fp16/bf16 and head dims that are multiples of 8
+up to 256. Measured on an H100 (``benchmarks/results/README.md``, seventh part): 1.17x cuDNN on SD3's joint
+attention (24 heads of 64, 4429 tokens), equal on PixArt's head dim 72 at 1024², slower at 512x768 and on SDXL's
+64-dim heads: hence the choice per shape at run time, not a rule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.util
+import logging
+import statistics
+import threading
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from nexfort.core.counters import counters
+
+logger = logging.getLogger("nexfort")
+SDPA = "sdpa"
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionKernel:
+    """One attention kernel. ``run(q, k, v, scale)`` takes SDPA's ``(B, H, S, D)`` tensors and returns
+    ``(B, H, Sq, Dv)``; ``supports(q, k, v)`` is its run-time check (shapes, dtypes, strides, GPU); ``available(
+    device_type)`` says, at compile time, whether it is installed and usable for that device type at all;
+    ``dtypes`` are the ones it takes at all (the pass rewrites no graph of another dtype); ``install`` is the command
+    that installs it (for the error when one is asked for by name)."""
+
+    name: str
+    run: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Optional[float]], torch.Tensor]
+    supports: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], bool]
+    available: Callable[[str], bool]
+    dtypes: Tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16)
+    install: str = ""
+
+
+_KERNELS: Dict[str, AttentionKernel] = {}
+
+
+def register_kernel(kernel: AttentionKernel) -> Callable[[], None]:
+    """Add (or replace) a kernel; returns a function that removes it again."""
+    _KERNELS[kernel.name] = kernel
+    clear_choices()
+
+    def unregister() -> None:
+        if _KERNELS.get(kernel.name) is kernel:
+            del _KERNELS[kernel.name]
+            clear_choices()
+
+    return unregister
+
+
+def registered_kernels() -> Dict[str, AttentionKernel]:
+    return dict(_KERNELS)
+
+
+# ------------------------------------------------------------------------------------------------ fa4
+def _fa4_available(device_type: str) -> bool:
+    if device_type != "cuda" or not torch.cuda.is_available():
+        return False
+    if torch.cuda.get_device_capability()[0] not in (9, 10):
+        return False
+    try:
+        return importlib.util.find_spec("flash_attn") is not None and \
+            importlib.util.find_spec("flash_attn.cute") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _aligned(t: torch.Tensor) -> bool:
+    """TMA's rules: last dim contiguous, the other strides and the base address 16-byte aligned."""
+    elems = 16 // t.element_size()
+    return t.stride(-1) == 1 and all(s % elems == 0 for s in t.stride()[:-1]) and t.data_ptr() % 16 == 0
+
+
+def _fa4_supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    if not (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and q.dtype == k.dtype == v.dtype):
+        return False
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4 or torch.cuda.get_device_capability(q.device)[0] not in (9, 10):
+        return False
+    (b, h, _, d), (bk, hk, sk, dk), (bv, hv, sv, dv) = q.shape, k.shape, v.shape
+    if not (b == bk == bv and h == hk == hv and sk == sv and d == dk):
+        return False
+    return d % 8 == 0 and dv % 8 == 0 and 8 <= d <= 256 and 8 <= dv <= 256 and all(map(_aligned, (q, k, v)))
+
+
+def _fa4_run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: Optional[float]) -> torch.Tensor:
+    from flash_attn.cute.interface import flash_attn_func
+
+    with torch.no_grad():
+        out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), softmax_scale=scale)
+    out = out[0] if isinstance(out, tuple) else out
+    return out.transpose(1, 2)
+
+
+
+
+# ------------------------------------------------------------------------------------------------ choice
+@dataclasses.dataclass
+class Policy:
+    """How the op chooses (``options.attention_kernel``; set by the plugin before compiling)."""
+
+    kernels: Optional[Tuple[str, ...]] = None  # None: every registered kernel
+    min_speedup: float = 1.03
+    max_rel_l2: float = 1e-2
+
+
+_policy = Policy()
+_choices: Dict[tuple, str] = {}
+_lock = threading.Lock()
+
+
+def set_policy(policy: Policy) -> None:
+    global _policy
+    if policy != _policy:
+        _policy = policy
+        clear_choices()
+
+
+def clear_choices() -> None:
+    _choices.clear()
+
+
+def choices() -> Dict[tuple, str]:
+    """The kernel chosen per input signature so far (for tests and logs)."""
+    return dict(_choices)
+
+
+def _signature(q, k, v, scale) -> tuple:
+    return (q.device, q.dtype, scale) + tuple((tuple(t.shape), tuple(t.stride())) for t in (q, k, v))
+
+
+def _sdpa(q, k, v, scale):
+    return F.scaled_dot_product_attention(q, k, v, scale=scale)
+
+
+def _time(fn: Callable[[], torch.Tensor], device: torch.device, reps: int) -> float:
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        times = []
+        for _ in range(reps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        return statistics.median(times)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def _rel_l2(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out, ref = out.float(), ref.float()
+    if out.shape != ref.shape or not bool(torch.isfinite(out).all()):
+        return float("inf")
+    return (torch.linalg.vector_norm(out - ref) / torch.linalg.vector_norm(ref).clamp_min(1e-30)).item()
+
+
+def _capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def _choose(q, k, v, scale) -> str:
+    key = _signature(q, k, v, scale)
+    name = _choices.get(key)
+    if name is not None:
+        return name
+    if _capturing(q.device):
+        return SDPA  # not chosen before the capture: the safe default, chosen again on the next eager call
+    with _lock:
+        name = _choices.get(key)
+        if name is None:
+            name = _choices[key] = _benchmark(q, k, v, scale)
+    return name
+
+
+def _benchmark(q, k, v, scale) -> str:
+    policy = _policy
+    reps = 10 if q.is_cuda else 3
+    names = policy.kernels if policy.kernels is not None else tuple(_KERNELS)
+    candidates = [_KERNELS[n] for n in names if n in _KERNELS and n != SDPA]
+    candidates = [c for c in candidates if c.available(q.device.type) and c.supports(q, k, v)]
+    if not candidates:
+        return SDPA
+    ref = _sdpa(q, k, v, scale)
+    best, best_ms = SDPA, _time(lambda: _sdpa(q, k, v, scale), q.device, reps)
+    timings = {SDPA: round(best_ms, 4)}
+    for kernel in candidates:
+        try:
+            err = _rel_l2(kernel.run(q, k, v, scale), ref)
+            if not err <= policy.max_rel_l2:
+                logger.warning("nexfort attention_kernel: %s is off for %s: relative L2 %.3g against SDPA > %g",
+                               kernel.name, tuple(q.shape), err, policy.max_rel_l2)
+                continue
+            ms = _time(lambda kernel=kernel: kernel.run(q, k, v, scale), q.device, reps)
+        except Exception as exc:  # noqa: BLE001 - a kernel that fails on these inputs is not chosen
+            logger.warning("nexfort attention_kernel: %s failed on %s: %s", kernel.name, tuple(q.shape), exc)
+            continue
+        timings[kernel.name] = round(ms, 4)
+        if ms * policy.min_speedup < best_ms:
+            best, best_ms = kernel.name, ms
+    counters["attention_kernel"][best] += 1
+    logger.info("nexfort attention_kernel: q %s k %s %s: %s (ms: %s)", tuple(q.shape), tuple(k.shape), q.dtype,
+                best, timings)
+    return best
+
+
+def _out_strides(q: torch.Tensor, v: torch.Tensor) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+    b, h, s, _ = q.shape
+    dv = v.shape[-1]
+    return (b, h, s, dv), (s * h * dv, dv, h * dv, 1)
+
+
+def attention_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: Optional[float] = None) -> torch.Tensor:
+    name = _choose(q, k, v, scale)
+    out = _sdpa(q, k, v, scale) if name == SDPA else _KERNELS[name].run(q, k, v, scale)
+    size, stride = _out_strides(q, v)
+    if tuple(out.stride()) != stride:  # the layout the meta kernel promised the compiler
+        out = torch.empty_strided(size, stride, dtype=out.dtype, device=out.device).copy_(out)
+    return out
+
+
+def attention_meta(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: Optional[float] = None) -> torch.Tensor:
+    size, stride = _out_strides(q, v)
+    return torch.empty_strided(size, stride, dtype=q.dtype, device=q.device)
+
+
+_LIBRARY: List[torch.library.Library] = []  # the op's definition lives as long as its Library object
+
+
+@functools.lru_cache(maxsize=None)
+def op() -> Callable[..., torch.Tensor]:
+    """``torch.ops.nexfort.attention`` (defined once per process, through the Library API of every torch)."""
+    lib = torch.library.Library("nexfort", "FRAGMENT")
+    lib.define("attention(Tensor q, Tensor k, Tensor v, float? scale=None) -> Tensor")
+    lib.impl("attention", attention_impl, "CompositeExplicitAutograd")
+    lib.impl("attention", attention_meta, "Meta")
+    _LIBRARY.append(lib)
+    return torch.ops.nexfort.attention.default
+
+
+def available_kernels(device_type: str, names: Optional[Sequence[str]] = None) -> List[str]:
+    """The registered kernels (of ``names``, if given) installed and usable for ``device_type``."""
+    pool = names if names is not None else list(_KERNELS)
+    return [n for n in pool if n in _KERNELS and _KERNELS[n].available(device_type)]
+
+
+register_kernel(AttentionKernel("fa4", _fa4_run, _fa4_supports, _fa4_available,
+                                install='pip install --pre "flash-attn-4"'))

@@ -1,0 +1,172 @@
+"""The ``attention_kernel`` plugin (entry point ``attention_kernel``): SDPA calls -> ``torch.ops.nexfort.attention``.
+
+A pre_grad pass. The pattern and its replacement, as plain torch functions:
+
+    def pattern(q, k, v, scale):
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+
+    def replacement(q, k, v, scale):
+        return torch.ops.nexfort.attention(q, k, v, scale)   # SDPA or a faster kernel, chosen per shape
+
+The op (:mod:`.kernels`) times SDPA and each installed kernel on the first call of each shape and keeps the
+fastest whose output matches SDPA's, so a rewrite never picks a slower or a wrong kernel, and a shape where SDPA
+wins costs one dictionary lookup per call. The pass only rewrites where a kernel beyond SDPA is installed for the
+graph's device and dtype (FlashAttention-4 on Hopper/Blackwell: ``pip install --pre "flash-attn-4"``), so
+without one the graph is unchanged.
+
+Options (``options.attention_kernel.*``, :class:`AttentionKernelOptions`): ``enabled`` (None: on with
+max-optimize), ``kernels`` (the candidates; None: all registered), ``min_speedup`` and ``max_rel_l2`` (what a
+kernel must beat SDPA by, and how close its output must be).
+
+Left alone (the guard returns False, it never raises): an ``attn_mask`` (PixArt's cross-attention padding mask),
+``is_causal``, a non-zero or symbolic ``dropout_p``, ``enable_gqa``, a symbolic ``scale``, inputs that are not
+4-D or need gradients, mixed dtypes or devices, dtypes no installed kernel takes, and nodes without Dynamo's
+fake-tensor metadata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch.fx import GraphModule, Node
+
+from nexfort.core import hookimpl
+from nexfort.core.errors import NexfortConfigError, unknown_message
+from nexfort.core.graph_pass import GraphPass
+from nexfort.passes._fx import arg, fake, is_op
+from nexfort.passes._options import pass_options
+from nexfort.passes.attention_kernel import kernels as K
+
+NAME = "attention_kernel"
+SDPA_FUNCTIONS = tuple({F.scaled_dot_product_attention, torch._C._nn.scaled_dot_product_attention})
+# positional order of F.scaled_dot_product_attention after (q, k, v), and the values the pass accepts
+_ARGS = (("attn_mask", None), ("dropout_p", 0.0), ("is_causal", False), ("scale", None), ("enable_gqa", False))
+
+
+@dataclasses.dataclass
+class AttentionKernelOptions:
+    """``options.attention_kernel.*``."""
+
+    # None: on with the max-optimize flag (it rewrites only where a kernel beyond SDPA is installed); True/False
+    enabled: Optional[bool] = None
+    # the candidates besides SDPA (registered names, e.g. ["fa4"]); None: every registered kernel
+    kernels: Optional[List[str]] = None
+    # a kernel replaces SDPA for a shape only when SDPA's time / its time is at least this
+    min_speedup: float = 1.03
+    # ... and its output's relative L2 error against SDPA's is at most this
+    max_rel_l2: float = 1e-2
+
+
+def _check(options: AttentionKernelOptions) -> Optional[Tuple[str, ...]]:
+    """The candidate names, validated: unknown -> NexfortConfigError; named but not installed -> ImportError."""
+    if not (options.min_speedup > 0 and options.max_rel_l2 >= 0):
+        raise NexfortConfigError(f"options.attention_kernel: min_speedup must be > 0 and max_rel_l2 >= 0; got "
+                                 f"{options.min_speedup!r} and {options.max_rel_l2!r}")
+    if options.kernels is None:
+        return None
+    registered = K.registered_kernels()
+    for name in options.kernels:
+        if name not in registered:
+            raise NexfortConfigError(unknown_message("attention kernel", name, registered,
+                                                     hint="(options.attention_kernel.kernels)"))
+        kernel = registered[name]
+        if not (kernel.available("cuda") or kernel.available("cpu")):
+            raise ImportError(f"options.attention_kernel.kernels names {name!r}, which is not installed or has no "
+                              f"supported GPU here; install it with: {kernel.install}")
+    return tuple(options.kernels)
+
+
+class AttentionKernelPass(GraphPass):
+    """``F.scaled_dot_product_attention(q, k, v, scale=s)`` -> ``torch.ops.nexfort.attention(q, k, v, s)``."""
+
+    name = NAME
+    stage = "pre_grad"
+    priority = 55  # after attention (50), which turns decomposed attention into SDPA calls this pass then sees
+
+    def __init__(self, options: Optional[AttentionKernelOptions] = None) -> None:
+        super().__init__(options or AttentionKernelOptions())
+        self.names = _check(self.options)
+
+    def apply(self, gm: GraphModule) -> int:
+        count = 0
+        for node in list(gm.graph.nodes):
+            found = self.match(node)
+            if found is not None:
+                self.replace(gm, node, *found)
+                count += 1
+        if count:
+            K.set_policy(K.Policy(self.names, self.options.min_speedup, self.options.max_rel_l2))
+            gm.graph.lint()
+            gm.recompile()
+        return count
+
+    def match(self, node: Node) -> Optional[Tuple[Node, Node, Node, Optional[float]]]:
+        if not is_op(node, SDPA_FUNCTIONS) or len(node.args) < 3 or len(node.args) > 3 + len(_ARGS):
+            return None
+        if set(node.kwargs) - {name for name, _ in _ARGS}:
+            return None
+        q, k, v = node.args[:3]
+        values = {name: arg(node, 3 + i, name, default) for i, (name, default) in enumerate(_ARGS)}
+        if values["attn_mask"] is not None or values["is_causal"] is not False or values["enable_gqa"] is not False:
+            return None
+        dropout, scale = values["dropout_p"], values["scale"]
+        if type(dropout) not in (int, float) or dropout != 0:
+            return None
+        if scale is not None and type(scale) not in (int, float):
+            return None  # a SymFloat or a graph value: keep SDPA
+        fq, fk, fv, fo = fake(q), fake(k), fake(v), fake(node)
+        if any(t is None for t in (fq, fk, fv, fo)):
+            return None
+        if any(t.dim() != 4 or t.requires_grad for t in (fq, fk, fv)):
+            return None
+        if len({t.dtype for t in (fq, fk, fv)}) != 1 or len({t.device for t in (fq, fk, fv)}) != 1:
+            return None
+        if not self._kernel_for(fq.device.type, fq.dtype):
+            return None
+        return q, k, v, None if scale is None else float(scale)
+
+    def _kernel_for(self, device_type: str, dtype: torch.dtype) -> bool:
+        """An installed kernel beyond SDPA takes this device and dtype (else a rewrite could only cost time)."""
+        registered = K.registered_kernels()
+        return any(dtype in registered[n].dtypes for n in K.available_kernels(device_type, self.names))
+
+    def replace(self, gm: GraphModule, node: Node, q: Node, k: Node, v: Node, scale: Optional[float]) -> None:
+        graph = gm.graph
+        with graph.inserting_before(node):
+            out = graph.call_function(K.op(), (q, k, v), {"scale": scale})
+        out.meta.update(node.meta)
+        fq = fake(q)
+        mode = getattr(fq, "fake_mode", None)
+        if mode is not None:
+            with mode:
+                out.meta["example_value"] = K.attention_meta(fq, fake(k), fake(v), scale)
+        node.replace_all_uses_with(out)
+        graph.erase_node(node)
+
+
+# ------------------------------------------------------------------------------------------------ plugin
+# the op exists as soon as the plugin is loaded: code compiled earlier (a warm cache) may call it before any pass runs
+K.op()
+
+
+@hookimpl
+def nexfort_config_schema():
+    return {NAME: AttentionKernelOptions}
+
+
+@hookimpl
+def nexfort_graph_passes(config):
+    options, on = pass_options(config, NAME, AttentionKernelOptions)
+    if not on:
+        return None
+    if options.kernels is not None:
+        options = dataclasses.replace(options, kernels=list(options.kernels))
+    return [AttentionKernelPass(options)]
+
+
+@hookimpl
+def nexfort_claims_feature(feature, config):
+    return True if feature == "max_optimize" else None
