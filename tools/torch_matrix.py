@@ -36,6 +36,7 @@ FEATURES: List[Tuple[str, str]] = [
     ("Plugins and third-party graph passes", r"tests/core/test_plugins\.py::"),
     ("Attention pass (decomposed attention -> SDPA)", r"tests/passes/test_attention\.py::"),
     ("GELU into the GEMM epilogue (linear_gelu pass)", r"tests/passes/test_linear_gelu\.py::"),
+    ("Attention kernel chosen per shape (attention_kernel pass)", r"tests/passes/test_attention_kernel\.py::"),
     ("Quantization (`quant`, `quantize_`, `quantize_pipe`: fp8 linears)",
      r"tests/(passes/test_quant|diffusers/test_quantize_pipe)\.py::"),
     ("Compiled-artifact cache: warm autotuning (Triton kernels, torch fixes)",

@@ -25,7 +25,7 @@ def environment(device: str) -> Dict[str, Any]:
            "cpu_count": os.cpu_count(), "torch": torch.__version__, "triton": _version("triton"),
            "diffusers": _version("diffusers"), "transformers": _version("transformers"),
            "nexfort_core": _version("nexfort-core"), "nexfort_diffusers": _version("nexfort-diffusers"),
-           "nexfort_passes": _version("nexfort-passes")}
+           "nexfort_passes": _version("nexfort-passes"), "flash_attn_4": _version("flash-attn-4")}
     if device.startswith("cuda"):
         props = torch.cuda.get_device_properties(torch.cuda.current_device())
         env.update(gpu=props.name, gpu_memory_gb=round(props.total_memory / 2**30, 1),

@@ -155,18 +155,24 @@ def _sdpa(q, k, v, scale):
 
 
 def _time(fn: Callable[[], torch.Tensor], device: torch.device, reps: int) -> float:
+    """Milliseconds per call. On CUDA: ``reps`` calls queued back to back behind a short sleep kernel, between two
+    events, three times, the median: the GPU time of the calls, not the host's time to launch them (a kernel with
+    a slow Python launch path timed one call at a time looks slower than it runs in a model, where the queue is
+    full or a CUDA graph replays it)."""
     fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-        times = []
-        for _ in range(reps):
+        samples = []
+        for _ in range(3):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda._sleep(200_000)  # ~0.1 ms on the GPU while the host queues the calls
             start.record()
-            fn()
+            for _ in range(reps):
+                fn()
             end.record()
             end.synchronize()
-            times.append(start.elapsed_time(end))
-        return statistics.median(times)
+            samples.append(start.elapsed_time(end) / reps)
+        return statistics.median(samples)
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
