@@ -67,7 +67,10 @@ class Attention(torch.nn.Module):
         context = x if context is None else context
         b, d = x.shape[0], x.shape[-1]
         q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
-        q, k, v = (t.view(b, -1, self.heads, d // self.heads).transpose(1, 2) for t in (q, k, v))
+        # one line each (torch 2.1's Dynamo breaks the graph on a generator expression)
+        q = q.view(b, -1, self.heads, d // self.heads).transpose(1, 2)
+        k = k.view(b, -1, self.heads, d // self.heads).transpose(1, 2)
+        v = v.view(b, -1, self.heads, d // self.heads).transpose(1, 2)
         out = SDPA(q, k, v, **self.sdpa_kwargs)
         return self.to_out(out.transpose(1, 2).reshape(b, -1, d))
 
