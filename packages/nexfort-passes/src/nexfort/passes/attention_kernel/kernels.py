@@ -13,9 +13,11 @@ The output always has the strides of a ``(batch, tokens, heads, head_dim)`` tens
 
 Kernels (:func:`register_kernel`): ``fa4`` is FlashAttention-4's CuTe-DSL forward (``pip install --pre
 flash-attn-4``), on Hopper (sm90) and Blackwell (sm100) GPUs for fp16/bf16 and head dims that are multiples of 8
-up to 256. Measured on an H100 (``benchmarks/results/README.md``, seventh part): 1.17x cuDNN on SD3's joint
-attention (24 heads of 64, 4429 tokens), equal on PixArt's head dim 72 at 1024², slower at 512x768 and on SDXL's
-64-dim heads: hence the choice per shape at run time, not a rule.
+up to 256. Measured on an H100 (``benchmarks/results/README.md``, seventh part), calls queued back to back: 1.25x
+cuDNN on SD3's joint attention (24 heads of 64, 4429 tokens), 1.09x on PixArt's heads of 72 at 1024² (1.01x when the
+inputs are contiguous in (B, H, S, D)); at PixArt 512x768 and on SDXL's 64x64 latents cuDNN was faster (timed one
+call at a time, not again queued): hence the choice per shape at run time, not a rule. Timed one call at a time FA4
+looks slower than it is on a slow host (its launch path is Python), so candidates are timed with their calls queued.
 """
 
 from __future__ import annotations
@@ -278,4 +280,4 @@ def available_kernels(device_type: str, names: Optional[Sequence[str]] = None) -
 
 
 register_kernel(AttentionKernel("fa4", _fa4_run, _fa4_supports, _fa4_available,
-                                install='pip install --pre "flash-attn-4"'))
+                                install='pip install --pre "flash-attn-4" (or "nexfort-passes[fa4]")'))
