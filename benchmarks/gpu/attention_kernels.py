@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 
 import torch
 import torch.nn.functional as F
+from _timing import one_call_ms, rel_l2
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 # (name, batch, q tokens, kv tokens, heads, head_dim)
@@ -26,28 +26,6 @@ SHAPES = [
     ("sd3-1024-joint", 2, 4429, 4429, 24, 64),
     ("sdxl-1024-self-64x64", 2, 4096, 4096, 10, 64),
 ]
-
-
-def rel_l2(out: torch.Tensor, ref: torch.Tensor) -> float:
-    out, ref = out.float(), ref.float()
-    if not torch.isfinite(out).all():
-        return float("nan")
-    return (torch.linalg.vector_norm(out - ref) / torch.linalg.vector_norm(ref)).item()
-
-
-def time_ms(fn, iters: int) -> float:
-    for _ in range(5):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -94,7 +72,7 @@ def main() -> None:
                 torch.cuda.synchronize()
                 row["first_call_s"] = round(time.perf_counter() - t0, 3)
                 row["rel_l2_vs_fp32"] = rel_l2(out, ref)
-                row["ms"] = time_ms(fn, args.iters)
+                row["ms"] = one_call_ms(fn, args.iters)
                 row["tflops"] = round(flops / row["ms"] / 1e9, 1)
             except Exception as exc:  # a backend that does not take this shape is a row, not a crash
                 row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"

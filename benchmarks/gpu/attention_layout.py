@@ -6,33 +6,14 @@ then the choice ``torch.ops.nexfort.attention`` makes (logged). Needs benchmarks
     python benchmarks/gpu/attention_layout.py
 """
 import logging
-import statistics
 
 import torch
 import torch.nn.functional as F
+from _timing import one_call_ms, queued_ms
 
 from nexfort.passes.attention_kernel import kernels as K
 
 logging.basicConfig(level=logging.INFO)
-
-
-def one_call(fn, n=30):
-    for _ in range(5):
-        fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(n):
-        s, e = torch.cuda.Event(True), torch.cuda.Event(True)
-        s.record()
-        fn()
-        e.record()
-        e.synchronize()
-        ts.append(s.elapsed_time(e))
-    return statistics.median(ts)
-
-
-def queued(fn, reps=20):
-    return K._time(fn, torch.device("cuda"), reps)
 
 
 def main():
@@ -49,8 +30,8 @@ def main():
             def fa4(q=q, k=k, v=v):
                 return flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
 
-            a, b_ = one_call(sdpa), one_call(fa4)
-            c, d_ = queued(sdpa), queued(fa4)
+            a, b_ = one_call_ms(sdpa), one_call_ms(fa4)
+            c, d_ = queued_ms(sdpa), queued_ms(fa4)
             print(f"{name} {lay}: one call sdpa {a:.3f} fa4 {b_:.3f} ms ({a / b_:.3f}x); "
                   f"queued sdpa {c:.3f} fa4 {d_:.3f} ms ({c / d_:.3f}x)", flush=True)
             K.clear_choices()

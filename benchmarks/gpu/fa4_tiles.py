@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 
 import torch
 import torch.nn.functional as F
+from _timing import one_call_ms, rel_l2
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 SHAPES = [("pixart-1024-self", 2, 4096, 16, 72), ("sd3-1024-joint", 2, 4429, 24, 64),
@@ -23,28 +23,6 @@ CONFIGS = {64: [(192, 128, True, True), (192, 128, False, True), (128, 128, True
            72: [(192, 144, False, True), (192, 128, False, True), (128, 128, True, True), (128, 144, True, True),
                 (128, 176, True, True), (128, 192, False, True), (192, 112, False, True), (128, 128, False, True),
                 (192, 96, False, True)]}
-
-
-def rel_l2(out, ref):
-    out, ref = out.float(), ref.float()
-    if not torch.isfinite(out).all():
-        return float("nan")
-    return (torch.linalg.vector_norm(out - ref) / torch.linalg.vector_norm(ref)).item()
-
-
-def time_ms(fn, iters=30):
-    for _ in range(5):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        e.synchronize()
-        times.append(s.elapsed_time(e))
-    return statistics.median(times)
 
 
 def main():
@@ -75,7 +53,7 @@ def main():
             try:
                 with torch.no_grad():
                     row["rel_l2_vs_fp32"] = rel_l2(fn(), ref)
-                    row["ms"] = time_ms(fn)
+                    row["ms"] = one_call_ms(fn)
                 base = base or row["ms"]
                 row["vs_cudnn"] = round(base / row["ms"], 3)
                 row["tflops"] = round(4 * b * h * s * s * d / row["ms"] / 1e9, 1)
