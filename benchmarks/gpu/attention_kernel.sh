@@ -17,6 +17,8 @@ for STEP in ${@:-test sd3-on sd3-off}; do
     sd3-off) probe $STEP --model sd3-medium --hw 1024x1024 --profile --compiler-config "{\"mode\": \"$T:cudagraphs\", $OFF}" ;;
     px-on) probe $STEP --hw 1024x1024 --eager --profile --compiler-config "{\"mode\": \"$T\"}" ;;
     px-off) probe $STEP --hw 1024x1024 --profile --compiler-config "{\"mode\": \"$T\", $OFF}" ;;
+    px-cg-mk) probe $STEP --hw 1024x1024 --profile --compiler-config \
+                "{\"mode\": \"$T:cudagraphs\", \"options\": {\"triton.multi_kernel\": 1}}" ;;
     px512-on) probe $STEP --hw 512x768 --eager --profile --compiler-config "{\"mode\": \"$T:cudagraphs\"}" ;;
     px512-off) probe $STEP --hw 512x768 --profile --compiler-config "{\"mode\": \"$T:cudagraphs\", $OFF}" ;;
   esac
