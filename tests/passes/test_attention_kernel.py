@@ -47,10 +47,8 @@ def cpu_kernel():
     run = Calls(bshd_attention)
     unregister = register_kernel(AttentionKernel("bshd-math", run, lambda q, k, v: q.device.type == "cpu",
                                                  lambda device_type: device_type == "cpu", dtypes=(torch.float32,)))
-    K.set_policy(K.Policy())
     yield run
     unregister()
-    K.set_policy(K.Policy())
 
 
 class Attention(torch.nn.Module):
@@ -123,7 +121,6 @@ def test_sdpa_stays_where_no_kernel_is_faster(cpu_kernel, counters, assert_close
 def test_a_kernel_with_a_wrong_result_is_never_chosen(counters, assert_close, caplog):
     unregister = register_kernel(AttentionKernel("wrong", lambda q, k, v, s: bshd_attention(q, k, v, s) * 1.1,
                                                  lambda q, k, v: True, lambda t: t == "cpu", dtypes=(torch.float32,)))
-    K.set_policy(K.Policy())
     try:
         torch.manual_seed(0)
         model = Attention().eval()
@@ -154,11 +151,34 @@ def test_output_has_the_layout_the_meta_kernel_promises(cpu_kernel):
     q, k, v = (torch.randn(2, 4, 16, 8) for _ in range(3))  # contiguous (B, H, S, D): SDPA returns that layout
     expected = K.attention_meta(q, k, v).stride()
     for speedup in (1e3, 1e-3):  # SDPA chosen, then the kernel
-        K.set_policy(K.Policy(min_speedup=speedup))
-        out = OP(q, k, v, 0.3)
+        out = OP(q, k, v, 0.3, K.ALL, speedup)
         assert out.stride() == expected
         torch.testing.assert_close(out, SDPA(q, k, v, scale=0.3), rtol=1e-5, atol=1e-5)
-    assert list(choices().values()) == ["bshd-math"]
+    assert list(choices().values()) == ["sdpa", "bshd-math"]  # one choice per (inputs, options)
+
+
+def test_a_chosen_kernel_that_fails_later_falls_back_to_sdpa(counters, caplog):
+    calls = []
+
+    def flaky(q, k, v, scale):
+        calls.append(1)
+        if len(calls) > 6:  # fine while it is checked (1), timed (1 + 3 on the CPU) and first run (1), then fails
+            raise RuntimeError("flaky kernel")
+        return bshd_attention(q, k, v, scale)
+
+    unregister = register_kernel(AttentionKernel("flaky", flaky, lambda q, k, v: True, lambda t: t == "cpu",
+                                                 dtypes=(torch.float32,)))
+    try:
+        q, k, v = (torch.randn(2, 4, 16, 8) for _ in range(3))
+        ref = SDPA(q, k, v)
+        assert torch.allclose(OP(q, k, v, None, K.ALL, 1e-3), ref, atol=1e-5)  # chosen and run
+        assert list(choices().values()) == ["flaky"]
+        for _ in range(3):
+            out = OP(q, k, v, None, K.ALL, 1e-3)
+            assert torch.allclose(out, ref, atol=1e-5)
+        assert list(choices().values()) == ["sdpa"] and "flaky failed" in caplog.text
+    finally:
+        unregister()
 
 
 NEAR_MISSES = {
@@ -251,7 +271,6 @@ def test_gpu_joint_attention_with_flash_attention_4(mode, captured, counters):
     model = Attention(dim=1536, heads=24).cuda().eval()
     half = copy.deepcopy(model).half()
     x = torch.randn(2, 4429, 1536, device="cuda")
-    K.set_policy(K.Policy())
     with torch.no_grad():
         ref = model(x)
         eager = half(x.half())

@@ -4,7 +4,9 @@
 (no mask, no dropout, not causal; q/k/v ``(batch, heads, tokens, head_dim)`` as SDPA takes them). The first call
 for a shape times SDPA (whatever backend torch picks, cuDNN on Hopper) and every registered kernel that supports
 the inputs, checks each one's output against SDPA's (relative L2 ``<= max_rel_l2``, finite), and keeps the
-fastest for that shape for the rest of the process; a kernel must beat SDPA by ``min_speedup`` to be chosen. While
+fastest for that shape for the rest of the process; a kernel must beat SDPA by ``min_speedup`` to be chosen
+(``kernels``, ``min_speedup`` and ``max_rel_l2`` are the op's arguments: each graph carries its own options). A
+chosen kernel that fails on a later call falls back to SDPA for that shape, with a warning. While
 a CUDA graph is being captured nothing is timed: an unchosen shape runs SDPA (CUDA-graph trees run each graph
 eagerly before they capture it, so the choice is normally made by then).
 
@@ -118,25 +120,9 @@ def _fa4_run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: Optional[
 
 
 # ------------------------------------------------------------------------------------------------ choice
-@dataclasses.dataclass
-class Policy:
-    """How the op chooses (``options.attention_kernel``; set by the plugin before compiling)."""
-
-    kernels: Optional[Tuple[str, ...]] = None  # None: every registered kernel
-    min_speedup: float = 1.03
-    max_rel_l2: float = 1e-2
-
-
-_policy = Policy()
+ALL = "*"  # the op's ``kernels`` argument: every registered kernel (else comma-separated names)
 _choices: Dict[tuple, str] = {}
 _lock = threading.Lock()
-
-
-def set_policy(policy: Policy) -> None:
-    global _policy
-    if policy != _policy:
-        _policy = policy
-        clear_choices()
 
 
 def clear_choices() -> None:
@@ -148,8 +134,11 @@ def choices() -> Dict[tuple, str]:
     return dict(_choices)
 
 
-def _signature(q, k, v, scale) -> tuple:
-    return (q.device, q.dtype, scale) + tuple((tuple(t.shape), tuple(t.stride())) for t in (q, k, v))
+def _signature(q, k, v, scale, policy) -> tuple:
+    """What the choice depends on: the inputs' device, dtype, sizes, strides and 16-byte alignment, the scale and the
+    graph's options (``policy``)."""
+    return (q.device, q.dtype, scale) + tuple((tuple(t.shape), tuple(t.stride()), t.data_ptr() % 16 == 0)
+                                              for t in (q, k, v)) + policy
 
 
 def _sdpa(q, k, v, scale):
@@ -194,8 +183,8 @@ def _capturing(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
-def _choose(q, k, v, scale) -> str:
-    key = _signature(q, k, v, scale)
+def _choose(q, k, v, scale, policy) -> str:
+    key = _signature(q, k, v, scale, policy)
     name = _choices.get(key)
     if name is not None:
         return name
@@ -204,14 +193,13 @@ def _choose(q, k, v, scale) -> str:
     with _lock:
         name = _choices.get(key)
         if name is None:
-            name = _choices[key] = _benchmark(q, k, v, scale)
+            name = _choices[key] = _benchmark(q, k, v, scale, *policy)
     return name
 
 
-def _benchmark(q, k, v, scale) -> str:
-    policy = _policy
+def _benchmark(q, k, v, scale, kernels: str, min_speedup: float, max_rel_l2: float) -> str:
     reps = 10 if q.is_cuda else 3
-    names = policy.kernels if policy.kernels is not None else tuple(_KERNELS)
+    names = tuple(_KERNELS) if kernels == ALL else tuple(n for n in kernels.split(",") if n)
     candidates = [_KERNELS[n] for n in names if n in _KERNELS and n != SDPA]
     candidates = [c for c in candidates if c.available(q.device.type) and c.supports(q, k, v)]
     if not candidates:
@@ -222,16 +210,16 @@ def _benchmark(q, k, v, scale) -> str:
     for kernel in candidates:
         try:
             err = _rel_l2(kernel.run(q, k, v, scale), ref)
-            if not err <= policy.max_rel_l2:
+            if not err <= max_rel_l2:
                 logger.warning("nexfort attention_kernel: %s is off for %s: relative L2 %.3g against SDPA > %g",
-                               kernel.name, tuple(q.shape), err, policy.max_rel_l2)
+                               kernel.name, tuple(q.shape), err, max_rel_l2)
                 continue
             ms = _time(lambda kernel=kernel: kernel.run(q, k, v, scale), q.device, reps)
         except Exception as exc:  # noqa: BLE001 - a kernel that fails on these inputs is not chosen
             logger.warning("nexfort attention_kernel: %s failed on %s: %s", kernel.name, tuple(q.shape), exc)
             continue
         timings[kernel.name] = round(ms, 4)
-        if ms * policy.min_speedup < best_ms:
+        if ms * min_speedup < best_ms:
             best, best_ms = kernel.name, ms
     counters["attention_kernel"][best] += 1
     logger.info("nexfort attention_kernel: q %s k %s %s: %s (ms: %s)", tuple(q.shape), tuple(k.shape), q.dtype,
@@ -245,16 +233,28 @@ def _out_strides(q: torch.Tensor, v: torch.Tensor) -> Tuple[Tuple[int, ...], Tup
     return (b, h, s, dv), (s * h * dv, dv, h * dv, 1)
 
 
-def attention_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: Optional[float] = None) -> torch.Tensor:
-    name = _choose(q, k, v, scale)
-    out = _sdpa(q, k, v, scale) if name == SDPA else _KERNELS[name].run(q, k, v, scale)
+def attention_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: Optional[float] = None,
+                   kernels: str = ALL, min_speedup: float = 1.03, max_rel_l2: float = 1e-2) -> torch.Tensor:
+    policy = (kernels, min_speedup, max_rel_l2)
+    name = _choose(q, k, v, scale, policy)
+    out = None
+    if name != SDPA:
+        try:
+            out = _KERNELS[name].run(q, k, v, scale)
+        except Exception as exc:  # noqa: BLE001 - a kernel that fails later (or was unregistered) falls back to SDPA
+            logger.warning("nexfort attention_kernel: %s failed on %s (%s); SDPA from now on", name, tuple(q.shape),
+                           exc)
+            _choices[_signature(q, k, v, scale, policy)] = SDPA
+    if out is None:
+        out = _sdpa(q, k, v, scale)
     size, stride = _out_strides(q, v)
     if tuple(out.stride()) != stride:  # the layout the meta kernel promised the compiler
         out = torch.empty_strided(size, stride, dtype=out.dtype, device=out.device).copy_(out)
     return out
 
 
-def attention_meta(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: Optional[float] = None) -> torch.Tensor:
+def attention_meta(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: Optional[float] = None,
+                   kernels: str = ALL, min_speedup: float = 1.03, max_rel_l2: float = 1e-2) -> torch.Tensor:
     size, stride = _out_strides(q, v)
     return torch.empty_strided(size, stride, dtype=q.dtype, device=q.device)
 
@@ -266,7 +266,8 @@ _LIBRARY: List[torch.library.Library] = []  # the op's definition lives as long 
 def op() -> Callable[..., torch.Tensor]:
     """``torch.ops.nexfort.attention`` (defined once per process, through the Library API of every torch)."""
     lib = torch.library.Library("nexfort", "FRAGMENT")
-    lib.define("attention(Tensor q, Tensor k, Tensor v, float? scale=None) -> Tensor")
+    lib.define('attention(Tensor q, Tensor k, Tensor v, float? scale=None, str kernels="*", float min_speedup=1.03, '
+               'float max_rel_l2=0.01) -> Tensor')
     lib.impl("attention", attention_impl, "CompositeExplicitAutograd")
     lib.impl("attention", attention_meta, "Meta")
     _LIBRARY.append(lib)

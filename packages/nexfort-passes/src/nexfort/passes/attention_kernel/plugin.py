@@ -98,7 +98,6 @@ class AttentionKernelPass(GraphPass):
                 self.replace(gm, node, *found)
                 count += 1
         if count:
-            K.set_policy(K.Policy(self.names, self.options.min_speedup, self.options.max_rel_l2))
             gm.graph.lint()
             gm.recompile()
         return count
@@ -136,7 +135,9 @@ class AttentionKernelPass(GraphPass):
     def replace(self, gm: GraphModule, node: Node, q: Node, k: Node, v: Node, scale: Optional[float]) -> None:
         graph = gm.graph
         with graph.inserting_before(node):
-            out = graph.call_function(K.op(), (q, k, v), {"scale": scale})
+            out = graph.call_function(K.op(), (q, k, v), {
+                "scale": scale, "kernels": K.ALL if self.names is None else ",".join(self.names),
+                "min_speedup": float(self.options.min_speedup), "max_rel_l2": float(self.options.max_rel_l2)})
         out.meta.update(node.meta)
         fq = fake(q)
         mode = getattr(fq, "fake_mode", None)
