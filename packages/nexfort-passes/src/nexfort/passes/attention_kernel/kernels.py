@@ -117,8 +117,6 @@ def _fa4_run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: Optional[
     return out.transpose(1, 2)
 
 
-
-
 # ------------------------------------------------------------------------------------------------ choice
 ALL = "*"  # the op's ``kernels`` argument: every registered kernel (else comma-separated names)
 _choices: Dict[tuple, str] = {}
