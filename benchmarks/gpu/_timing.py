@@ -13,10 +13,10 @@ def rel_l2(out: torch.Tensor, ref: torch.Tensor) -> float:
     return (torch.linalg.vector_norm(out - ref) / torch.linalg.vector_norm(ref)).item()
 
 
-def one_call_ms(fn, iters: int = 30) -> float:
-    """Median over ``iters`` of one call between two CUDA events, after 5 warm-up calls (includes the host's launch
+def one_call_ms(fn, iters: int = 30, warmups: int = 5) -> float:
+    """Median over ``iters`` of one call between two CUDA events, after ``warmups`` calls (includes the host's launch
     time when the GPU is idle: see ``queued_ms``)."""
-    for _ in range(5):
+    for _ in range(warmups):
         fn()
     torch.cuda.synchronize()
     times = []

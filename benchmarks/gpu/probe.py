@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -24,6 +23,7 @@ from collections import defaultdict
 
 import torch
 import torch.nn.functional as F
+from _timing import one_call_ms
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
@@ -112,18 +112,7 @@ def profile(fn, iters: int = 5) -> dict:
 
 
 def time_ms(fn, iters: int = 30) -> float:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
+    return one_call_ms(fn, iters, warmups=3)
 
 
 def denoiser(args: argparse.Namespace) -> None:
