@@ -39,6 +39,9 @@ class DiffusersOptions:
     # whole denoiser: a much shorter cold compile, no fusion across blocks (nexfort.diffusers.regional).
     # None: on with the jit flag (H100, PixArt-alpha 1024: 12.7 s instead of 35.5 s, a 2 % slower step); True/False
     regional: Optional[bool] = None
+    # with max-optimize, compile_pipe runs a PixArt denoiser's cross-attention over the valid text tokens only
+    # (the same output: nexfort.diffusers.text_padding)
+    trim_text_padding: bool = True
 
 
 def is_diffusers_model(module: Any) -> bool:
