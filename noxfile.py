@@ -124,5 +124,7 @@ def lint(session: nox.Session) -> None:
 def benchmark(session: nox.Session) -> None:
     """The main job: benchmarks/text_to_image.py on the built-in default model (posargs are passed on)."""
     _install(session, MATRIX["current"])
+    if shutil.which("nvidia-smi"):  # an NVIDIA GPU: the passes' GPU kernels too (FlashAttention-4), as the README says
+        session.install("./packages/nexfort-passes[cuda]")
     args = session.posargs or ["--compiler", "all", "--output-json", "benchmarks/out/text_to_image.json"]
     session.run("python", "benchmarks/text_to_image.py", *args)

@@ -44,10 +44,18 @@ def parser(description: str, default_model_help: str) -> argparse.ArgumentParser
     p.add_argument("--dtype", choices=list(DTYPES), default=None, help="default: fp16 on a GPU, fp32 on the CPU")
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     p.add_argument("--compiler", choices=COMPILERS, default="nexfort",
-                   help="'all': eager, torch.compile default (inductor) and nexfort in one process, same inputs")
+                   help="'all': eager, torch.compile default (inductor), torch.compile's own best modes "
+                        "(--inductor-modes) and nexfort in one process, same inputs")
+    p.add_argument("--inductor-modes", default=None,
+                   help="with --compiler all: torch.compile's own modes to time besides its default, comma-separated "
+                        "(each a run named inductor:<mode>; the fastest is the 'torch.compile best' the summary "
+                        "compares with). Default: reduce-overhead,max-autotune-no-cudagraphs on a GPU, none on the "
+                        "CPU (they differ from the default on GPUs only); '' for none")
     p.add_argument("--compiler-config", default=None,
                    help='JSON for compile_pipe: {"mode": ..., "options": {...}, "dynamic": ..., '
-                        '"memory_format": "channels_last", "ignores": [...], "fuse_qkv_projections": ...}')
+                        '"memory_format": "channels_last", "ignores": [...], "fuse_qkv_projections": ...}; without '
+                        '"mode", nexfort compiles in compile_pipe\'s recommended mode for the device '
+                        '(max-optimize:max-autotune:low-precision:cudagraphs on a GPU)')
     p.add_argument("--run_multiple_resolutions", type=str2bool, default=False)
     p.add_argument("--run_rare_resolutions", type=str2bool, default=False)
     p.add_argument("--denoiser-only", action="store_true",
@@ -122,6 +130,8 @@ def compile_for(loaded: models.Loaded, compiler: str, cfg: Dict[str, Any], pipe_
     from nexfort.diffusers import compile_pipe, valid_ignore_names
 
     kw = dict(pipe_kw)
+    if compiler.startswith("inductor:"):
+        compiler, kw["inductor_mode"] = "inductor", compiler.split(":", 1)[1]
     if denoiser_only:
         kw["ignores"] = sorted({n for n in valid_ignore_names(loaded.pipe) if n != loaded.denoiser_name
                                 and not n.startswith("vae.")} | set(kw.get("ignores", ())))
@@ -133,6 +143,8 @@ def run_one(loaded: models.Loaded, compiler: str, args: argparse.Namespace, cfg:
     """Compile (unless eager), warm up, time; then each extra resolution. Returns result and outputs."""
     label = "eager" if compiler == "none" else compiler
     torch._dynamo.reset()
+    if hasattr(torch, "compiler") and hasattr(torch.compiler, "cudagraph_mark_step_begin"):
+        torch.compiler.cudagraph_mark_step_begin()
     with timing.inductor_cache(args.inductor_cache == "fresh" and compiler != "none", args.cache_dirs):
         return _run_one(loaded, compiler, args, cfg, pipe_kw, resolutions, label)
 
@@ -158,6 +170,8 @@ def _run_one(loaded: models.Loaded, compiler: str, args: argparse.Namespace, cfg
                                          guidance_scale=args.guidance_scale, **common)
             out = timing.time_pipeline(loaded.pipe, pkw, warmups=args.warmups, iters=args.iters,
                                        device=args.device, steps=args.steps, batch=args.batch_size, label=label)
+        if torch.is_tensor(out["output"]):  # the caller's own copy (a CUDA graph's output is overwritten later)
+            out["output"] = out["output"].clone()
         res = out["result"]
         res.update(resolution=f"{args.height}x{args.width}", compile_setup_s=round(t_setup, 3))
         extra = []
@@ -167,6 +181,8 @@ def _run_one(loaded: models.Loaded, compiler: str, args: argparse.Namespace, cfg
             extra.append(_one_resolution(loaded, args, h, w, {**common, "batch": batch}))
         res["resolutions"] = [e["result"] for e in extra]
     res["compiled_total"] = timing.counts_delta(c0, timing.compile_counts())
+    if compiler == "nexfort":
+        res["nexfort_mode"] = (getattr(loaded.pipe, "_nexfort_compiled", None) or {}).get("mode")
     if extra:
         res["sweep"] = sweep_summary(res["resolutions"])
     if compiler != "none":
@@ -218,6 +234,13 @@ def setup(args: argparse.Namespace, family: str) -> None:
     default_hw = {"pixart": (1024, 1024), "sdxl": (1024, 1024)}[family] if not small else (256, 256)
     args.height = args.height or default_hw[0]
     args.width = args.width or default_hw[1]
+    if args.inductor_modes is None:
+        args.inductor_modes = "" if small else "reduce-overhead,max-autotune-no-cudagraphs"
+    args.inductor_mode_list = [m.strip() for m in args.inductor_modes.split(",") if m.strip()]
+    valid = sorted(set(torch._inductor.list_mode_options()) - {"default"})
+    bad = [m for m in args.inductor_mode_list if m not in valid]
+    if bad:
+        raise SystemExit(f"--inductor-modes: unknown torch.compile mode(s) {bad}; valid: {', '.join(valid)}")
 
 
 def main(argv: Optional[Sequence[str]] = None, *, family: str = "pixart", description: str = "",
@@ -259,7 +282,8 @@ def main(argv: Optional[Sequence[str]] = None, *, family: str = "pixart", descri
     jobs: List[Tuple[int, ...]] = list(resolutions)
     if jobs:  # the batch sweep: the base resolution at another batch size (1 -> 4)
         jobs.append((args.height, args.width, 4 if args.batch_size != 4 else 1))
-    compilers = ["none", "inductor", "nexfort"] if args.compiler == "all" else [args.compiler]
+    compilers = (["none", "inductor", *(f"inductor:{m}" for m in args.inductor_mode_list), "nexfort"]
+                 if args.compiler == "all" else [args.compiler])
     if jobs and "none" not in compilers:
         # every resolution is checked against eager at that resolution: eager runs first, as the reference
         print("--run_*_resolutions: running eager too, as the reference of every resolution", file=sys.stderr)
@@ -270,7 +294,14 @@ def main(argv: Optional[Sequence[str]] = None, *, family: str = "pixart", descri
     try:
         for c in compilers:
             name = "eager" if c == "none" else c
-            r = run_one(loaded, c, args, cfg, pipe_kw, jobs)
+            try:
+                r = run_one(loaded, c, args, cfg, pipe_kw, jobs)
+            except Exception as e:  # noqa: BLE001 - torch.compile's own modes are references: report, go on
+                if not c.startswith("inductor:"):
+                    raise
+                print(f"{name} failed: {type(e).__name__}: {str(e)[:300]}", file=sys.stderr)
+                runs[name] = {"error": f"{type(e).__name__}: {str(e)[:300]}", "resolutions": []}
+                continue
             runs[name], outputs[name] = r["result"], r
     finally:
         for d in args.cache_dirs:
@@ -284,11 +315,13 @@ def main(argv: Optional[Sequence[str]] = None, *, family: str = "pixart", descri
     data = {"benchmark": "text_to_image" + ("_denoiser_only" if args.denoiser_only else ""), "env": env,
             "model": loaded.info,
             "args": {k: v for k, v in vars(args).items() if k not in ("torch_dtype", "cache_dirs")},
-            "compiler_config": {**cfg, **pipe_kw}, "runs": runs}
+            "compiler_config": {**cfg, **pipe_kw}, "runs": runs, "summary": report.summary(runs)}
     print(f"\n{loaded.info['pipeline']} / {loaded.info['denoiser']} ({loaded.info['denoiser_params_M']}M params) "
           f"{args.height}x{args.width} batch {args.batch_size} {args.dtype} {args.steps} steps on "
           f"{env.get('gpu') or 'CPU'}; torch {env['torch']}, triton {env['triton']}, diffusers {env['diffusers']}")
     print(report.table(runs))
+    if data["summary"]:
+        print(report.summary_line(data["summary"]))
     chart_path = args.output_chart
     if chart_path is None and args.compiler == "all":
         chart_path = (args.output_json[:-5] if args.output_json and args.output_json.endswith(".json")

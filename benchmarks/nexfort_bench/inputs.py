@@ -7,7 +7,15 @@ from typing import Any, Dict
 
 import torch
 
-from nexfort_bench.models import CLIP_SEQ_LEN, PIXART_SEQ_LEN, SD3_SEQ_LEN, Loaded
+from nexfort_bench.models import (
+    CLIP_SEQ_LEN,
+    FLUX_GUIDANCE,
+    FLUX_SEQ_LEN,
+    PIXART_SEQ_LEN,
+    PIXART_SIGMA_SEQ_LEN,
+    SD3_SEQ_LEN,
+    Loaded,
+)
 
 PROMPT = "a photo of an astronaut riding a horse on mars, highly detailed, 8k"
 
@@ -28,7 +36,19 @@ def latent_shape(loaded: Loaded, batch: int, height: int, width: int) -> tuple:
     pipe = loaded.pipe
     s = vae_scale(pipe)
     channels = loaded.denoiser.config.in_channels
+    if loaded.kind == "flux":  # packed latents: 2x2 patches of the VAE's latent, one token each
+        return (batch, (height // (2 * s)) * (width // (2 * s)), channels)
     return (batch, channels, height // s, width // s)
+
+
+def pixart_seq_len(loaded: Loaded) -> int:
+    return PIXART_SIGMA_SEQ_LEN if type(loaded.pipe).__name__ == "PixArtSigmaPipeline" else PIXART_SEQ_LEN
+
+
+def _pixart_micro_conditions(den: Any) -> bool:
+    """Whether a PixArt transformer takes resolution/aspect-ratio conditions (diffusers: unset means 1024-MS)."""
+    use = getattr(den.config, "use_additional_conditions", None)
+    return bool(den.config.sample_size == 128 if use is None else use)
 
 
 def prompt_kwargs(loaded: Loaded, batch: int, seed: int, dtype: torch.dtype, device: str) -> Dict[str, Any]:
@@ -37,14 +57,19 @@ def prompt_kwargs(loaded: Loaded, batch: int, seed: int, dtype: torch.dtype, dev
     if getattr(pipe, "text_encoder", None) is not None or loaded.kind == "generic":
         return {"prompt": [PROMPT] * batch}
     if loaded.kind == "pixart":
-        dim = pipe.transformer.config.caption_channels
-        mask = torch.ones(batch, PIXART_SEQ_LEN, dtype=torch.long, device=device)
-        mask[:, PIXART_SEQ_LEN // 4:] = 0  # a realistic prompt is shorter than the padded length
+        dim, seq = pipe.transformer.config.caption_channels, pixart_seq_len(loaded)
+        mask = torch.ones(batch, seq, dtype=torch.long, device=device)
+        mask[:, PIXART_SEQ_LEN // 4:] = 0  # a realistic prompt (30 tokens) is shorter than the padded length
         return {"prompt": None, "negative_prompt": None,
-                "prompt_embeds": _randn((batch, PIXART_SEQ_LEN, dim), seed + 1, dtype, device),
+                "prompt_embeds": _randn((batch, seq, dim), seed + 1, dtype, device),
                 "prompt_attention_mask": mask,
-                "negative_prompt_embeds": _randn((batch, PIXART_SEQ_LEN, dim), seed + 2, dtype, device),
+                "negative_prompt_embeds": _randn((batch, seq, dim), seed + 2, dtype, device),
                 "negative_prompt_attention_mask": mask.clone()}
+    if loaded.kind == "flux":  # guidance-distilled: no negative prompt, T5 tokens + pooled CLIP-L
+        cfg = pipe.transformer.config
+        return {"prompt": None, "prompt_embeds": _randn((batch, FLUX_SEQ_LEN, cfg.joint_attention_dim), seed + 1,
+                                                        dtype, device),
+                "pooled_prompt_embeds": _randn((batch, cfg.pooled_projection_dim), seed + 3, dtype, device)}
     if loaded.kind == "sd3":  # CLIP-L/G + T5 tokens (joint_attention_dim), pooled CLIP-L + CLIP-G
         cfg = pipe.transformer.config
         text, pooled = (SD3_SEQ_LEN, cfg.joint_attention_dim), cfg.pooled_projection_dim
@@ -70,26 +95,43 @@ def pipeline_kwargs(loaded: Loaded, *, batch: int, height: int, width: int, step
               output_type="pt", num_images_per_prompt=1)
     if loaded.kind == "pixart":
         kw["use_resolution_binning"] = False  # time the asked resolution, not the nearest aspect-ratio bin
+    if loaded.kind == "flux":
+        kw["guidance_scale"] = FLUX_GUIDANCE  # the distilled guidance, an input of the transformer (no CFG batch)
     return kw
 
 
 def denoiser_kwargs(loaded: Loaded, *, batch: int, height: int, width: int, seed: int, dtype: torch.dtype,
                     device: str) -> Dict[str, Any]:
-    """One denoiser forward as the pipeline calls it with classifier-free guidance (batch ``2 * batch``)."""
-    b = 2 * batch
+    """One denoiser forward as the pipeline calls it with classifier-free guidance (batch ``2 * batch``; Flux,
+    guidance-distilled: ``batch``, with its packed latents, RoPE ids and guidance)."""
+    b = batch if loaded.kind == "flux" else 2 * batch
     s = vae_scale(loaded.pipe)
     den = loaded.denoiser
-    x = _randn((b, den.config.in_channels, height // s, width // s), seed, dtype, device)
+    x = None if loaded.kind == "flux" else _randn((b, den.config.in_channels, height // s, width // s), seed, dtype,
+                                                  device)
     t = torch.full((b,), 500, dtype=torch.long, device=device)
+    if loaded.kind == "flux":
+        cfg = den.config
+        lh, lw = height // (2 * s), width // (2 * s)
+        img_ids = torch.zeros(lh, lw, 3, device=device, dtype=dtype)
+        img_ids[..., 1] += torch.arange(lh, device=device, dtype=dtype)[:, None]
+        img_ids[..., 2] += torch.arange(lw, device=device, dtype=dtype)[None, :]
+        return {"hidden_states": _randn((b, lh * lw, cfg.in_channels), seed, dtype, device),
+                "encoder_hidden_states": _randn((b, FLUX_SEQ_LEN, cfg.joint_attention_dim), seed + 1, dtype, device),
+                "pooled_projections": _randn((b, cfg.pooled_projection_dim), seed + 3, dtype, device),
+                "timestep": torch.full((b,), 0.5, dtype=dtype, device=device),
+                "guidance": torch.full((b,), FLUX_GUIDANCE, dtype=torch.float32, device=device),
+                "img_ids": img_ids.reshape(lh * lw, 3),
+                "txt_ids": torch.zeros(FLUX_SEQ_LEN, 3, device=device, dtype=dtype), "return_dict": False}
     if loaded.kind == "pixart":
-        dim = den.config.caption_channels
-        mask = torch.ones(b, PIXART_SEQ_LEN, dtype=torch.long, device=device)
+        dim, seq = den.config.caption_channels, pixart_seq_len(loaded)
+        mask = torch.ones(b, seq, dtype=torch.long, device=device)
         mask[:, PIXART_SEQ_LEN // 4:] = 0
         added = {"resolution": None, "aspect_ratio": None}
-        if den.config.sample_size == 128:
+        if _pixart_micro_conditions(den):
             added = {"resolution": torch.tensor([[height, width]] * b, dtype=dtype, device=device),
                      "aspect_ratio": torch.tensor([[height / width]] * b, dtype=dtype, device=device)}
-        return {"hidden_states": x, "encoder_hidden_states": _randn((b, PIXART_SEQ_LEN, dim), seed + 1, dtype, device),
+        return {"hidden_states": x, "encoder_hidden_states": _randn((b, seq, dim), seed + 1, dtype, device),
                 "encoder_attention_mask": mask, "timestep": t, "added_cond_kwargs": added, "return_dict": False}
     if loaded.kind == "sdxl":
         cfg = den.config
@@ -106,4 +148,4 @@ def denoiser_kwargs(loaded: Loaded, *, batch: int, height: int, width: int, seed
                 "pooled_projections": _randn((b, cfg.pooled_projection_dim), seed + 3, dtype, device),
                 "return_dict": False}
     raise ValueError(f"--denoiser-only does not know how to call a {type(den).__name__}; "
-                     "it supports PixArt and SD3 transformers and SDXL-style UNets")
+                     "it supports PixArt, SD3 and Flux transformers and SDXL-style UNets")

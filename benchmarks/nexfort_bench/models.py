@@ -15,8 +15,8 @@ from typing import Any, Dict, Optional
 
 import torch
 
-BUILTIN = ("pixart-alpha", "pixart-alpha-small", "sdxl", "sdxl-small", "sd3-medium", "tiny-pixart", "tiny-sdxl",
-           "tiny-sd3")
+BUILTIN = ("pixart-alpha", "pixart-alpha-small", "pixart-sigma", "sdxl", "sdxl-small", "sd3-medium", "flux-dev",
+           "tiny-pixart", "tiny-pixart-sigma", "tiny-sdxl", "tiny-sd3", "tiny-flux")
 
 # --------------------------------------------------------------------------------------- architectures
 PIXART_ALPHA_XL2_1024 = dict(  # PixArt-alpha/PixArt-XL-2-1024-MS transformer/config.json
@@ -29,6 +29,11 @@ PIXART_SMALL = {**PIXART_ALPHA_XL2_1024, "num_layers": 2, "num_attention_heads":
 PIXART_TINY = {**PIXART_ALPHA_XL2_1024, "num_layers": 1, "num_attention_heads": 2, "attention_head_dim": 8,
                "cross_attention_dim": 16, "caption_channels": 32, "sample_size": 8,
                "use_additional_conditions": False}
+
+# PixArt-alpha/PixArt-Sigma-XL-2-1024-MS transformer/config.json: PixArt-α's blocks without the micro-conditions,
+# 300 T5 tokens, position embedding at interpolation scale 2 (what diffusers derives from sample_size 128)
+PIXART_SIGMA_XL2_1024 = {**PIXART_ALPHA_XL2_1024, "use_additional_conditions": False, "interpolation_scale": 2}
+PIXART_SIGMA_TINY = {**PIXART_TINY, "interpolation_scale": 2}
 
 SD_VAE = dict(  # stabilityai/sd-vae-ft-ema (PixArt-α's VAE); SDXL's differs in scaling_factor
     in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32,
@@ -67,16 +72,33 @@ SD3_VAE_CHANGES = dict(latent_channels=16, scaling_factor=1.5305, shift_factor=0
 SD3_VAE = {**SD_VAE, **SD3_VAE_CHANGES}  # stable-diffusion-3-medium-diffusers vae/config.json
 SD3_VAE_TINY = {**VAE_TINY, **SD3_VAE_CHANGES}
 
+FLUX_DEV = dict(  # black-forest-labs/FLUX.1-dev transformer/config.json (11.9 B parameters; guidance-distilled)
+    patch_size=1, in_channels=64, out_channels=None, num_layers=19, num_single_layers=38, attention_head_dim=128,
+    num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+    axes_dims_rope=(16, 56, 56))
+FLUX_TINY = {**FLUX_DEV, "in_channels": 16, "num_layers": 1, "num_single_layers": 1, "attention_head_dim": 16,
+             "num_attention_heads": 2, "joint_attention_dim": 32, "pooled_projection_dim": 32,
+             "axes_dims_rope": (4, 6, 6)}
+FLUX_VAE_CHANGES = dict(latent_channels=16, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False,
+                        use_post_quant_conv=False)
+FLUX_VAE = {**SD_VAE, **FLUX_VAE_CHANGES}  # FLUX.1-dev vae/config.json
+FLUX_VAE_TINY = {**VAE_TINY, **FLUX_VAE_CHANGES, "latent_channels": 4}  # 4 x 2 x 2 = the tiny transformer's 16
+
 PIXART_SCHEDULER = dict(beta_start=0.0001, beta_end=0.02, beta_schedule="linear", num_train_timesteps=1000,
                         prediction_type="epsilon", solver_order=2, algorithm_type="dpmsolver++",
                         lower_order_final=True)
 SDXL_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
                       prediction_type="epsilon", steps_offset=1, timestep_spacing="leading")
 SD3_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0)  # FlowMatchEulerDiscreteScheduler
+FLUX_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                      base_image_seq_len=256, max_image_seq_len=4096)  # FLUX.1-dev scheduler_config.json
 
 SCHEDULERS = {"none": None, "dpmsolver": "DPMSolverMultistepScheduler", "euler": "EulerDiscreteScheduler",
               "ddim": "DDIMScheduler", "euler_a": "EulerAncestralDiscreteScheduler"}
 PIXART_SEQ_LEN = 120  # T5 tokens PixArt-α was trained with
+PIXART_SIGMA_SEQ_LEN = 300  # PixArt-Σ's max_sequence_length
+FLUX_SEQ_LEN = 512  # FLUX.1-dev's T5 max_sequence_length
+FLUX_GUIDANCE = 3.5
 CLIP_SEQ_LEN = 77
 SD3_SEQ_LEN = CLIP_SEQ_LEN + 256  # SD3: CLIP-L/G tokens, then T5 (max_sequence_length 256), concatenated
 
@@ -85,7 +107,7 @@ SD3_SEQ_LEN = CLIP_SEQ_LEN + 256  # SD3: CLIP-L/G tokens, then T5 (max_sequence_
 class Loaded:
     pipe: Any
     name: str
-    kind: str  # "pixart" | "sdxl" | "sd3" | "generic"
+    kind: str  # "pixart" | "sdxl" | "sd3" | "flux" | "generic"
     denoiser_name: str
     info: Dict[str, Any] = field(default_factory=dict)
 
@@ -100,16 +122,31 @@ def default_model(family: str = "pixart") -> str:
 
 
 def build_pixart(variant: str = "pixart-alpha", seed: int = 0) -> Any:
-    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
+    import diffusers
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtTransformer2DModel
 
     tcfg, vcfg = {"pixart-alpha": (PIXART_ALPHA_XL2_1024, SD_VAE), "pixart-alpha-small": (PIXART_SMALL, VAE_SMALL),
-                  "tiny-pixart": (PIXART_TINY, VAE_TINY)}[variant]
+                  "tiny-pixart": (PIXART_TINY, VAE_TINY),
+                  "pixart-sigma": (PIXART_SIGMA_XL2_1024, SDXL_VAE),  # PixArt-Σ decodes with SDXL's VAE
+                  "tiny-pixart-sigma": (PIXART_SIGMA_TINY, VAE_TINY)}[variant]
     torch.manual_seed(seed)
     transformer = PixArtTransformer2DModel(**tcfg)
     vae = AutoencoderKL(**vcfg)
     scheduler = DPMSolverMultistepScheduler(**PIXART_SCHEDULER)
-    return PixArtAlphaPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer,
-                               scheduler=scheduler)
+    cls = diffusers.PixArtSigmaPipeline if "sigma" in variant else diffusers.PixArtAlphaPipeline
+    return cls(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer, scheduler=scheduler)
+
+
+def build_flux(variant: str = "flux-dev", seed: int = 0) -> Any:
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    tcfg, vcfg = {"flux-dev": (FLUX_DEV, FLUX_VAE), "tiny-flux": (FLUX_TINY, FLUX_VAE_TINY)}[variant]
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(**tcfg)
+    vae = AutoencoderKL(**vcfg)
+    scheduler = FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER)
+    return FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None, text_encoder_2=None,
+                        tokenizer_2=None, transformer=transformer)
 
 
 def build_sdxl(variant: str = "sdxl", seed: int = 0) -> Any:
@@ -149,8 +186,15 @@ def _is_sd3(config: Any) -> bool:
     return all(k in config for k in ("joint_attention_dim", "caption_projection_dim", "pooled_projection_dim"))
 
 
+def _is_flux(config: Any) -> bool:
+    """Flux's MMDiT (FluxTransformer2DModel): RoPE axes and single-stream blocks."""
+    return all(k in config for k in ("axes_dims_rope", "num_single_layers"))
+
+
 def _kind(pipe: Any) -> str:
     tr = getattr(pipe, "transformer", None)
+    if tr is not None and _is_flux(getattr(tr, "config", {})):
+        return "flux"
     if tr is not None and "caption_channels" in getattr(tr, "config", {}):
         return "pixart"
     if tr is not None and _is_sd3(getattr(tr, "config", {})):
@@ -205,7 +249,8 @@ def load_pipeline(model: Optional[str], dtype: torch.dtype, device: str, schedul
     model = model or default_model(family)
     if model in BUILTIN:
         with torch.device(device):  # random init on the GPU: seconds instead of minutes for SDXL's UNet
-            build = build_pixart if "pixart" in model else build_sd3 if "sd3" in model else build_sdxl
+            build = (build_pixart if "pixart" in model else build_sd3 if "sd3" in model else
+                     build_flux if "flux" in model else build_sdxl)
             pipe = build(model, seed)
         # the scheduler keeps its tables on the CPU (diffusers converts them to numpy): built outside that context
         pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)

@@ -90,9 +90,9 @@ def rows(runs: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
         for res in [r] + list(r.get("resolutions", [])):
             row = dict(res)
             row["compiler"] = name
-            row["graphs"] = (r["compiled_in_warmup"]["dynamo_graphs"] if res is r
+            row["graphs"] = (r.get("compiled_in_warmup", {}).get("dynamo_graphs") if res is r
                              else res.get("compiled", {}).get("dynamo_graphs"))
-            row["recompiles"] = (r["recompiles_in_timed_runs"]["dynamo_graphs"] if res is r else None)
+            row["recompiles"] = (r.get("recompiles_in_timed_runs", {}).get("dynamo_graphs") if res is r else None)
             row["rel_l2_vs_eager"] = res.get("rel_l2_vs_eager")
             out.append(row)
     return out
@@ -105,6 +105,38 @@ def table(runs: Dict[str, Dict[str, Any]]) -> str:
     line = "  ".join(h.ljust(w) for h, w in zip(heads, widths))
     sep = "  ".join("-" * w for w in widths)
     return "\n".join([line, sep] + ["  ".join(c.ljust(w) for c, w in zip(d, widths)) for d in data])
+
+
+def summary(runs: Dict[str, Dict[str, Any]], key: str = "step_ms_median") -> Dict[str, Any]:
+    """nexfort's step time against eager, torch.compile's default and torch.compile's best own mode (the fastest of
+    the ``inductor*`` runs), from runs of one process on the same inputs; empty without a nexfort run."""
+    nex = runs.get("nexfort", {}).get(key)
+    if not nex:
+        return {}
+    out: Dict[str, Any] = {"metric": key, "nexfort": nex, "nexfort_mode": runs["nexfort"].get("nexfort_mode")}
+    inductor = {n: r.get(key) for n, r in runs.items() if n.startswith("inductor") and r.get(key)}
+    if "eager" in runs and runs["eager"].get(key):
+        out["eager"] = runs["eager"][key]
+        out["speedup_vs_eager"] = round(out["eager"] / nex, 4)
+    if "inductor" in inductor:
+        out["torch_compile"] = inductor["inductor"]
+        out["speedup_vs_torch_compile"] = round(inductor["inductor"] / nex, 4)
+    if inductor:
+        best = min(inductor, key=inductor.get)
+        out.update(torch_compile_best=inductor[best], torch_compile_best_run=best,
+                   speedup_vs_torch_compile_best=round(inductor[best] / nex, 4))
+    return out
+
+
+def summary_line(s: Dict[str, Any]) -> str:
+    parts = [f"nexfort ({s.get('nexfort_mode')!r}) {s['nexfort']:.3f} ms"]
+    for label, k, r in (("eager", "eager", "speedup_vs_eager"), ("torch.compile", "torch_compile",
+                                                                  "speedup_vs_torch_compile"),
+                        (f"torch.compile best ({s.get('torch_compile_best_run')})", "torch_compile_best",
+                         "speedup_vs_torch_compile_best")):
+        if k in s:
+            parts.append(f"{s[r]:.3f}x {label} ({s[k]:.3f} ms)")
+    return f"{s['metric']}: " + "; ".join(parts)
 
 
 def chart(path: str, runs: Dict[str, Dict[str, Any]], title: str, env: Dict[str, Any]) -> Optional[str]:
@@ -122,14 +154,21 @@ def chart(path: str, runs: Dict[str, Dict[str, Any]], title: str, env: Dict[str,
     metrics = [m for m in metrics if any(runs[n].get(m[0]) is not None for n in names)]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.8), squeeze=False)
     colors = {"eager": "#888888", "inductor": "#4c72b0", "nexfort": "#dd8452"}
+    labels = [n.replace("inductor:", "tc ").replace("inductor", "torch.compile") for n in names]
     for ax, (key, label) in zip(axes[0], metrics):
         vals = [runs[n].get(key) or 0.0 for n in names]
-        bars = ax.bar(names, vals, color=[colors.get(n, "#55a868") for n in names])
+        bars = ax.bar(labels, vals, color=[colors.get(n, "#4c72b0" if n.startswith("inductor") else "#55a868")
+                                           for n in names])
         base = runs.get("eager", {}).get(key)
+        tc = runs.get("inductor", {}).get(key)
         for b, v, n in zip(bars, vals, names):
-            note = f"{v:.3g}" + (f"\n{base / v:.2f}x" if base and v and n != "eager" and key != "warmup_s" else "")
-            ax.annotate(note, (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=8)
+            note = f"{v:.3g}" + (f"\n{base / v:.2f}x eager" if base and v and n != "eager" and key != "warmup_s"
+                                 else "")
+            if n == "nexfort" and tc and v and key != "warmup_s":
+                note += f"\n{tc / v:.2f}x torch.compile"
+            ax.annotate(note, (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=7)
         ax.set_title(label, fontsize=9)
+        ax.tick_params(axis="x", labelrotation=20, labelsize=7)
         ax.set_ylim(0, max(vals + [1e-9]) * 1.3)
     who = env.get("gpu") or f"CPU ({env.get('cpu_count')} cores)"
     fig.suptitle(f"{title}\n{who}, torch {env.get('torch')}, diffusers {env.get('diffusers')}", fontsize=9)

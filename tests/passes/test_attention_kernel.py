@@ -246,7 +246,7 @@ def test_plugin_configuration(cpu_kernel):
     with pytest.raises(NexfortConfigError, match=r"Unknown attention kernel 'fa3'; did you mean 'fa4'\?.*Valid"):
         names(mode="max-optimize", options={"attention_kernel.kernels": ["fa3"]})
     if not K.registered_kernels()["fa4"].available("cuda"):
-        with pytest.raises(ImportError, match=r"pip install --pre \"flash-attn-4\""):
+        with pytest.raises(ImportError, match=r"pip install \"nexfort-passes\[cuda\]\""):
             names(mode="max-optimize", options={"attention_kernel.kernels": ["fa4"]})
     with pytest.raises(NexfortConfigError, match="min_speedup must be > 0"):
         names(mode="max-optimize", options={"attention_kernel.min_speedup": 0})

@@ -48,7 +48,9 @@ class AttentionKernel:
     ``(B, H, Sq, Dv)``; ``supports(q, k, v)`` is its run-time check (shapes, dtypes, strides, GPU); ``available(
     device_type)`` says, at compile time, whether it is installed and usable for that device type at all;
     ``dtypes`` are the ones it takes at all (the pass rewrites no graph of another dtype); ``install`` is the command
-    that installs it (for the error when one is asked for by name)."""
+    that installs it (for the error when one is asked for by name); ``suits(device)`` says whether the hardware is
+    one it is made for (installed or not: where it suits and is missing, the backend says how to install it);
+    ``describe()`` names it and its version for the one-line report."""
 
     name: str
     run: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Optional[float]], torch.Tensor]
@@ -56,6 +58,8 @@ class AttentionKernel:
     available: Callable[[str], bool]
     dtypes: Tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16)
     install: str = ""
+    suits: Optional[Callable[[torch.device], bool]] = None
+    describe: Optional[Callable[[], str]] = None
 
 
 _KERNELS: Dict[str, AttentionKernel] = {}
@@ -89,6 +93,20 @@ def _fa4_available(device_type: str) -> bool:
             importlib.util.find_spec("flash_attn.cute") is not None
     except (ImportError, ValueError):
         return False
+
+
+def _fa4_suits(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_available() and \
+        torch.cuda.get_device_capability(device)[0] in (9, 10)
+
+
+def _fa4_describe() -> str:
+    try:
+        from importlib.metadata import version
+
+        return f"fa4 (flash-attn-4 {version('flash-attn-4')})"
+    except Exception:  # noqa: BLE001 - installed without metadata (a --target install)
+        return "fa4 (flash-attn-4)"
 
 
 def _aligned(t: torch.Tensor) -> bool:
@@ -278,5 +296,39 @@ def available_kernels(device_type: str, names: Optional[Sequence[str]] = None) -
     return [n for n in pool if n in _KERNELS and _KERNELS[n].available(device_type)]
 
 
+def kernel_report(device: torch.device) -> str:
+    """One line: the attention kernels found for ``device`` and, where a kernel made for it is missing, how to
+    install it."""
+    found = [k.describe() if k.describe else k.name for n, k in _KERNELS.items() if k.available(device.type)
+             and (k.suits is None or k.suits(device))]
+    missing = [k for n, k in _KERNELS.items() if k.suits is not None and k.suits(device)
+               and not k.available(device.type)]
+    where = str(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability(device)
+        where = f"{torch.cuda.get_device_name(device)} (sm{major}{minor})"
+    line = f"nexfort: attention kernels on {where}: SDPA" + "".join(f", {d}" for d in found)
+    line += "; each attention shape keeps the fastest on its first call" if found else ""
+    for k in missing:
+        line += f"; {k.name} is made for this GPU and not installed: {k.install}"
+    return line
+
+
+_reported: set = set()
+
+
+def report_kernels(device: torch.device) -> Optional[str]:
+    """Log :func:`kernel_report` once per process and device, at WARNING so that it shows without any logging set
+    up (Python's last-resort handler); returns the line when it was logged now."""
+    key = (str(device), tuple(sorted(_KERNELS)))
+    if key in _reported:
+        return None
+    _reported.add(key)
+    line = kernel_report(device)
+    logger.warning(line)
+    return line
+
+
 register_kernel(AttentionKernel("fa4", _fa4_run, _fa4_supports, _fa4_available,
-                                install='pip install --pre "flash-attn-4" (or "nexfort-passes[fa4]")'))
+                                install='pip install "nexfort-passes[cuda]" (FlashAttention-4: flash-attn-4)',
+                                suits=_fa4_suits, describe=_fa4_describe))

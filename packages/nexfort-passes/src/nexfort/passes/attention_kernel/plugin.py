@@ -92,6 +92,7 @@ class AttentionKernelPass(GraphPass):
 
     def apply(self, gm: GraphModule) -> int:
         count = 0
+        self._report(gm)
         for node in list(gm.graph.nodes):
             found = self.match(node)
             if found is not None:
@@ -101,6 +102,17 @@ class AttentionKernelPass(GraphPass):
             gm.graph.lint()
             gm.recompile()
         return count
+
+    @staticmethod
+    def _report(gm: GraphModule) -> None:
+        """Say once per process and GPU which attention kernels were found (:func:`.kernels.report_kernels`), on
+        the first graph with an SDPA call on that GPU."""
+        for node in gm.graph.nodes:
+            if is_op(node, SDPA_FUNCTIONS) and node.args:
+                fq = fake(node.args[0])
+                if fq is not None and fq.device.type == "cuda":
+                    K.report_kernels(fq.device)
+                    return
 
     def match(self, node: Node) -> Optional[Tuple[Node, Node, Node, Optional[float]]]:
         if not is_op(node, SDPA_FUNCTIONS) or len(node.args) < 3 or len(node.args) > 3 + len(_ARGS):
