@@ -20,6 +20,7 @@ def cache_env(tmp_path, monkeypatch):
     """Every test gets its own cache directory, no secret, no Redis, and fresh per-process cache state."""
     from nexfort.cache import local, plugin, store
     from nexfort.cache import redis as redis_mod
+    from nexfort.core import counters
 
     for var in ENV_VARS:
         monkeypatch.delenv(var, raising=False)
@@ -29,6 +30,7 @@ def cache_env(tmp_path, monkeypatch):
     redis_mod._stores.clear()
     store._warned.clear()
     plugin.reset()
+    counters["cache"].clear()
     yield cache_dir
     local._stores.clear()
     redis_mod._stores.clear()
@@ -93,3 +95,6 @@ def redis_url(redis_server):
 
 
 PYTHON = sys.executable
+#: a signing secret the checks accept (64 hex digits, as ``secrets.token_hex(32)`` makes), and another one
+FLEET_SECRET = "5f0c8f0d2b7e4a31c9d6e2a7b4f18c3e9a0d7b6c5e4f3a2b1c0d9e8f7a6b5c4d"
+OTHER_SECRET = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f91"

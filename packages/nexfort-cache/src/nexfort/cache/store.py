@@ -9,6 +9,11 @@ another key without the signature failing. Stores check it in :meth:`SignedStore
 the payload to anyone, so nothing a store returns has been unpickled or imported yet. An entry that fails
 (bad signature, truncated, corrupt, another format version) is discarded with one warning and reads as a
 miss: never a crash, never a wrong result.
+
+The secret is checked (:func:`nexfort.cache.security.check_secret`: 32+ bytes, not guessable). What a read may
+allocate before verification is bounded: an envelope over the entry size limit (``$NEXFORT_CACHE_MAX_ENTRY_SIZE``,
+1 GiB, and the store's size limit) is refused before it is read, and files are verified as they are read
+(:func:`unseal_stream`). ``put`` returns ``False`` when nothing was stored (a full disk, an entry over the limit).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import struct
 import threading
 import warnings
 from dataclasses import dataclass
-from typing import BinaryIO, List, Optional, Protocol, Set, runtime_checkable
+from typing import BinaryIO, List, Optional, Protocol, Set, Tuple, runtime_checkable
 
 from nexfort.cache.fsio import atomic_write  # noqa: F401 - re-exported (nexfort.cache.bundle, older imports)
 from nexfort.cache.security import NexfortCacheConfigError, check_secret  # noqa: F401 - re-exported
@@ -151,6 +156,12 @@ def unseal_stream(f: BinaryIO, size: int, secret: bytes, key: Optional[str] = No
                   limit: Optional[int] = None) -> bytes:
     """:func:`unseal` of the ``size`` bytes an open file holds, read once (the payload is the only copy held);
     an envelope larger than ``limit`` is refused before anything but its header is read."""
+    return read_envelope(f, size, secret, limit, key)[1]
+
+
+def read_envelope(f: BinaryIO, size: int, secret: bytes, limit: Optional[int] = None,
+                  key: Optional[str] = None) -> Tuple[str, bytes]:
+    """``(key, payload)`` of the verified envelope in ``f`` (see :func:`unseal_stream`)."""
     if limit is not None and size > limit:
         raise InvalidEntry(f"entry of {format_size(size)} is larger than the entry size limit "
                            f"{format_size(limit)} ({MAX_ENTRY_ENV})")
@@ -161,7 +172,10 @@ def unseal_stream(f: BinaryIO, size: int, secret: bytes, key: Optional[str] = No
     if len(k) != n or len(sig) != _SIG_LEN or len(header) + n + _SIG_LEN + len(payload) != size or f.read(1):
         raise InvalidEntry("entry changed size while being read")
     _verify(secret, header, k, sig, payload, key)
-    return payload
+    try:
+        return k.decode(), payload
+    except UnicodeDecodeError:  # pragma: no cover - signed keys are utf-8
+        raise InvalidEntry("corrupt key in entry header") from None
 
 
 def env_secret() -> Optional[bytes]:
