@@ -27,7 +27,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional
 
 from nexfort.cache.breaker import CircuitBreaker
-from nexfort.cache.local import local_store
+from nexfort.cache.local import default_dir, local_store
 from nexfort.cache.security import MAKE_SECRET, check_redis_url, check_secret, redact, scrub
 from nexfort.cache.store import (
     MAX_ENTRY_ENV,
@@ -42,6 +42,7 @@ from nexfort.cache.store import (
     unseal,
     warn_once,
 )
+from nexfort.cache.tiered import TieredStore  # noqa: F401 - re-exported
 from nexfort.core import counters, hookimpl
 
 URL_ENV = "NEXFORT_CACHE_REDIS_URL"
@@ -110,7 +111,11 @@ class RedisStore(SignedStore):
         self._signatures: Dict[str, bytes] = {}  # key -> signature of the entry this process wrote or verified
 
     def describe(self) -> str:
-        return f"the Redis cache {redact(self.url)}"
+        return self.describe_url(self.url)
+
+    @staticmethod
+    def describe_url(url: str) -> str:
+        return f"the Redis cache {redact(url)}"
 
     def scrub(self, text: str) -> str:
         return scrub(text, self.url)
@@ -254,52 +259,6 @@ def _signature(blob: bytes) -> bytes:
     return bytes(blob[8 + n:8 + n + 32])
 
 
-class TieredStore:
-    """A local store in front of a shared one: read local first, fill it from the shared store on a hit."""
-
-    def __init__(self, local: SignedStore, remote: SignedStore) -> None:
-        self.local, self.remote = local, remote
-        self.name = f"{local.name}+{remote.name}"
-
-    def describe(self) -> str:
-        return f"{self.local.describe()} in front of {self.remote.describe()}"
-
-    def get(self, key: str) -> Optional[bytes]:
-        payload = self.local.get(key)
-        if payload is None:
-            payload = self.remote.get(key)
-            if payload is not None:
-                self.local.put(key, payload)
-        return payload
-
-    def put(self, key: str, payload: bytes) -> bool:
-        """Store in both; ``True`` when at least one of them stored it."""
-        stored_local = self.local.put(key, payload) is not False
-        stored_remote = self.remote.put(key, payload) is not False
-        return stored_local or stored_remote
-
-    def delete(self, key: str) -> bool:
-        a, b = self.local.delete(key), self.remote.delete(key)
-        return a or b
-
-    def entries(self) -> List[EntryInfo]:
-        return self.remote.entries()
-
-    def keys(self) -> List[str]:
-        return self.remote.keys()
-
-    def clear(self) -> int:
-        self.local.clear()
-        return self.remote.clear()
-
-    def total_size(self) -> int:
-        return self.remote.total_size()
-
-    def prune(self, max_size: int) -> List[str]:
-        self.local.prune(max_size)
-        return self.remote.prune(max_size)
-
-
 def redis_url(config: Any = None) -> Optional[str]:
     """The configured Redis URL (``options.cache_store.redis_url``, else ``$NEXFORT_CACHE_REDIS_URL``), checked."""
     if config is not None:
@@ -313,20 +272,30 @@ def redis_url(config: Any = None) -> Optional[str]:
     return check_redis_url(url, URL_ENV) if url else None
 
 
-_stores: Dict[tuple, TieredStore] = {}
+_stores: Dict[tuple, Any] = {}
 _lock = threading.Lock()
 
 
-def tiered_store(config: Any = None, url: Optional[str] = None) -> TieredStore:
+def tiered_store(config: Any = None, url: Optional[str] = None) -> "TieredStore | RedisStore":
+    """The local store in front of Redis; Redis alone (with one warning) where the local directory cannot be
+    used (read-only, not creatable): the shared entries still load."""
     url = url or redis_url(config)
     if not url:
         raise ValueError(f"no Redis URL: set {URL_ENV} or options.cache_store.redis_url")
-    local = local_store(config)
-    ident = (url, env_secret(), local.root)
+    try:
+        local: Optional[Any] = local_store(config)
+    except NexfortCacheConfigError:
+        raise
+    except OSError as e:
+        local = None
+        warn_once(f"no-local-{url}", f"nexfort cache: the local cache {default_dir(config)} cannot be used "
+                  f"({type(e).__name__}: {e}); using {RedisStore.describe_url(url)} alone.")
+    ident = (url, env_secret(), local.root if local is not None else None)
     with _lock:
         store = _stores.get(ident)
         if store is None:
-            store = _stores[ident] = TieredStore(local, RedisStore(url))
+            remote = RedisStore(url)
+            store = _stores[ident] = remote if local is None else TieredStore(local, remote)
         return store
 
 

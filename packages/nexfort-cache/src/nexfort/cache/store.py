@@ -22,7 +22,6 @@ import hashlib
 import hmac
 import logging
 import os
-import re
 import struct
 import threading
 import warnings
@@ -31,6 +30,7 @@ from typing import BinaryIO, List, Optional, Protocol, Set, Tuple, runtime_check
 
 from nexfort.cache.fsio import atomic_write  # noqa: F401 - re-exported (nexfort.cache.bundle, older imports)
 from nexfort.cache.security import NexfortCacheConfigError, check_secret  # noqa: F401 - re-exported
+from nexfort.cache.sizes import format_size, parse_size  # noqa: F401 - re-exported
 from nexfort.core import counters
 
 logger = logging.getLogger("nexfort.cache")
@@ -196,29 +196,6 @@ def warn_once(tag: str, message: str) -> None:
             return
         _warned.add(tag)
     warnings.warn(message, RuntimeWarning, stacklevel=3)
-
-
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
-
-
-def parse_size(text: "str | int") -> int:
-    """``"500M"``, ``"2GiB"``, ``"1.5g"``, ``"1024"`` -> bytes (powers of 1024)."""
-    if isinstance(text, int):
-        return text
-    m = _SIZE_RE.match(str(text))
-    if not m:
-        raise ValueError(f"Invalid size {text!r}: expected a number with an optional unit K, M, G or T "
-                         "(e.g. 500M, 2G)")
-    return int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2).lower() or " "))
-
-
-def format_size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"  # pragma: no cover
 
 
 def default_max_size() -> int:
