@@ -127,6 +127,9 @@ class RedisStore(SignedStore):
                              f"{self.breaker.cooldown:g} s)")
         try:
             out = fn()
+        except InvalidEntry:  # the server answered: a bad entry, not an outage
+            self.breaker.success()
+            raise
         except Exception as e:  # noqa: BLE001 - every failure of the server opens the breaker
             if "WRONGTYPE" in str(e):
                 raise InvalidEntry("not a string value (another program's key under nexfort's prefix)") from None
@@ -183,8 +186,8 @@ class RedisStore(SignedStore):
                 pipe.watch(name)  # the entry checked below is the one replaced, or nothing is
                 head = pipe.getrange(name, 0, head_len - 1)
                 if head and head[-32:] != self._signatures.get(key):
-                    existing = self._bounded(name)
                     try:
+                        existing = self._bounded(name)
                         if existing is not None:
                             unseal(existing, self.secret, key)
                     except InvalidEntry as e:
