@@ -13,8 +13,6 @@ import tempfile
 import time
 import warnings
 
-import pytest
-
 from nexfort.cache import local as local_mod
 from nexfort.cache import redis as redis_mod
 from nexfort.cache.local import LocalStore

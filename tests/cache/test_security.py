@@ -111,9 +111,12 @@ def test_password_never_printed(url, password, shown, monkeypatch, tmp_path, cap
         assert store.get("k") is None and store.put("k", b"v") is False
     text = " ".join(str(w.message) for w in record)
     assert "nexfort cache" in text and password not in text
-    rc = main(["--dir", str(tmp_path / "d"), "--redis", dead, "stats"])
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        rc = main(["--dir", str(tmp_path / "d"), "--redis", dead, "stats"])
     out = capsys.readouterr()
     assert rc == 2 and password not in out.out + out.err and "***" in out.err
+    assert record and not [w for w in record if password in str(w.message)]
 
 
 def test_stats_shows_the_redacted_url(monkeypatch, tmp_path, capsys, redis_url):

@@ -5,7 +5,7 @@ every connection. Without a breaker every graph of a model pays that again (a ti
 stopped Redis). With one, the first failure costs at most the timeouts, one warning names the store and for how
 long it is skipped, and until then every ``get`` is a miss and every ``put`` is skipped at once (counted in
 ``counters["cache"]["remote_skipped"]``). After the cool-down the next call tries the server again; a success
-closes the breaker (logged), another failure opens it again (warned again: a new outage).
+closes the breaker (an info message), another failure opens it again (warned again: a new outage).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class CircuitBreaker:
         with self._lock:
             was_down, self.down, self.down_until = self.down, False, 0.0
         if was_down:
-            logger.warning("nexfort cache: %s answers again; using it.", self.describe())
+            logger.info("nexfort cache: %s answers again; using it.", self.describe())
 
     def failure(self, exc: BaseException, what: str, scrub: Callable[[str], str] = str) -> None:
         with self._lock:
