@@ -88,6 +88,16 @@ def test_key_file_must_not_be_a_symlink(cache_env, tmp_path):
         LocalStore()
 
 
+def test_guessable_key_file_is_refused(cache_env):
+    LocalStore()
+    key = cache_env / "secret.key"
+    key.write_bytes(b"a" * 64)
+    with pytest.raises(NexfortCacheConfigError, match="low entropy"):
+        LocalStore()
+    key.unlink()
+    assert len(LocalStore().secret) == 64  # deleted, as the message says: a random one is made
+
+
 def test_env_secret_needs_no_key_file(cache_env, monkeypatch):
     monkeypatch.setenv("NEXFORT_CACHE_SECRET", FLEET_SECRET)
     LocalStore().put("k", b"v")

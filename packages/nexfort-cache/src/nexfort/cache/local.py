@@ -32,6 +32,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 from nexfort.cache.fsio import TMP_PREFIX, atomic_write, is_regular, open_regular, private_dir
+from nexfort.cache.security import check_secret
 from nexfort.cache.store import (
     EntryInfo,
     InvalidEntry,
@@ -99,7 +100,7 @@ class LocalStore(SignedStore):
         for _ in range(3):
             data = _read_key_file(path)
             if data is not None and len(data) >= 32:
-                return data
+                return check_secret(data, f"the signing key {path} (delete it to get a random one)")
             fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".secret-")  # mkstemp creates it 0600
             try:
                 os.write(fd, secrets.token_hex(32).encode())
