@@ -181,7 +181,9 @@ class RedisStore(SignedStore):
         name = self.prefix + key
         head_len = _SIG_END + len(key.encode())
 
-        def write() -> bool:
+        def write() -> Optional[bool]:
+            """``True``: written; ``False``: an entry that does not verify is there; ``None``: another machine
+            wrote the key while this one checked it (its entry stays)."""
             with self.client.pipeline(transaction=True) as pipe:
                 pipe.watch(name)  # the entry checked below is the one replaced, or nothing is
                 head = pipe.getrange(name, 0, head_len - 1)
@@ -199,15 +201,17 @@ class RedisStore(SignedStore):
                 pipe.zadd(self.atime_key, {key: time.time()})
                 try:
                     pipe.execute()
-                except _redis_module().WatchError:  # another machine stored it meanwhile: theirs stays
-                    return True
+                except _redis_module().WatchError:
+                    return None
                 return True
 
-        if not self._call("writing to", write):
+        written = self._call("writing to", write)
+        if written is False:
             self.unverified.add(key)
             return self._refuse(key)
-        self._signatures[key] = _signature(blob)
-        return True
+        if written:
+            self._signatures[key] = _signature(blob)
+        return True  # written, or (None) another machine's entry for the key was stored meanwhile
 
     def _refuse(self, key: str) -> bool:
         counters["cache"]["overwrites_refused"] += 1
