@@ -23,7 +23,8 @@ from nexfort.core.errors import NexfortConfigError
 
 from .conftest import FLEET_SECRET
 
-WEAK = ["abc", "x" * 31, "a" * 64, "passwordpasswordpasswordpassword", "01" * 40, "abcdefg" * 10]
+WEAK = ["abc", "x" * 31, "a" * 64, "passwordpasswordpasswordpassword", "01" * 40, "abcdefg" * 10, "abcdefgh" * 4,
+        "0123456789abcdef" * 4]
 
 
 def test_error_types_are_the_projects():

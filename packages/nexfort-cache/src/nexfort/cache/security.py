@@ -2,7 +2,8 @@
 
 - ``NEXFORT_CACHE_SECRET`` is the HMAC key of every entry: anyone who knows it can make a machine run code.
   A short or repetitive one is recovered offline from a single entry, so :func:`check_secret` refuses one of
-  fewer than :data:`MIN_SECRET_BYTES` bytes, or of low entropy, with the command that makes a good one.
+  fewer than :data:`MIN_SECRET_BYTES` bytes, or of visibly low entropy (few distinct bytes, repeated patterns:
+  a heuristic; it cannot tell a random key from a long passphrase), with the command that makes a good one.
 - A Redis URL may carry a password (``redis://:pw@host``, ``?password=pw``): :func:`redact` replaces it with
   ``***`` in everything nexfort prints (warnings, errors, ``python -m nexfort.cache stats``).
 - :func:`check_redis_url` accepts only the schemes redis-py connects with (``redis://``, ``rediss://``,
@@ -20,7 +21,7 @@ from nexfort.core.errors import NexfortConfigError
 
 MIN_SECRET_BYTES = 32
 MIN_SECRET_DISTINCT = 8  # "aaaa...", "passwordpassword...": a dictionary attack, not a key
-MIN_SECRET_BITS = 96.0  # estimated (Shannon entropy of the bytes x length); token_hex(32) has ~250
+MIN_SECRET_BITS = 80.0  # estimated (bytes' Shannon entropy x length): token_hex(16) >= ~90, token_hex(32) ~250
 MAKE_SECRET = 'python -c "import secrets; print(secrets.token_hex(32))"'
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 _HIDDEN = "***"
@@ -38,13 +39,19 @@ def estimated_bits(secret: bytes) -> float:
     return -n * sum(c / n * math.log2(c / n) for c in Counter(secret).values())
 
 
+def _repeats(secret: bytes) -> bool:
+    """Whether ``secret`` is a block repeated (``abcdabcdabcd...``, a period of at most half its length)."""
+    n = len(secret)
+    return any(secret[p:] == secret[:n - p] for p in range(1, n // 2 + 1))
+
+
 def check_secret(secret: bytes, source: str = "NEXFORT_CACHE_SECRET") -> bytes:
     """``secret`` if it is strong enough to sign cache entries, else :class:`NexfortCacheConfigError`."""
     how = f"it must be at least {MIN_SECRET_BYTES} bytes of random data. Make one with: {MAKE_SECRET}"
     if len(secret) < MIN_SECRET_BYTES:
         raise NexfortCacheConfigError(f"nexfort cache: {source} is {len(secret)} bytes; {how}")
     distinct = len(set(secret))
-    if distinct < MIN_SECRET_DISTINCT or estimated_bits(secret) < MIN_SECRET_BITS:
+    if distinct < MIN_SECRET_DISTINCT or estimated_bits(secret) < MIN_SECRET_BITS or _repeats(secret):
         raise NexfortCacheConfigError(
             f"nexfort cache: {source} is {len(secret)} bytes but of low entropy ({distinct} distinct "
             f"characters, about {estimated_bits(secret):.0f} bits): a guessable key lets anyone forge entries "
