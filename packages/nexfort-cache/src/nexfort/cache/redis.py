@@ -61,6 +61,7 @@ def _redis_module() -> Any:
 TIMEOUT_ENV = "NEXFORT_CACHE_REDIS_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 2.0
 _SIG_END = 4 + 2 + 2 + 32  # header and signature of an envelope, past its key
+REDIS_MAX_VALUE = 512 * 1024**2
 
 
 class RemoteDown(ConnectionError):
@@ -119,6 +120,10 @@ class RedisStore(SignedStore):
 
     def scrub(self, text: str) -> str:
         return scrub(text, self.url)
+
+    def entry_limit(self) -> int:
+        """Also at most Redis's default ``proto-max-bulk-len`` (512 MiB): a larger SET would drop the connection."""
+        return min(super().entry_limit(), REDIS_MAX_VALUE)
 
     # ------------------------------------------------------------------------------ guarded calls
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
