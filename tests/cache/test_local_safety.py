@@ -16,7 +16,7 @@ import warnings
 
 import pytest
 
-from nexfort.cache import fsio, plugin
+from nexfort.cache import plugin
 from nexfort.cache.cli import main
 from nexfort.cache.local import LocalStore
 from nexfort.cache.store import NexfortCacheConfigError, seal
@@ -200,7 +200,7 @@ def test_full_disk_is_a_failed_put_not_a_stored_entry(cache_env, counters, monke
         def close(self):
             self.f.close()
 
-    monkeypatch.setattr(fsio.os, "fdopen", lambda fd, mode="r", *a, **k: FullFile(fd) if "w" in mode
+    monkeypatch.setattr(os, "fdopen", lambda fd, mode="r", *a, **k: FullFile(fd) if "w" in mode
                         else real_fdopen(fd, mode, *a, **k))
     monkeypatch.setattr(plugin, "artifacts_since", lambda mark: b"artifacts")
     with caplog.at_level(logging.INFO, logger="nexfort.cache"), warnings.catch_warnings(record=True) as record:
