@@ -20,7 +20,7 @@ import tarfile
 import time
 from typing import Any, List, Optional
 
-from nexfort.cache.store import InvalidEntry, env_secret, format_size, parse_size, read_envelope, seal, warn_once
+from nexfort.cache.store import BadSignature, InvalidEntry, env_secret, format_size, parse_size, read_envelope, seal, warn_once
 
 ARCHIVE_PREFIX = "nexfort-cache/"
 
@@ -107,16 +107,16 @@ def cmd_import(store: Any, args: argparse.Namespace) -> int:
         for member in tar:
             if not member.isfile() or not member.name.startswith(ARCHIVE_PREFIX):
                 continue
-            try:  # the size is checked before a byte is decompressed; the payload is read (and verified) once
+            try:  # the size is checked before the member is read into memory; it is read (and verified) once
                 f = tar.extractfile(member)
                 if f is None:
                     continue
                 key, payload = read_envelope(f, member.size, secret, limit=limit)
             except InvalidEntry as e:
                 skipped += 1
+                hint = " Exporting and importing need the same NEXFORT_CACHE_SECRET." if isinstance(e, BadSignature) else ""
                 warn_once(f"import-{args.file}-{member.name}",
-                          f"nexfort cache: {member.name} in {args.file} skipped: {e}. "
-                          "Exporting and importing need the same NEXFORT_CACHE_SECRET.")
+                          f"nexfort cache: {member.name} in {args.file} skipped: {e}.{hint}")
                 continue
             if store.put(key, payload) is False:
                 failed += 1
