@@ -20,7 +20,16 @@ import tarfile
 import time
 from typing import Any, List, Optional
 
-from nexfort.cache.store import BadSignature, InvalidEntry, env_secret, format_size, parse_size, read_envelope, seal, warn_once
+from nexfort.cache.store import (
+    BadSignature,
+    InvalidEntry,
+    env_secret,
+    format_size,
+    parse_size,
+    read_envelope,
+    seal,
+    warn_once,
+)
 
 ARCHIVE_PREFIX = "nexfort-cache/"
 
@@ -114,7 +123,8 @@ def cmd_import(store: Any, args: argparse.Namespace) -> int:
                 key, payload = read_envelope(f, member.size, secret, limit=limit)
             except InvalidEntry as e:
                 skipped += 1
-                hint = " Exporting and importing need the same NEXFORT_CACHE_SECRET." if isinstance(e, BadSignature) else ""
+                hint = (" Exporting and importing need the same NEXFORT_CACHE_SECRET."
+                        if isinstance(e, BadSignature) else "")
                 warn_once(f"import-{args.file}-{member.name}",
                           f"nexfort cache: {member.name} in {args.file} skipped: {e}.{hint}")
                 continue
