@@ -11,7 +11,7 @@ import pytest
 from nexfort.cache.cli import main
 from nexfort.cache.local import LocalStore
 
-from .conftest import PYTHON, child_env
+from .conftest import FLEET_SECRET, PYTHON, child_env
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def test_prune(filled, capsys):
 
 
 def test_export_import_with_shared_secret(filled, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("NEXFORT_CACHE_SECRET", "fleet-secret")
+    monkeypatch.setenv("NEXFORT_CACHE_SECRET", FLEET_SECRET)
     src = LocalStore(str(tmp_path / "src"))
     src.put("warm", b"compiled artifacts")
     archive = tmp_path / "warm.tar.gz"

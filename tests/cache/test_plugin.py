@@ -15,7 +15,7 @@ from nexfort.cache.local import LocalStore
 from nexfort.core.config import resolve_config
 from nexfort.core.plugins import get_plugin_manager
 
-from .conftest import PYTHON, child_env
+from .conftest import FLEET_SECRET, PYTHON, child_env
 
 CHILD = os.path.join(os.path.dirname(__file__), "_compile_child.py")
 needs_artifacts = pytest.mark.skipif(not plugin.has_artifact_api(),
@@ -53,7 +53,7 @@ def test_store_hook_picks_local_or_redis(cache_env, monkeypatch):
     monkeypatch.setenv("NEXFORT_CACHE_REDIS_URL", "redis://127.0.0.1:1/0")
     with pytest.raises(NexfortCacheConfigError, match="NEXFORT_CACHE_SECRET"):
         pm.hook.nexfort_cache_store(config=cfg)
-    monkeypatch.setenv("NEXFORT_CACHE_SECRET", "s3cret")
+    monkeypatch.setenv("NEXFORT_CACHE_SECRET", FLEET_SECRET)
     assert isinstance(pm.hook.nexfort_cache_store(config=cfg), TieredStore)
 
 

@@ -11,13 +11,14 @@ from nexfort.cache.local import LocalStore
 from nexfort.cache.redis import RedisStore, TieredStore, tiered_store
 from nexfort.cache.store import CacheStore, NexfortCacheConfigError
 
+from .conftest import FLEET_SECRET
 from .test_plugin import needs_artifacts, run_child
 
 
 @pytest.fixture
 def secret(monkeypatch):
-    monkeypatch.setenv("NEXFORT_CACHE_SECRET", "fleet-secret")
-    return b"fleet-secret"
+    monkeypatch.setenv("NEXFORT_CACHE_SECRET", FLEET_SECRET)
+    return FLEET_SECRET.encode()
 
 
 def test_round_trip_listing_and_prune(redis_url, secret):
@@ -62,7 +63,7 @@ def test_tampered_shared_entry_is_ignored_not_deleted(redis_url, secret):
     assert store.client.exists(store.prefix + "k")  # another machine's secret must not wipe the shared store
 
 
-def test_unreachable_server_is_a_miss(secret, tmp_path):
+def test_unreachable_server_is_a_miss(secret, tmp_path, counters):
     pytest.importorskip("redis", reason="needs redis-py: pip install nexfort-cache[redis]")
     from .conftest import _free_port
 
@@ -70,10 +71,11 @@ def test_unreachable_server_is_a_miss(secret, tmp_path):
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         assert store.get("k") is None
-        store.put("k", b"v")
+        assert store.put("k", b"v") is False
         assert store.get("k") is None
     msgs = [str(w.message) for w in record if "nexfort cache" in str(w.message)]
-    assert len(msgs) == 2  # one for reading, one for writing
+    assert len(msgs) == 1 and "not using it for the next" in msgs[0], msgs  # the outage is said once
+    assert counters["cache"]["remote_errors"] == 1 and counters["cache"]["remote_skipped"] == 2
 
 
 def test_hook_and_cli(redis_url, secret, monkeypatch, capsys):
@@ -89,7 +91,7 @@ def test_hook_and_cli(redis_url, secret, monkeypatch, capsys):
 
 @needs_artifacts
 def test_second_machine_process_loads_from_redis(redis_url, tmp_path):
-    common = {"NEXFORT_CACHE_REDIS_URL": redis_url, "NEXFORT_CACHE_SECRET": "fleet-secret"}
+    common = {"NEXFORT_CACHE_REDIS_URL": redis_url, "NEXFORT_CACHE_SECRET": FLEET_SECRET}
     first = run_child(NEXFORT_CACHE_DIR=tmp_path / "machine-a", TORCHINDUCTOR_CACHE_DIR=tmp_path / "ind-a", **common)
     assert first["cache"].get("saved", 0) >= 1
     second = run_child(NEXFORT_CACHE_DIR=tmp_path / "machine-b", TORCHINDUCTOR_CACHE_DIR=tmp_path / "ind-b", **common)

@@ -12,6 +12,8 @@ import pytest
 from nexfort.cache.local import LocalStore, default_dir
 from nexfort.cache.store import FORMAT_VERSION, CacheStore, InvalidEntry, parse_size, seal, unseal
 
+from .conftest import FLEET_SECRET, OTHER_SECRET
+
 
 def _bad_entry_warnings(record) -> list:
     return [w for w in record if "nexfort cache" in str(w.message)]
@@ -58,9 +60,9 @@ def test_per_directory_secret_is_private_and_shared(cache_env, monkeypatch):
     assert a.secret == b.secret and len(a.secret) >= 32
     a.put("k", b"v")
     assert b.get("k") == b"v"
-    monkeypatch.setenv("NEXFORT_CACHE_SECRET", "shared-secret")
+    monkeypatch.setenv("NEXFORT_CACHE_SECRET", OTHER_SECRET)
     c = LocalStore()
-    assert c.secret == b"shared-secret"
+    assert c.secret == OTHER_SECRET.encode()
     with pytest.warns(RuntimeWarning, match="bad signature"):
         assert c.get("k") is None  # signed with the directory's key, not the shared one
 
@@ -202,6 +204,6 @@ def test_redis_store_needs_a_secret_and_names_the_extra(monkeypatch):
     with pytest.raises(NexfortCacheConfigError, match="NEXFORT_CACHE_SECRET"):
         RedisStore("redis://127.0.0.1:1/0")
     monkeypatch.setitem(sys.modules, "redis", None)  # as if redis-py were not installed
-    monkeypatch.setenv("NEXFORT_CACHE_SECRET", "s")
+    monkeypatch.setenv("NEXFORT_CACHE_SECRET", FLEET_SECRET)
     with pytest.raises(ImportError, match=r"pip install nexfort-cache\[redis\]"):
         RedisStore("redis://127.0.0.1:1/0")

@@ -21,7 +21,7 @@ import time
 from typing import Dict, List, Tuple
 
 from nexfort.cache import triton_kernels
-from nexfort.cache.store import atomic_write
+from nexfort.cache.fsio import atomic_write, umask
 
 MAGIC = b"NXB1"
 _PATH = re.compile(r"^[a-z0-9]{2}/[A-Za-z0-9_]+(\.main)?\.(so|cpp|h)$")
@@ -111,7 +111,8 @@ def install_kernel_files(root: str, files: Dict[str, bytes]) -> List[str]:
         if os.path.exists(path):
             continue
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        atomic_write(path, data, mode=0o755 if rel.endswith(".so") else 0o644, prefix=".nexfort-tmp-")
+        mode = (0o755 if rel.endswith(".so") else 0o644) & ~umask()  # as Inductor's own files: the umask holds
+        atomic_write(path, data, mode=mode, prefix=".nexfort-tmp-")
         written.append(rel)
     return written
 

@@ -14,15 +14,24 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import sys
 import tarfile
 import time
 from typing import Any, List, Optional
 
-from nexfort.cache.store import InvalidEntry, env_secret, envelope_key, format_size, parse_size, seal, unseal, warn_once
+from nexfort.cache.store import (
+    BadSignature,
+    InvalidEntry,
+    env_secret,
+    format_size,
+    parse_size,
+    read_envelope,
+    seal,
+    warn_once,
+)
 
 ARCHIVE_PREFIX = "nexfort-cache/"
-MAX_MEMBER = 4 * 1024**3
 
 
 def open_store(directory: Optional[str] = None, redis_url: Optional[str] = None) -> Any:
@@ -101,27 +110,32 @@ def cmd_export(store: Any, args: argparse.Namespace) -> int:
 
 def cmd_import(store: Any, args: argparse.Namespace) -> int:
     secret = secret_for(store)
-    imported = skipped = 0
+    limit = store.local.entry_limit() if hasattr(store, "local") else store.entry_limit()
+    imported = skipped = failed = 0
     with tarfile.open(args.file, "r:*") as tar:
         for member in tar:
-            if not member.isfile() or not member.name.startswith(ARCHIVE_PREFIX) or member.size > MAX_MEMBER:
+            if not member.isfile() or not member.name.startswith(ARCHIVE_PREFIX):
                 continue
-            f = tar.extractfile(member)
-            blob = f.read() if f is not None else b""
-            try:
-                key = envelope_key(blob)
-                payload = unseal(blob, secret, key)
+            try:  # the size is checked before the member is read into memory; it is read (and verified) once
+                f = tar.extractfile(member)
+                if f is None:
+                    continue
+                key, payload = read_envelope(f, member.size, secret, limit=limit)
             except InvalidEntry as e:
                 skipped += 1
+                hint = (" Exporting and importing need the same NEXFORT_CACHE_SECRET."
+                        if isinstance(e, BadSignature) else "")
                 warn_once(f"import-{args.file}-{member.name}",
-                          f"nexfort cache: {member.name} in {args.file} skipped: {e}. "
-                          "Exporting and importing need the same NEXFORT_CACHE_SECRET.")
+                          f"nexfort cache: {member.name} in {args.file} skipped: {e}.{hint}")
                 continue
-            store.put(key, payload)
+            if store.put(key, payload) is False:
+                failed += 1
+                continue
             imported += 1
-    print(f"imported {imported} entries into {store.describe()}" + (f"; skipped {skipped} that failed "
-                                                                     "verification" if skipped else ""))
-    return 1 if skipped and not imported else 0
+    print(f"imported {imported} entries into {store.describe()}"
+          + (f"; skipped {skipped} that failed verification" if skipped else "")
+          + (f"; {failed} could not be stored" if failed else ""))
+    return 1 if (skipped or failed) and not imported else 0
 
 
 COMMANDS = {"stats": cmd_stats, "list": cmd_list, "clear": cmd_clear, "prune": cmd_prune, "export": cmd_export,
@@ -151,7 +165,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         store = open_store(args.dir, args.redis)
         return COMMANDS[args.command](store, args)
     except Exception as e:  # noqa: BLE001 - a clear message, not a traceback
-        print(f"error: {e}", file=sys.stderr)
+        from nexfort.cache.security import scrub
+
+        message = scrub(scrub(str(e), args.redis), os.environ.get("NEXFORT_CACHE_REDIS_URL"))
+        print(f"error: {message}", file=sys.stderr)
         return 2
 
 

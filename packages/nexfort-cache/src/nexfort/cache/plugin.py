@@ -52,7 +52,9 @@ _lock = threading.Lock()
 class CacheStoreOptions:
     """Where nexfort's compiled-artifact cache stores entries (``options.cache_store.*``)."""
 
-    redis_url: Optional[str] = None  # a shared Redis store (else $NEXFORT_CACHE_REDIS_URL; else local only)
+    # a shared Redis store (else $NEXFORT_CACHE_REDIS_URL; else local only): redis://, rediss:// or unix://,
+    # checked (with a clear error) before the first graph compiles
+    redis_url: Optional[str] = None
 
 
 @hookimpl
@@ -261,9 +263,11 @@ def _save(key: str, store: Any, mark: Optional[int], started: float, counter: st
             files.update(triton_kernels.files_since(triton_kernels.cache_dir(), triton_since,
                                                     bundle.MAX_KERNEL_FILES - len(files), only=tuned_kernel_dirs()))
         data = bundle.pack(data, files)
-        store.put(key, data)
+        stored = store.put(key, data)
         with _lock:
             _loaded.add(key)  # this process has these artifacts in Inductor's caches already
+        if stored is False:  # the store said why (one warning): nothing was stored, nothing is counted
+            return False
         counters["cache"][counter] += 1
         counters["cache"]["bytes_stored"] += len(data)
         logger.info("nexfort cache: stored %s (%d bytes)", key[:16], len(data))
@@ -301,8 +305,8 @@ def nexfort_record_fact(name: str, value: str, config: Any) -> None:
     if not enabled(config):
         return
     try:
-        get_store(config).put(fact_key(name), value.encode("utf-8"))
-        counters["cache"]["facts_saved"] += 1
+        if get_store(config).put(fact_key(name), value.encode("utf-8")) is not False:
+            counters["cache"]["facts_saved"] += 1
     except NexfortCacheConfigError:
         raise
     except Exception as e:  # noqa: BLE001

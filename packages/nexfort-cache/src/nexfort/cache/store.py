@@ -9,6 +9,11 @@ another key without the signature failing. Stores check it in :meth:`SignedStore
 the payload to anyone, so nothing a store returns has been unpickled or imported yet. An entry that fails
 (bad signature, truncated, corrupt, another format version) is discarded with one warning and reads as a
 miss: never a crash, never a wrong result.
+
+The secret is checked (:func:`nexfort.cache.security.check_secret`: 32+ bytes, not guessable). What a read may
+allocate before verification is bounded: an envelope over the entry size limit (``$NEXFORT_CACHE_MAX_ENTRY_SIZE``,
+1 GiB, and the store's size limit) is refused before it is read, and files are verified as they are read
+(:func:`unseal_stream`). ``put`` returns ``False`` when nothing was stored (a full disk, an entry over the limit).
 """
 
 from __future__ import annotations
@@ -17,15 +22,16 @@ import hashlib
 import hmac
 import logging
 import os
-import re
 import struct
-import tempfile
 import threading
 import warnings
 from dataclasses import dataclass
-from typing import List, Optional, Protocol, runtime_checkable
+from typing import BinaryIO, List, Optional, Protocol, Set, Tuple, runtime_checkable
 
-from nexfort.core.errors import NexfortConfigError
+from nexfort.cache.fsio import atomic_write  # noqa: F401 - re-exported (nexfort.cache.bundle, older imports)
+from nexfort.cache.security import NexfortCacheConfigError, check_secret  # noqa: F401 - re-exported
+from nexfort.cache.sizes import format_size, parse_size  # noqa: F401 - re-exported
+from nexfort.core import counters
 
 logger = logging.getLogger("nexfort.cache")
 
@@ -36,14 +42,16 @@ _SIG_LEN = 32
 SECRET_ENV = "NEXFORT_CACHE_SECRET"
 MAX_SIZE_ENV = "NEXFORT_CACHE_MAX_SIZE"
 DEFAULT_MAX_SIZE = 20 * 1024**3
+MAX_ENTRY_ENV = "NEXFORT_CACHE_MAX_ENTRY_SIZE"
+DEFAULT_MAX_ENTRY = 1024**3  # no compiled graph's entry comes near; bounds what one read may allocate
 
 
 class InvalidEntry(Exception):
     """An envelope that must not be used (the message says why)."""
 
 
-class NexfortCacheConfigError(NexfortConfigError):
-    """A cache configuration nexfort cannot honour safely (e.g. a shared store without a secret)."""
+class BadSignature(InvalidEntry):
+    """An envelope whose HMAC does not verify with this machine's secret."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +74,8 @@ class CacheStore(Protocol):
 
     def get(self, key: str) -> Optional[bytes]: ...
 
-    def put(self, key: str, payload: bytes) -> None: ...
+    def put(self, key: str, payload: bytes) -> Optional[bool]:
+        """``False`` when nothing was stored (a failed write, an entry over the size limit)."""
 
     def delete(self, key: str) -> bool: ...
 
@@ -81,8 +90,11 @@ class CacheStore(Protocol):
 
 
 # --------------------------------------------------------------------------------------------- envelope
-def _signed_part(key: bytes, payload: bytes, version: int) -> bytes:
-    return _HEADER.pack(MAGIC, version, len(key)) + key + payload
+def _mac(secret: bytes, header: bytes, key: bytes, payload: "bytes | memoryview") -> bytes:
+    mac = hmac.new(secret, header, hashlib.sha256)
+    mac.update(key)
+    mac.update(payload)
+    return mac.digest()
 
 
 def seal(key: str, payload: bytes, secret: bytes, version: int = FORMAT_VERSION) -> bytes:
@@ -90,8 +102,8 @@ def seal(key: str, payload: bytes, secret: bytes, version: int = FORMAT_VERSION)
     k = key.encode()
     if len(k) > 0xFFFF:
         raise ValueError("cache key too long")
-    sig = hmac.new(secret, _signed_part(k, payload, version), hashlib.sha256).digest()
-    return _HEADER.pack(MAGIC, version, len(k)) + k + sig + payload
+    header = _HEADER.pack(MAGIC, version, len(k))
+    return header + k + _mac(secret, header, k, payload) + payload
 
 
 def envelope_key(blob: bytes) -> str:
@@ -107,31 +119,69 @@ def envelope_key(blob: bytes) -> str:
         raise InvalidEntry("corrupt key in entry header") from None
 
 
-def unseal(blob: bytes, secret: bytes, key: Optional[str] = None) -> bytes:
-    """Verify an envelope and return its payload; :class:`InvalidEntry` names what is wrong."""
-    if len(blob) < _HEADER.size:
-        raise InvalidEntry(f"truncated entry ({len(blob)} bytes)")
-    magic, version, n = _HEADER.unpack_from(blob)
+def _check_header(header: bytes, size: int) -> int:
+    """The key length of a valid envelope header; :class:`InvalidEntry` otherwise."""
+    if len(header) < _HEADER.size:
+        raise InvalidEntry(f"truncated entry ({size} bytes)")
+    magic, version, n = _HEADER.unpack_from(header)
     if magic != MAGIC:
         raise InvalidEntry("not a nexfort cache entry (bad magic)")
     if version != FORMAT_VERSION:
         raise InvalidEntry(f"entry format version {version}, this nexfort-cache reads version {FORMAT_VERSION}")
-    start = _HEADER.size + n
-    if len(blob) < start + _SIG_LEN:
-        raise InvalidEntry(f"truncated entry ({len(blob)} bytes)")
-    k = blob[_HEADER.size:start]
+    if size < _HEADER.size + n + _SIG_LEN:
+        raise InvalidEntry(f"truncated entry ({size} bytes)")
+    return n
+
+
+def _verify(secret: bytes, header: bytes, k: bytes, sig: bytes, payload: "bytes | memoryview",
+            key: Optional[str]) -> None:
     if key is not None and k != key.encode():
         raise InvalidEntry("entry was stored under another key")
-    sig, payload = blob[start:start + _SIG_LEN], blob[start + _SIG_LEN:]
-    expected = hmac.new(secret, _signed_part(k, payload, version), hashlib.sha256).digest()
-    if not hmac.compare_digest(sig, expected):
-        raise InvalidEntry("bad signature (tampered, truncated, or written with another secret)")
-    return payload
+    if not hmac.compare_digest(sig, _mac(secret, header, k, payload)):
+        raise BadSignature("bad signature (tampered, truncated, or written with another secret)")
+
+
+def unseal(blob: bytes, secret: bytes, key: Optional[str] = None) -> bytes:
+    """Verify an envelope and return its payload; :class:`InvalidEntry` names what is wrong."""
+    view = memoryview(blob)
+    n = _check_header(bytes(view[:_HEADER.size]), len(blob))
+    start = _HEADER.size + n
+    payload = view[start + _SIG_LEN:]
+    _verify(secret, bytes(view[:_HEADER.size]), bytes(view[_HEADER.size:start]), bytes(view[start:start + _SIG_LEN]),
+            payload, key)
+    return bytes(payload)
+
+
+def unseal_stream(f: BinaryIO, size: int, secret: bytes, key: Optional[str] = None,
+                  limit: Optional[int] = None) -> bytes:
+    """:func:`unseal` of the ``size`` bytes an open file holds, read once (the payload is the only copy held);
+    an envelope larger than ``limit`` is refused before anything but its header is read."""
+    return read_envelope(f, size, secret, limit, key)[1]
+
+
+def read_envelope(f: BinaryIO, size: int, secret: bytes, limit: Optional[int] = None,
+                  key: Optional[str] = None) -> Tuple[str, bytes]:
+    """``(key, payload)`` of the verified envelope in ``f`` (see :func:`unseal_stream`)."""
+    if limit is not None and size > limit:
+        raise InvalidEntry(f"entry of {format_size(size)} is larger than the entry size limit "
+                           f"{format_size(limit)} ({MAX_ENTRY_ENV})")
+    header = f.read(_HEADER.size)
+    n = _check_header(header, size)
+    k, sig = f.read(n), f.read(_SIG_LEN)
+    payload = f.read(size - _HEADER.size - n - _SIG_LEN)
+    if len(k) != n or len(sig) != _SIG_LEN or len(header) + n + _SIG_LEN + len(payload) != size or f.read(1):
+        raise InvalidEntry("entry changed size while being read")
+    _verify(secret, header, k, sig, payload, key)
+    try:
+        return k.decode(), payload
+    except UnicodeDecodeError:  # pragma: no cover - signed keys are utf-8
+        raise InvalidEntry("corrupt key in entry header") from None
 
 
 def env_secret() -> Optional[bytes]:
+    """``$NEXFORT_CACHE_SECRET``, checked (:func:`nexfort.cache.security.check_secret`), or ``None``."""
     value = os.environ.get(SECRET_ENV)
-    return value.encode() if value else None
+    return check_secret(value.encode()) if value else None
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -148,76 +198,97 @@ def warn_once(tag: str, message: str) -> None:
     warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
-
-
-def parse_size(text: "str | int") -> int:
-    """``"500M"``, ``"2GiB"``, ``"1.5g"``, ``"1024"`` -> bytes (powers of 1024)."""
-    if isinstance(text, int):
-        return text
-    m = _SIZE_RE.match(str(text))
-    if not m:
-        raise ValueError(f"Invalid size {text!r}: expected a number with an optional unit K, M, G or T "
-                         "(e.g. 500M, 2G)")
-    return int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2).lower() or " "))
-
-
-def format_size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"  # pragma: no cover
-
-
 def default_max_size() -> int:
     value = os.environ.get(MAX_SIZE_ENV)
     return parse_size(value) if value else DEFAULT_MAX_SIZE
 
 
+def max_entry_size() -> int:
+    value = os.environ.get(MAX_ENTRY_ENV)
+    return parse_size(value) if value else DEFAULT_MAX_ENTRY
+
+
 class SignedStore:
     """Base of the stores: signing on ``put`` and verification on ``get`` around raw blob storage.
 
-    Subclasses implement ``_read(key) -> bytes | None``, ``_write(key, blob)``, ``_remove(key) -> bool``,
-    ``entries()``, ``clear()``, and set :attr:`secret`. ``discard_invalid``: delete an entry that fails
-    verification (a private store) or only skip it (a shared one, where another machine's secret may differ).
+    Subclasses implement ``_read(key) -> bytes | None`` (or ``_fetch``: read and verify; both bounded by
+    :meth:`entry_limit`, raising :class:`InvalidEntry` for what cannot be an entry), ``_write(key, blob)``
+    (returning ``False`` when it refused), ``_remove(key) -> bool``, ``entries()``, ``clear()``, and set
+    :attr:`secret`. ``discard_invalid``: delete an entry that fails verification (a private store) or only skip
+    it (a shared one, where another machine's secret may differ: then it is never overwritten either, see
+    :attr:`unverified`).
     """
 
     secret: bytes = b""
     discard_invalid = True
     name = "store"
+    max_size: int = 0
+
+    def __init__(self) -> None:
+        self.unverified: Set[str] = set()  # keys whose entry failed verification in this process
+
+    def entry_limit(self) -> int:
+        """The largest envelope this store reads or writes: the entry limit, and the store's size limit."""
+        limit = max_entry_size()
+        return min(limit, self.max_size) if self.max_size else limit
 
     def get(self, key: str) -> Optional[bytes]:
         try:
-            blob = self._read(key)
-        except Exception as e:  # noqa: BLE001 - an unreachable store is a miss
-            warn_once(f"read-{self.name}", f"nexfort cache: reading from {self.describe()} failed "
-                      f"({type(e).__name__}: {e}); continuing without the cache.")
-            return None
-        if blob is None:
-            return None
-        try:
-            return unseal(blob, self.secret, key)
+            payload = self._fetch(key)
+            if payload is None:
+                return None
         except InvalidEntry as e:
-            self.reject(key, str(e))
+            self.reject(key, e)
             return None
+        except Exception as e:  # noqa: BLE001 - an unreachable store is a miss
+            self.read_failed(e)
+            return None
+        self.unverified.discard(key)
+        return payload
 
-    def put(self, key: str, payload: bytes) -> None:
+    def _fetch(self, key: str) -> Optional[bytes]:
+        """The verified payload under ``key`` (``None``: absent); a store that can stream overrides this."""
+        blob = self._read(key)
+        return None if blob is None else unseal(blob, self.secret, key)
+
+    def put(self, key: str, payload: bytes) -> bool:
+        """Sign and store; ``False`` (with one warning) when nothing was stored."""
         blob = seal(key, payload, self.secret)
+        if len(blob) > self.entry_limit():
+            counters["cache"]["too_large"] += 1
+            warn_once(f"too-large-{self.name}", f"nexfort cache: not storing an entry of {format_size(len(blob))} "
+                      f"in {self.describe()}: it is larger than the limit of {format_size(self.entry_limit())} "
+                      f"({MAX_ENTRY_ENV}, {MAX_SIZE_ENV}); the other entries are kept.")
+            return False
         try:
-            self._write(key, blob)
+            return self._write(key, blob) is not False
         except Exception as e:  # noqa: BLE001 - a cache that cannot store is not an error of the model
-            warn_once(f"write-{self.name}", f"nexfort cache: writing to {self.describe()} failed "
-                      f"({type(e).__name__}: {e}); continuing without storing.")
+            counters["cache"]["write_errors"] += 1
+            self.write_failed(e)
+            return False
+
+    def read_failed(self, e: BaseException) -> None:
+        warn_once(f"read-{self.name}", f"nexfort cache: reading from {self.describe()} failed "
+                  f"({type(e).__name__}: {e}); continuing without the cache.")
+
+    def write_failed(self, e: BaseException) -> None:
+        warn_once(f"write-{self.name}", f"nexfort cache: writing to {self.describe()} failed "
+                  f"({type(e).__name__}: {e}); continuing without storing.")
 
     def delete(self, key: str) -> bool:
         return self._remove(key)
 
-    def reject(self, key: str, why: str) -> None:
-        action = "discarded" if self.discard_invalid else "ignored"
+    def reject(self, key: str, why: "InvalidEntry | str") -> None:
+        action = "discarded" if self.discard_invalid else "ignored (and never overwritten)"
+        hint = ""
+        if isinstance(why, BadSignature):
+            counters["cache"]["signature_failures"] += 1
+            hint = (f" ({counters['cache']['signature_failures']} signature failures in this process: check that "
+                    f"every machine sharing this store has the same {SECRET_ENV})")
+        if not self.discard_invalid:
+            self.unverified.add(key)
         warn_once(f"bad-{self.name}-{key}", f"nexfort cache: entry {key[:16]}... in {self.describe()} {action}: "
-                  f"{why}. Compiling without it.")
+                  f"{why}{hint}. Compiling without it.")
         if self.discard_invalid:
             try:
                 self._remove(key)
@@ -250,7 +321,7 @@ class SignedStore:
     def _read(self, key: str) -> Optional[bytes]:  # pragma: no cover
         raise NotImplementedError
 
-    def _write(self, key: str, blob: bytes) -> None:  # pragma: no cover
+    def _write(self, key: str, blob: bytes) -> Optional[bool]:  # pragma: no cover
         raise NotImplementedError
 
     def _remove(self, key: str) -> bool:  # pragma: no cover
@@ -262,24 +333,3 @@ class SignedStore:
     def clear(self) -> int:  # pragma: no cover
         raise NotImplementedError
 
-
-
-def atomic_write(path: str, data: bytes, mode: int = 0o644, prefix: str = ".tmp-", suffix: str = "",
-                 fsync: bool = False) -> None:
-    """Write ``data`` to ``path`` so that no reader ever sees part of it: a temporary file in the same
-    directory, then ``os.replace`` (atomic on POSIX; the last of several concurrent writers wins whole)."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=prefix, suffix=suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
