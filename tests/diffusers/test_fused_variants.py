@@ -48,7 +48,8 @@ def _sd3(**extra):
     torch.manual_seed(0)
     model = _randomize_norms(diffusers.SD3Transformer2DModel(**SD3, **extra).eval())
     g = torch.Generator().manual_seed(3)
-    kw = dict(hidden_states=torch.randn(2, 4, 8, 8, generator=g), encoder_hidden_states=torch.randn(2, 5, 32, generator=g),
+    kw = dict(hidden_states=torch.randn(2, 4, 8, 8, generator=g),
+              encoder_hidden_states=torch.randn(2, 5, 32, generator=g),
               pooled_projections=torch.randn(2, 32, generator=g), timestep=torch.tensor([3.0, 700.0]),
               return_dict=False)
     return model, kw
@@ -68,7 +69,8 @@ def _flux():
         patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
         joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(4, 4, 8)).eval())
     g = torch.Generator().manual_seed(3)
-    kw = dict(hidden_states=torch.randn(1, 16, 4, generator=g), encoder_hidden_states=torch.randn(1, 6, 32, generator=g),
+    kw = dict(hidden_states=torch.randn(1, 16, 4, generator=g),
+              encoder_hidden_states=torch.randn(1, 6, 32, generator=g),
               pooled_projections=torch.randn(1, 32, generator=g), timestep=torch.tensor([0.5]),
               img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(6, 3), return_dict=False)
     kw["img_ids"][:, 1] = torch.arange(16) // 4

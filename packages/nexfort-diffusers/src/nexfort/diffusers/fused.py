@@ -108,9 +108,9 @@ def _plan_module(name: str, m: Any) -> Tuple[Optional[FusionPlan], str]:
     copy = COPIES.get(proc_cls.__name__)
     if copy and ap is not None and type(m) is getattr(ap, "Attention", None) \
             and proc_cls is getattr(ap, proc_cls.__name__, None):
-        orig_reads = _code_names(getattr(proc_cls, "__call__", None))
+        orig_reads = _code_names(vars(proc_cls).get("__call__"))
         if orig_reads is None:
-            return None, f"{proc_cls.__name__}.__call__ is not Python code"
+            return None, f"{proc_cls.__name__} has no __call__ of its own in Python"
         differ = sorted(a for a, on in OPTIONAL_STEPS.items()
                         if on(getattr(m, a, None)) and (a in orig_reads) != (a in COPY_READS[copy]))
         if differ:
