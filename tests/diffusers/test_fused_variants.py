@@ -185,6 +185,21 @@ def test_an_original_processor_lacking_a_step_leaves_its_modules_alone(monkeypat
     assert torch.equal(_run(model, kw), ref)
 
 
+def test_a_module_whose_fusion_fails_is_put_back(monkeypatch):
+    model, kw = _sd3()
+    ref = _run(model, kw)
+    first = _attention_modules(model)[0]
+
+    def fail(processor):
+        raise RuntimeError("no memory for it")
+
+    monkeypatch.setattr(first, "set_processor", fail)
+    msg = fused_mod.fuse_projections(model)
+    assert msg.startswith("fused QKV projections of 1 attention modules") and "fusing failed" in msg, msg
+    assert not first.fused_projections and not hasattr(first, "to_qkv") and not hasattr(first, "to_added_qkv")
+    assert rel_l2(_run(model, kw), ref) <= EXACT
+
+
 class _Holder(torch.nn.Module):
     """One attention module in a model that declares fusion support (never called: nexfort fuses by itself)."""
 

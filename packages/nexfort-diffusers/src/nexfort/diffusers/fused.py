@@ -154,23 +154,31 @@ def plan_fusion(module: Any) -> Tuple[List[FusionPlan], Dict[str, List[str]]]:
 
 
 def _fuse_module(plan: FusionPlan, processors: Dict[str, Any]) -> None:
+    """Build the fused layers of ``plan``, set ``fused_projections`` and install the processor; on a failure the
+    module is put back as it was and the error raised."""
     import torch
 
     m = plan.module
-    with torch.no_grad():
-        for fused_name, names in plan.groups:
-            layers = [getattr(m, n) for n in names]
-            w = layers[0].weight
-            fused = torch.nn.Linear(w.shape[1], sum(x.out_features for x in layers), bias=layers[0].bias is not None,
-                                    device="meta")  # no initialisation: its parameters are set next
-            fused.weight = torch.nn.Parameter(torch.cat([x.weight for x in layers]), requires_grad=w.requires_grad)
-            if layers[0].bias is not None:
-                fused.bias = torch.nn.Parameter(torch.cat([x.bias for x in layers]),
-                                                requires_grad=layers[0].bias.requires_grad)
-            setattr(m, fused_name, fused)
-    m.fused_projections = True
-    if plan.processor is not None:
-        m.set_processor(processors[plan.processor])
+    made: List[str] = []
+    try:
+        with torch.no_grad():
+            for fused_name, names in plan.groups:
+                layers = [getattr(m, n) for n in names]
+                w, b = layers[0].weight, layers[0].bias
+                fused = torch.nn.Linear(w.shape[1], sum(x.out_features for x in layers), bias=b is not None,
+                                        device="meta")  # no initialisation: its parameters are set next
+                fused.weight = torch.nn.Parameter(torch.cat([x.weight for x in layers]), requires_grad=w.requires_grad)
+                if b is not None:
+                    fused.bias = torch.nn.Parameter(torch.cat([x.bias for x in layers]), requires_grad=b.requires_grad)
+                setattr(m, fused_name, fused)
+                made.append(fused_name)
+        if plan.processor is not None:
+            m.set_processor(processors[plan.processor])
+        m.fused_projections = True
+    except Exception:
+        for fused_name in made:
+            delattr(m, fused_name)
+        raise
 
 
 def fuse_projections(module: Any) -> Optional[str]:
@@ -193,10 +201,20 @@ def fuse_projections(module: Any) -> Optional[str]:
     except Exception:  # noqa: BLE001 - a model without attn_processors: nothing to restore from
         module.original_attn_processors = {}
     processors = {name: getattr(fused_attention, name)() for name in COPY_READS}  # one of each, shared
+    done = 0
     for plan in plans:
-        _fuse_module(plan, processors)
+        try:
+            _fuse_module(plan, processors)
+            done += 1
+        except Exception as e:  # noqa: BLE001 - e.g. out of memory for the fused copy: that module stays unfused
+            left.setdefault(f"fusing failed ({type(e).__name__}: {e})", []).append(plan.name)
+    alone = "; ".join(f"{len(names)} x {why} (e.g. {names[0]})" for why, names in left.items())
+    if not done:
+        module.original_attn_processors = None
+        logger.debug("nexfort: %s: QKV projections left unfused: %s", model, alone)
+        return f"QKV projections left unfused ({alone})"
     shared = share_fused_weights(module)
-    msg = f"fused QKV projections of {len(plans)} attention modules ({shared} unfused copies freed)"
+    msg = f"fused QKV projections of {done} attention modules ({shared} unfused copies freed)"
     if alone:
         logger.debug("nexfort: %s: QKV projections of %d attention modules left unfused: %s",
                      model, sum(map(len, left.values())), alone)
