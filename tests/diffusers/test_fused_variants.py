@@ -170,6 +170,7 @@ def test_a_projection_that_is_not_a_plain_linear_leaves_its_module_alone():
     assert "left alone: 1 x to_q/to_k/to_v are not all plain nn.Linear layers" in msg, msg
     assert not odd.fused_projections and all(m.fused_projections for m in blocks[1:])
     err = rel_l2(_run(model, kw), ref)
+    print(f"flux with one non-plain to_q: {len(blocks) - 1} fused, 1 left alone, rel L2 vs eager {err:.2e}")
     assert err <= EXACT, err
 
 
@@ -197,7 +198,9 @@ def test_a_module_whose_fusion_fails_is_put_back(monkeypatch):
     msg = fused_mod.fuse_projections(model)
     assert msg.startswith("fused QKV projections of 1 attention modules") and "fusing failed" in msg, msg
     assert not first.fused_projections and not hasattr(first, "to_qkv") and not hasattr(first, "to_added_qkv")
-    assert rel_l2(_run(model, kw), ref) <= EXACT
+    err = rel_l2(_run(model, kw), ref)
+    print(f"sd3 with one module whose fusion fails: rel L2 vs eager {err:.2e}")
+    assert err <= EXACT
 
 
 class _Holder(torch.nn.Module):
@@ -236,6 +239,7 @@ def test_joint_attention_with_a_context_of_another_width(mixed_bias):
     with torch.inference_mode():
         out = model(**kw)
     errs = [rel_l2(o, r) for o, r in zip(out, ref)]
+    print(f"joint attention, context of another width (mixed_bias={mixed_bias}): rel L2 vs eager {max(errs):.2e}")
     assert max(errs) <= EXACT, errs
 
 
