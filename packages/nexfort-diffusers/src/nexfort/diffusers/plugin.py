@@ -6,9 +6,10 @@ Loaded through the ``nexfort`` entry-point group (name ``diffusers``). It owns t
   ``PatchEmbed`` position embedding: :mod:`nexfort.diffusers.dynamic`) and repeats attention masks per head
   without a batch-size guard (:mod:`nexfort.diffusers.masks`), so that one graph serves every resolution and
   batch size;
-- when ``max-optimize`` is on, fuses the QKV projections of diffusers models that support it
-  (``fuse_qkv_projections()``: PixArt's transformer, UNet2DConditionModel, ...) without keeping a second copy of
-  their weights (:mod:`nexfort.diffusers.fused`).
+- when ``max-optimize`` is on, fuses the QKV projections of diffusers models that support it (PixArt's and
+  SD3's transformers, UNet2DConditionModel, Flux, ...), in the attention modules where the fused attention
+  provably computes eager's output (the others are left alone), without keeping a second copy of their weights
+  (:mod:`nexfort.diffusers.fused`).
 Importing this module must stay cheap: diffusers itself is never imported here.
 """
 

@@ -1,0 +1,142 @@
+"""Attention processors that read fused QKV projections and compute exactly what diffusers' unfused ones do.
+
+diffusers' own fused processors do not always: ``FusedJointAttnProcessor2_0`` (SD3) skips the q/k norms
+(``qk_norm="rms_norm"``: 1.1e-2 rel L2 off eager) and fails on a joint-attention layer called without a context
+(SD3's dual-attention ``attn2``: ``'NoneType' object has no attribute 'ndim'``). The processors here are
+``AttnProcessor2_0`` and ``JointAttnProcessor2_0`` (diffusers 0.42) line for line, except that the projections are
+read from the fused layer (``to_qkv``, ``to_kv``, ``to_added_qkv``) where there is one, split at the widths of the
+unfused layers (which stay, as views of the fused rows: :mod:`nexfort.diffusers.fused`), and from the unfused
+layers where there is none (a self-attention layer called with a context, a cross-attention layer without one).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+
+def _project(attn: Any, fused_name: str, names: Sequence[str], x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    """The outputs of the layers ``names`` of ``attn`` on ``x``: one matmul through the fused layer (its output
+    split at the layers' widths) when ``attn`` has it, else the layers one by one."""
+    fused = getattr(attn, fused_name, None)
+    if fused is None:
+        return tuple(getattr(attn, n)(x) for n in names)
+    return tuple(fused(x).split([getattr(attn, n).out_features for n in names], dim=-1))
+
+
+class FusedAttnProcessor:
+    """``AttnProcessor2_0`` reading ``to_qkv`` (self-attention) or ``to_kv`` (cross-attention)."""
+
+    def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                 attention_mask: Optional[torch.Tensor] = None, temb: Optional[torch.Tensor] = None,
+                 *args: Any, **kwargs: Any) -> torch.Tensor:
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch_size, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
+
+        batch_size, sequence_length, _ = (
+            hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
+        )
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
+            attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
+
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+
+        if encoder_hidden_states is None and getattr(attn, "to_qkv", None) is not None:
+            query, key, value = _project(attn, "to_qkv", ("to_q", "to_k", "to_v"), hidden_states)
+        else:
+            query = attn.to_q(hidden_states)
+            if encoder_hidden_states is None:
+                encoder_hidden_states = hidden_states
+            elif attn.norm_cross:
+                encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+            key, value = _project(attn, "to_kv", ("to_k", "to_v"), encoder_hidden_states)
+
+        inner_dim = key.shape[-1]
+        head_dim = inner_dim // attn.heads
+        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+
+        if getattr(attn, "norm_q", None) is not None:
+            query = attn.norm_q(query)
+        if getattr(attn, "norm_k", None) is not None:
+            key = attn.norm_k(key)
+
+        hidden_states = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
+        )
+        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
+        hidden_states = hidden_states.to(query.dtype)
+
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+
+class FusedJointAttnProcessor:
+    """``JointAttnProcessor2_0`` (SD3's joint attention, and its dual-attention layers called without a context)
+    reading ``to_qkv`` and ``to_added_qkv``; the q/k norms (``norm_q``, ``norm_k``, ``norm_added_q``,
+    ``norm_added_k``) apply as in the unfused processor."""
+
+    def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                 attention_mask: Optional[torch.Tensor] = None, *args: Any, **kwargs: Any) -> Any:
+        residual = hidden_states
+        batch_size = hidden_states.shape[0]
+
+        query, key, value = _project(attn, "to_qkv", ("to_q", "to_k", "to_v"), hidden_states)
+        inner_dim = key.shape[-1]
+        head_dim = inner_dim // attn.heads
+        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        if getattr(attn, "norm_q", None) is not None:
+            query = attn.norm_q(query)
+        if getattr(attn, "norm_k", None) is not None:
+            key = attn.norm_k(key)
+
+        if encoder_hidden_states is not None:
+            e_query, e_key, e_value = _project(attn, "to_added_qkv", ("add_q_proj", "add_k_proj", "add_v_proj"),
+                                               encoder_hidden_states)
+            e_query = e_query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+            e_key = e_key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+            e_value = e_value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+            if getattr(attn, "norm_added_q", None) is not None:
+                e_query = attn.norm_added_q(e_query)
+            if getattr(attn, "norm_added_k", None) is not None:
+                e_key = attn.norm_added_k(e_key)
+            query = torch.cat([query, e_query], dim=2)
+            key = torch.cat([key, e_key], dim=2)
+            value = torch.cat([value, e_value], dim=2)
+
+        hidden_states = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
+        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
+        hidden_states = hidden_states.to(query.dtype)
+
+        if encoder_hidden_states is not None:
+            hidden_states, encoder_hidden_states = (
+                hidden_states[:, : residual.shape[1]],
+                hidden_states[:, residual.shape[1]:],
+            )
+            if not attn.context_pre_only:
+                encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
+
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+        if encoder_hidden_states is not None:
+            return hidden_states, encoder_hidden_states
+        return hidden_states
