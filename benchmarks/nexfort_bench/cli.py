@@ -143,8 +143,6 @@ def run_one(loaded: models.Loaded, compiler: str, args: argparse.Namespace, cfg:
     """Compile (unless eager), warm up, time; then each extra resolution. Returns result and outputs."""
     label = "eager" if compiler == "none" else compiler
     torch._dynamo.reset()
-    if hasattr(torch, "compiler") and hasattr(torch.compiler, "cudagraph_mark_step_begin"):
-        torch.compiler.cudagraph_mark_step_begin()
     with timing.inductor_cache(args.inductor_cache == "fresh" and compiler != "none", args.cache_dirs):
         return _run_one(loaded, compiler, args, cfg, pipe_kw, resolutions, label)
 
@@ -163,7 +161,10 @@ def _run_one(loaded: models.Loaded, compiler: str, args: argparse.Namespace, cfg
         if args.denoiser_only:
             dkw = inputs.denoiser_kwargs(loaded, height=args.height, width=args.width, **common)
             den = loaded.denoiser
-            out = timing.time_callable(lambda: den(**dkw), warmups=args.warmups, iters=args.iters,
+            call = lambda: den(**dkw)  # noqa: E731
+            if _uses_cudagraphs(compiler):
+                call = _cudagraph_step(call)
+            out = timing.time_callable(call, warmups=args.warmups, iters=args.iters,
                                        device=args.device, label=label)
         else:
             pkw = inputs.pipeline_kwargs(loaded, height=args.height, width=args.width, steps=args.steps,
@@ -188,6 +189,29 @@ def _run_one(loaded: models.Loaded, compiler: str, args: argparse.Namespace, cfg
     if compiler != "none":
         uncompile_pipe(loaded.pipe)
     return {"result": res, "output": out["output"], "extra_outputs": [e["output"] for e in extra]}
+
+
+def _uses_cudagraphs(compiler: str) -> bool:
+    """torch.compile's own modes that replay CUDA graphs (``reduce-overhead``, ``max-autotune``)."""
+    if not compiler.startswith("inductor:"):
+        return False
+    return bool(torch._inductor.list_mode_options().get(compiler.split(":", 1)[1], {}).get("triton.cudagraphs"))
+
+
+def _cudagraph_step(fn: Any) -> Any:
+    """``fn`` called the way torch's documentation asks of a CUDA-graph mode: a new step marked before each call and
+    the outputs cloned out of the graph's memory pool. Without it, the previous call's outputs are still alive when
+    the next call starts, and CUDA-graph trees stop replaying (measured on an H200, PixArt-α 1024² denoiser:
+    66.4 ms against 32.5 ms for torch.compile's default mode). nexfort's ``cudagraphs`` flag does both itself."""
+
+    def call() -> Any:
+        torch.compiler.cudagraph_mark_step_begin()
+        out = fn()
+        if isinstance(out, (tuple, list)):
+            return type(out)(o.clone() if torch.is_tensor(o) else o for o in out)
+        return out.clone() if torch.is_tensor(out) else out
+
+    return call
 
 
 def sweep_summary(results: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
