@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SIZE = ["--height", "64", "--width", "64", "--steps", "2", "--warmups", "1", "--iters", "2"]
@@ -28,3 +30,20 @@ def bench():
 
     mod.models = models
     return mod
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on a small machine shared with other test processes, OpenMP threads waiting for each
+    other make every tiny forward cost hundreds of milliseconds (the sweeps run about 70 of them)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_bench(bench, tmp_path, *argv):
+    """``(exit code, the JSON it wrote)`` of the benchmark's ``main`` with ``argv``."""
+    out = tmp_path / "result.json"
+    rc = bench.main(["--output-json", str(out), *argv])
+    return rc, json.loads(out.read_text())

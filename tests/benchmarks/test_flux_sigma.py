@@ -4,29 +4,17 @@ against eager, and the published architectures checked on the meta device (nothi
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
 
-from .conftest import SIZE
+from .conftest import SIZE, run_bench
 
 pytest.importorskip("diffusers")
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _run(bench, tmp_path, *argv):
-    out = tmp_path / "result.json"
-    rc = bench.main(["--output-json", str(out), *argv])
-    return rc, json.loads(out.read_text())
+_run = run_bench
 
 
 def _close(x, tol=1e-4):

@@ -3,13 +3,12 @@ SD3-medium architecture checked on the meta device (nothing allocated, nothing d
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
 
-from .conftest import SIZE
+from .conftest import SIZE, run_bench
 
 pytest.importorskip("diffusers")
 
@@ -17,20 +16,7 @@ pytest.importorskip("diffusers")
 JIT = ["--compiler", "nexfort", "--inductor-cache", "shared"]
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: on a small machine shared with other test processes, OpenMP threads waiting for each
-    other make every tiny forward cost hundreds of milliseconds (the sweeps run about 70 of them)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _run(bench, tmp_path, *argv):
-    out = tmp_path / "result.json"
-    rc = bench.main(["--output-json", str(out), *argv])
-    return rc, json.loads(out.read_text())
+_run = run_bench
 
 
 def _close(x):
