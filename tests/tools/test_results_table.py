@@ -1,0 +1,41 @@
+"""tools/results_table.py: the README's measured table is generated from the committed benchmark files."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("results_table", os.path.join(ROOT, "tools", "results_table.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_readme_table_matches_the_result_files():
+    assert _tool().main(["--check"]) == 0, "run python tools/results_table.py"
+
+
+def test_row_ratios_and_unfair_runs(tmp_path):
+    rt = _tool()
+    data = {"args": {"dtype": "fp16"}, "env": {"gpu": "G", "torch": "t"},
+            "runs": {"eager": {"step_ms_median": 40.0, "peak_memory_mb": 100.0},
+                     "inductor": {"step_ms_median": 32.0},
+                     "inductor:reduce-overhead": {"step_ms_median": 30.0},
+                     "nexfort": {"step_ms_median": 25.0, "peak_memory_mb": 90.0, "rel_l2_vs_eager": 2e-3}}}
+    (tmp_path / "a.json").write_text(json.dumps(data))
+    r = rt.row("X", "a.json", data)
+    assert (r["vs eager"], r["vs torch.compile"], r["vs its best mode"]) == ("1.60x", "1.28x", "1.20x")
+    assert r["peak memory vs eager"] == "0.90x" and r["rel L2 vs eager"] == "2.0e-03"
+    rt.UNFAIR_RUNS.add(("a.json", "inductor:reduce-overhead"))
+    r = rt.row("X", "a.json", data)
+    assert r["torch.compile `reduce-overhead`"] == "—" and r["vs its best mode"] == "—"
+    table = rt.render([("X", "a.json")], str(tmp_path))
+    assert "| X, fp16 |" in table and table.startswith("Measured on G, torch t")
+    readme = f"a\n{rt.BEGIN}\nold\n{rt.END}\nb\n"
+    once = rt.embed(readme, table)
+    assert rt.embed(once, table) == once and "old" not in once
