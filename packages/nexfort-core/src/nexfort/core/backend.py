@@ -193,8 +193,12 @@ def collect_passes(cfg: Any) -> List[GraphPass]:
 
 
 def inductor_patches(cfg: Any) -> Dict[str, Any]:
-    """Plugins' Inductor settings, then the configuration's (flags and user), which win."""
+    """Plugins' Inductor settings, then the configuration's (flags and user), which win: plain Python values
+    (the configuration's lists and mappings are OmegaConf containers, which Inductor can neither use nor pickle
+    into its FX-graph-cache key; a list where Inductor's default is a tuple becomes a tuple)."""
     from nexfort.core.config import _check_inductor_key
+
+    from omegaconf import OmegaConf
 
     pm = get_plugin_manager()
     patches: Dict[str, Any] = {}
@@ -202,7 +206,8 @@ def inductor_patches(cfg: Any) -> Dict[str, Any]:
         for k, v in (contribution or {}).items():
             _check_inductor_key(k, v, f"inductor.{k} (from a plugin)")
             patches[k] = v
-    patches.update(dict(cfg.options.inductor))
+    patches.update(OmegaConf.to_container(cfg.options.inductor, resolve=True))
+    patches = {k: compat.inductor_value(k, v) for k, v in patches.items()}
     if cfg.memory_format == "channels_last" and compat.has_inductor_knob("force_layout_optimization"):
         patches.setdefault("force_layout_optimization", True)
     if cfg.flags.freezing and torch.is_grad_enabled():

@@ -41,6 +41,22 @@ def inductor_config_defaults() -> Dict[str, Any]:
     return dict(cfg.to_dict())  # pragma: no cover (very old torch)
 
 
+def inductor_value(key: str, value: Any) -> Any:
+    """``value`` as Inductor takes it for ``key``: plain Python (an OmegaConf list or mapping becomes a list or a
+    dict, recursively), and a list becomes a tuple where the running torch's default for ``key`` is a tuple
+    (``cpp.cxx``: ``(None, "g++")``), since Inductor tests ``isinstance(..., tuple)`` in places and JSON and YAML
+    have no tuples."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+    except ImportError:  # pragma: no cover (omegaconf is a dependency of nexfort-core)
+        DictConfig = ListConfig = ()  # type: ignore[assignment]
+    if isinstance(value, (DictConfig, ListConfig)):
+        value = OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, list) and isinstance(inductor_config_defaults().get(key), tuple):
+        value = tuple(value)
+    return value
+
+
 def has_inductor_knob(key: str) -> bool:
     return key in inductor_config_defaults()
 
@@ -434,15 +450,20 @@ def inductor_cache_dir() -> str:
 
 @functools.lru_cache(maxsize=None)
 def dynamo_control_flow_exceptions() -> tuple:
-    """Exceptions Dynamo uses as signals through a backend (restart the analysis, skip the frame...).
+    """The exceptions a backend must let through to Dynamo: its signals, not compiler failures.
 
-    A backend must let them through: catching one as a "compile failure" breaks dynamic-shape tracing."""
+    Dynamo's ``OutputGraph.call_user_compiler`` treats two kinds raised from a backend as instructions: a
+    ``RestartAnalysis`` (torch 2.6+: ``TensorifyScalarRestartAnalysis``, raised inside AOTAutograd/Inductor when a
+    float input must be specialized: the frame is traced again) and ``SkipFrame`` (Inductor raises it, e.g. for
+    bf16 on a GPU without bf16: the frame runs eagerly). Every other ``TorchDynamoException`` reaching a backend is a
+    failure: ``BackendCompilerFailed`` and, on newer torch, ``InductorError`` (a ``BackendCompilerFailed``, which wraps
+    every Inductor failure) and the other ``ShortenTraceback`` kinds. Catching the whole ``TorchDynamoException``
+    family made every Inductor failure of newer torch (2.13) crash the caller instead of falling back. Both names exist
+    in every torch from 2.1; looked up by name all the same."""
     import torch._dynamo.exc as exc
 
     return tuple(
-        getattr(exc, n)
-        for n in ("TorchDynamoException", "RestartAnalysis", "SkipFrame")
-        if isinstance(getattr(exc, n, None), type)
+        getattr(exc, n) for n in ("RestartAnalysis", "SkipFrame") if isinstance(getattr(exc, n, None), type)
     )
 
 
