@@ -467,6 +467,89 @@ def dynamo_control_flow_exceptions() -> tuple:
     )
 
 
+def _source_name(source: Any) -> Optional[str]:
+    name = getattr(source, "name", None)  # a property on newer torch, a method on older
+    if callable(name):
+        name = name()
+    return name if isinstance(name, str) else None
+
+
+def _dynamic_candidates(gm: torch.fx.GraphModule) -> Dict[str, int]:
+    """``{source name: ndim}`` of the graph's tensor inputs that the caller passes (not the module's parameters
+    and buffers, which ``dynamic=True`` keeps static too)."""
+    out: Dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op != "placeholder":
+            continue
+        grapharg = node.meta.get("grapharg")
+        source = getattr(grapharg, "source", None) or getattr(node, "_dynamo_source", None)
+        try:
+            example = getattr(grapharg, "example", None)
+        except Exception:  # noqa: BLE001 - a freed weak reference (newer torch keeps examples weakly)
+            example = None
+        if example is None:
+            example = node.meta.get("example_value")
+        if source is None or not isinstance(example, torch.Tensor) or isinstance(example, torch.nn.Parameter):
+            continue
+        guard_source = getattr(source, "guard_source", None)
+        guard_source = guard_source() if callable(guard_source) else guard_source
+        if any(bool(getattr(guard_source, m, lambda: False)())
+               for m in ("is_nn_module", "is_specialized_nn_module", "is_unspecialized_nn_module")):
+            continue
+        name = _source_name(source)
+        if name is not None and example.dim() > 0:
+            out[name] = example.dim()
+    return out
+
+
+def request_dynamic_recompile(gm: torch.fx.GraphModule) -> Optional[int]:
+    """Make Dynamo compile the next recompile of the frame now being compiled with every dimension of ``gm``'s
+    input tensors dynamic (what ``torch.compile(dynamic=True)`` does from the start); return how many inputs were
+    marked, or ``None`` where the running torch gives a backend no way to (then nothing was changed).
+
+    Called from inside a backend, while Dynamo traces the frame. It writes what Dynamo's automatic-dynamic shapes
+    write after seeing a dimension change (and what ``torch._dynamo.mark_dynamic`` writes for a marked dimension):
+    the frame's state, which ``torch._dynamo.reset()`` forgets. With it, the first shape change recompiles once into
+    a graph with symbolic sizes, instead of one static recompile per changed dimension. Where
+    ``torch._dynamo.config.automatic_dynamic_shapes`` is off Dynamo reads none of this (``torch.compile(
+    dynamic=False)`` turns it off), so nothing changes either.
+
+    - newer torch (``torch._dynamo.pgo``): each input's ``FrameStateSizeEntry`` is merged with an all-dynamic size,
+      through ``pgo.process_automatic_dynamic`` (which finds the frame's code state).
+    - older torch: ``tx.output.frame_state[name].size`` (a list; ``None`` marks a dimension dynamic).
+    """
+    try:
+        from torch._dynamo.symbolic_convert import InstructionTranslator
+
+        tx = InstructionTranslator.current_tx()
+    except (ImportError, AttributeError):  # no current-translator API, or not inside Dynamo
+        return None
+    if tx is None:
+        return None
+    names = _dynamic_candidates(gm)
+    try:
+        from torch._dynamo import pgo
+    except ImportError:
+        pgo = None
+    process = getattr(pgo, "process_automatic_dynamic", None)
+    entry_cls = getattr(pgo, "FrameStateSizeEntry", None)
+    auto_dynamic = getattr(pgo, "auto_dynamic", None)
+    if callable(process) and entry_cls is not None and hasattr(entry_cls, "make_size") and auto_dynamic is not None:
+        for name, ndim in names.items():
+            process(tx, name, entry_cls.make_size(size=(auto_dynamic,) * ndim))
+        return len(names)
+    frame_state = getattr(getattr(tx, "output", None), "frame_state", None)
+    if not isinstance(frame_state, dict):
+        return None
+    marked = 0
+    for name, ndim in names.items():
+        entry = frame_state.get(name)
+        if entry is not None and isinstance(getattr(entry, "size", None), list):
+            entry.size = [None] * len(entry.size)
+            marked += 1
+    return marked
+
+
 @functools.lru_cache(maxsize=None)
 def complete_guard_namespace() -> Dict[str, Any]:
     """Name every sympy function of torch's symbolic shapes that a guard's code may call.
