@@ -27,7 +27,10 @@ def shown(value: object, limit: int = SHOWN_CHARS) -> str:
 
 
 def suggest(value: str, valid: Iterable[str], n: int = 3) -> list:
-    """The valid names closest to ``value`` (case- and separator-insensitive)."""
+    """The valid names closest to ``value`` (case- and separator-insensitive); none for a value too long to be a
+    misspelling."""
+    if len(value) > SHOWN_CHARS:
+        return []
     valid = list(valid)
     norm = {v.lower().replace("-", "_"): v for v in valid}
     hits = difflib.get_close_matches(value.lower().replace("-", "_"), list(norm), n=n, cutoff=0.6)
@@ -39,7 +42,7 @@ def unknown_message(what: str, value: str, valid: Iterable[str], hint: Optional[
     """``Unknown mode flag 'max-optimise'; did you mean 'max-optimize'? Valid flags: ...``"""
     valid = sorted(set(valid))
     msg = f"Unknown {what} {shown(value)}"
-    close = suggest(value, valid) if len(value) <= SHOWN_CHARS else []
+    close = suggest(value, valid)
     if close:
         msg += "; did you mean " + " or ".join(repr(c) for c in close) + "?"
     else:
