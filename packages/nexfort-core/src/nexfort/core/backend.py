@@ -240,9 +240,9 @@ def inductor_patches(cfg: Any) -> Dict[str, Any]:
     """Plugins' Inductor settings, then the configuration's (flags and user), which win: plain Python values
     (the configuration's lists and mappings are OmegaConf containers, which Inductor can neither use nor pickle
     into its FX-graph-cache key; a list where Inductor's default is a tuple becomes a tuple)."""
-    from nexfort.core.config import _check_inductor_key
-
     from omegaconf import OmegaConf
+
+    from nexfort.core.config import _check_inductor_key
 
     pm = get_plugin_manager()
     patches: Dict[str, Any] = {}

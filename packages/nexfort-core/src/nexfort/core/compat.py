@@ -542,7 +542,7 @@ def request_dynamic_recompile(gm: torch.fx.GraphModule) -> Optional[int]:
     if not isinstance(frame_state, dict):
         return None
     marked = 0
-    for name, ndim in names.items():
+    for name in names:
         entry = frame_state.get(name)
         if entry is not None and isinstance(getattr(entry, "size", None), list):
             entry.size = [None] * len(entry.size)
