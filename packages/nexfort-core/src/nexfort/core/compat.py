@@ -474,21 +474,28 @@ def _source_name(source: Any) -> Optional[str]:
     return name if isinstance(name, str) else None
 
 
-def _dynamic_candidates(gm: torch.fx.GraphModule) -> Dict[str, int]:
+def _dynamic_candidates(gm: torch.fx.GraphModule, tx: Any) -> Dict[str, int]:
     """``{source name: ndim}`` of the graph's tensor inputs that the caller passes (not the module's parameters
-    and buffers, which ``dynamic=True`` keeps static too)."""
+    and buffers, which ``dynamic=True`` keeps static too). Dynamo's ``GraphArg`` of each input is read off the
+    placeholder's ``meta["grapharg"]``, else off the output graph being compiled (``tx.output.graphargs``)."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    graphargs = [n.meta.get("grapharg") for n in placeholders]
+    if not any(graphargs):
+        try:
+            graphargs = list(getattr(getattr(tx, "output", None), "graphargs", None) or ())
+        except Exception:  # noqa: BLE001
+            graphargs = []
+        placeholders = [None] * len(graphargs)
     out: Dict[str, int] = {}
-    for node in gm.graph.nodes:
-        if node.op != "placeholder":
-            continue
-        grapharg = node.meta.get("grapharg")
+    for node, grapharg in zip(placeholders, graphargs):
+        meta = node.meta if node is not None else {}
         source = getattr(grapharg, "source", None) or getattr(node, "_dynamo_source", None)
         try:
             example = getattr(grapharg, "example", None)
         except Exception:  # noqa: BLE001 - a freed weak reference (newer torch keeps examples weakly)
             example = None
         if example is None:
-            example = node.meta.get("example_value")
+            example = meta.get("example_value")
         if source is None or not isinstance(example, torch.Tensor) or isinstance(example, torch.nn.Parameter):
             continue
         guard_source = getattr(source, "guard_source", None)
@@ -526,7 +533,7 @@ def request_dynamic_recompile(gm: torch.fx.GraphModule) -> Optional[int]:
         return None
     if tx is None:
         return None
-    names = _dynamic_candidates(gm)
+    names = _dynamic_candidates(gm, tx)
     try:
         from torch._dynamo import pgo
     except ImportError:

@@ -7,6 +7,7 @@ on top. Everything is validated first, so a bad value is reported before any com
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import functools
 import importlib.resources
@@ -187,7 +188,7 @@ def _check_type(key: str, value: Any, expected: Any) -> Any:
             return value
         else:
             return _check_scalar(key, value, tuple(args), optional)
-    if origin in (list, tuple, typing.Sequence) or expected in (list, tuple):
+    if origin in (list, tuple, collections.abc.Sequence) or expected in (list, tuple):
         item = (typing.get_args(expected) or (Any,))[0]
         if isinstance(value, str) and item is str:
             value = [value]
