@@ -149,3 +149,19 @@ def test_list_valued_inductor_knob_reaches_inductor_as_plain_python(counters, as
     x, w = torch.randn(8, 8), torch.randn(8, 8)
     assert_close(fn(x, w), _model(x, w), tol=1e-5)
     assert counters["backend"]["graphs"] == 1 and counters["backend"]["fallbacks"] == 0
+
+
+@pytest.mark.parametrize("options", [
+    {"inductor.pre_grad_fusion_options": {"batch_linear": {}}},
+    {"inductor": {"pre_grad_fusion_options": {"batch_linear": {}}}},
+])
+def test_mapping_valued_inductor_knob_is_one_value_and_reaches_inductor_as_a_dict(options):
+    from nexfort.core import backend, compat
+    from nexfort.core.config import resolve_config
+
+    if not isinstance(compat.inductor_config_defaults().get("pre_grad_fusion_options"), dict):
+        pytest.skip("this torch's Inductor has no mapping-valued pre_grad_fusion_options")
+    patches = backend.inductor_patches(resolve_config({"options": options}))
+    assert patches["pre_grad_fusion_options"] == {"batch_linear": {}}
+    assert type(patches["pre_grad_fusion_options"]) is dict
+    assert type(patches["pre_grad_fusion_options"]["batch_linear"]) is dict

@@ -151,9 +151,18 @@ def _check_keys(spec: Mapping[str, Any], where: str = "") -> None:
             _check_keys(v, f"{where}.{k}" if where else k)
 
 
+def _mapping_knob(prefix: str) -> bool:
+    """Whether ``prefix`` (``inductor.<key>``/``triton.<key>``) names an Inductor knob whose value is a mapping
+    (``pre_grad_fusion_options``): its value is the knob's, not more knobs."""
+    ns, _, rest = prefix.partition(".")
+    key = rest if ns == "inductor" else f"triton.{rest}" if ns == "triton" else None
+    return bool(rest) and key is not None and isinstance(compat.inductor_config_defaults().get(key), dict)
+
+
 def _flatten(prefix: str, value: Any, out: Dict[str, Any]) -> None:
-    """``{"inductor": {"triton": {"cudagraphs": True}}}`` -> ``{"inductor.triton.cudagraphs": True}``."""
-    if isinstance(value, Mapping) and value:
+    """``{"inductor": {"triton": {"cudagraphs": True}}}`` -> ``{"inductor.triton.cudagraphs": True}`` (a mapping
+    given to a mapping-valued Inductor knob stays that knob's value)."""
+    if isinstance(value, Mapping) and value and not _mapping_knob(prefix):
         for k, v in value.items():
             if not isinstance(k, str):
                 raise NexfortConfigError(
@@ -249,6 +258,9 @@ def _check_inductor_key(key: str, value: Any, shown: str) -> None:
         _check_type(shown, value, bool)
     elif isinstance(default, int) and value is not None and not isinstance(default, bool):
         _check_type(shown, value, int)
+    elif isinstance(default, dict) and value is not None and not isinstance(value, Mapping):
+        raise NexfortConfigError(f"Option {quote(shown)} must be a mapping (like its default, {quote(default)}), "
+                                 f"got {type(value).__name__} {quote(value)}.")
     elif isinstance(default, float) and value is not None:
         _check_type(shown, value, float)
         if value != value:
