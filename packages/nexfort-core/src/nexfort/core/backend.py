@@ -77,9 +77,11 @@ def _apply_late_options(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
             if marked is None:
                 _warn_once("late-dynamic-true",
                            f"nexfort: options {{'dynamic': True}}: the installed torch {torch.__version__} gives a "
-                           "backend no way to make Dynamo's recompiles dynamic, so graphs are captured with static "
-                           "shapes and each shape change recompiles (Dynamo's automatic dynamic shapes make changed "
-                           "dimensions dynamic one at a time). " + _LATE_ADVICE.format(key="dynamic", value=True))
+                           "backend no way to make Dynamo's recompiles dynamic here (no API for it, or "
+                           "torch._dynamo.config.automatic_dynamic_shapes is off), so graphs are captured with static "
+                           "shapes and shape changes recompile (Dynamo's automatic dynamic shapes, where on, make "
+                           "changed dimensions dynamic one at a time). "
+                           + _LATE_ADVICE.format(key="dynamic", value=True))
             else:
                 _log_once("late-dynamic-true",
                           "nexfort: options {'dynamic': True}: Dynamo captured this graph with static shapes (it "

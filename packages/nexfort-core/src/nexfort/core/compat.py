@@ -519,7 +519,7 @@ def request_dynamic_recompile(gm: torch.fx.GraphModule) -> Optional[int]:
     the frame's state, which ``torch._dynamo.reset()`` forgets. With it, the first shape change recompiles once into
     a graph with symbolic sizes, instead of one static recompile per changed dimension. Where
     ``torch._dynamo.config.automatic_dynamic_shapes`` is off Dynamo reads none of this (``torch.compile(
-    dynamic=False)`` turns it off), so nothing changes either.
+    dynamic=False)`` turns it off): ``None`` then too.
 
     - newer torch (``torch._dynamo.pgo``): each input's ``FrameStateSizeEntry`` is merged with an all-dynamic size,
       through ``pgo.process_automatic_dynamic`` (which finds the frame's code state).
@@ -531,7 +531,7 @@ def request_dynamic_recompile(gm: torch.fx.GraphModule) -> Optional[int]:
         tx = InstructionTranslator.current_tx()
     except (ImportError, AttributeError):  # no current-translator API, or not inside Dynamo
         return None
-    if tx is None:
+    if tx is None or not getattr(torch._dynamo.config, "automatic_dynamic_shapes", False):
         return None
     names = _dynamic_candidates(gm, tx)
     try:
