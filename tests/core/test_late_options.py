@@ -103,3 +103,40 @@ def test_dynamic_true_in_options_says_when_dynamo_will_not_listen(monkeypatch, n
         fn(torch.randn(3))
     message = str([w for w in record if "nexfort" in str(w.message)][0].message)
     assert "torch.compile(m, backend='nexfort', dynamic=True)" in message
+
+
+def test_the_older_torch_frame_state_layout_is_marked_too(monkeypatch):
+    """torch 2.1-2.5 keep automatic-dynamic state as ``tx.output.frame_state[name].size``, a list in which ``None``
+    marks a dynamic dimension (no ``torch._dynamo.pgo``). Exercised on any torch with that layout simulated: the
+    caller's tensors are marked in every dimension, the module's parameters and non-tensors are not."""
+    import types
+
+    from torch._dynamo import symbolic_convert
+
+    from nexfort.core import compat
+
+    class Source:
+        def __init__(self, name, nn_module=False):
+            self._name, self._nn = name, nn_module
+
+        def name(self):  # a method on older torch
+            return self._name
+
+        def guard_source(self):
+            return types.SimpleNamespace(is_nn_module=lambda: self._nn)
+
+    gm = torch.fx.symbolic_trace(lambda x, w, n: x * n + w.sum())
+    args = {"x": (Source("L['x']"), torch.randn(2, 3)), "w": (Source("L['self'].w", True), torch.randn(3)),
+            "n": (Source("L['n']"), 3)}
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            source, example = args[node.target]
+            node.meta["grapharg"] = types.SimpleNamespace(source=source, example=example)
+    frame_state = {"_id": 0, "L['x']": types.SimpleNamespace(size=[2, 3]),
+                   "L['self'].w": types.SimpleNamespace(size=[3])}
+    tx = types.SimpleNamespace(output=types.SimpleNamespace(frame_state=frame_state))
+    monkeypatch.setattr(torch._dynamo, "pgo", None, raising=False)  # `from torch._dynamo import pgo` -> None
+    monkeypatch.setattr(symbolic_convert.InstructionTranslator, "current_tx", staticmethod(lambda: tx))
+    assert compat.request_dynamic_recompile(gm) == 1
+    assert frame_state["L['x']"].size == [None, None]
+    assert frame_state["L['self'].w"].size == [3]

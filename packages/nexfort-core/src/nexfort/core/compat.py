@@ -474,10 +474,11 @@ def _source_name(source: Any) -> Optional[str]:
     return name if isinstance(name, str) else None
 
 
-def _dynamic_candidates(gm: torch.fx.GraphModule, tx: Any) -> Dict[str, int]:
+def _dynamic_candidates(gm: torch.fx.GraphModule, tx: Any) -> Optional[Dict[str, int]]:
     """``{source name: ndim}`` of the graph's tensor inputs that the caller passes (not the module's parameters
     and buffers, which ``dynamic=True`` keeps static too). Dynamo's ``GraphArg`` of each input is read off the
-    placeholder's ``meta["grapharg"]``, else off the output graph being compiled (``tx.output.graphargs``)."""
+    placeholder's ``meta["grapharg"]``, else off the output graph being compiled (``tx.output.graphargs``);
+    ``None`` when neither is there."""
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     graphargs = [n.meta.get("grapharg") for n in placeholders]
     if not any(graphargs):
@@ -486,6 +487,8 @@ def _dynamic_candidates(gm: torch.fx.GraphModule, tx: Any) -> Dict[str, int]:
         except Exception:  # noqa: BLE001
             graphargs = []
         placeholders = [None] * len(graphargs)
+        if not graphargs:
+            return None
     out: Dict[str, int] = {}
     for node, grapharg in zip(placeholders, graphargs):
         meta = node.meta if node is not None else {}
@@ -534,6 +537,8 @@ def request_dynamic_recompile(gm: torch.fx.GraphModule) -> Optional[int]:
     if tx is None or not getattr(torch._dynamo.config, "automatic_dynamic_shapes", False):
         return None
     names = _dynamic_candidates(gm, tx)
+    if names is None:
+        return None
     try:
         from torch._dynamo import pgo
     except ImportError:
@@ -551,10 +556,13 @@ def request_dynamic_recompile(gm: torch.fx.GraphModule) -> Optional[int]:
     marked = 0
     for name in names:
         entry = frame_state.get(name)
-        if entry is not None and isinstance(getattr(entry, "size", None), list):
-            entry.size = [None] * len(entry.size)
+        size = getattr(entry, "size", False)
+        if isinstance(size, list):
+            entry.size = [None] * len(size)
             marked += 1
-    return marked
+        elif entry is not None and size is None:  # already dynamic in every dimension
+            marked += 1
+    return marked if marked or not names else None  # inputs, none of them in a state this code understands
 
 
 @functools.lru_cache(maxsize=None)
