@@ -62,12 +62,6 @@ def test_bad_options_fail_before_compiling(counters):
     assert counters["backend"]["graphs"] == 0
 
 
-def test_late_dynamic_option_is_explained():
-    f = torch.compile(lambda x: x.sin() + 1, backend="nexfort", options={"dynamic": True})
-    with pytest.warns(UserWarning, match="decided by Dynamo before a backend sees the graph"):
-        f(torch.randn(3))
-
-
 class _BrokenPass(GraphPass):
     name = "broken_for_test"
     stage = "pre_grad"

@@ -248,7 +248,7 @@ def test_plugin_configuration(cpu_kernel):
     if not K.registered_kernels()["fa4"].available("cuda"):
         with pytest.raises(ImportError, match=r"pip install \"nexfort-passes\[cuda\]\""):
             names(mode="max-optimize", options={"attention_kernel.kernels": ["fa4"]})
-    with pytest.raises(NexfortConfigError, match="min_speedup must be > 0"):
+    with pytest.raises(NexfortConfigError, match="'attention_kernel.min_speedup' must be a number > 0"):
         names(mode="max-optimize", options={"attention_kernel.min_speedup": 0})
 
 

@@ -50,14 +50,60 @@ def nexfort_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], **k
     if mode is not None:
         spec = {**spec, "mode": mode}
     cfg = resolve_config(spec)
-    late = [k for k in ("dynamic", "fullgraph") if spec.get(k) is not None]
-    if late:
-        _warn_once("late-" + ",".join(late),
-                   f"nexfort: options {late} are decided by Dynamo before a backend sees the graph; "
-                   "torch.compile(backend='nexfort', options=...) cannot apply them. Pass them to torch.compile "
-                   "itself (torch.compile(m, backend='nexfort', dynamic=True, ...)) or use "
-                   "nexfort.compilers.nexfort_compile(), which does.")
+    _apply_late_options(gm, example_inputs, cfg)
     return compile_graph(gm, example_inputs, cfg)
+
+
+_LATE_ADVICE = ("Pass it to torch.compile itself (torch.compile(m, backend='nexfort', {key}={value!r})) or use "
+                "nexfort.compilers.nexfort_compile(m, {key}={value!r}), which does.")
+
+
+def _apply_late_options(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], cfg: Any) -> None:
+    """``dynamic``/``fullgraph`` given in ``torch.compile(backend="nexfort", options={...})``: Dynamo decided both
+    before this backend saw a graph. What a backend can still do, it does:
+
+    - ``dynamic: true``: a graph Dynamo captured with static shapes is compiled as it is, and Dynamo is told to make
+      the frame's next recompile dynamic (:func:`compat.request_dynamic_recompile`): over any number of shapes the
+      frame recompiles once, into a graph with symbolic sizes. (``torch.compile(dynamic=True)`` skips even that
+      one recompile.) Where the running torch gives a backend no way to, a warning says so.
+    - ``dynamic: false``: cannot be honoured (Dynamo's automatic dynamic shapes recompile with symbolic sizes after
+      a shape change, before the backend runs): a warning says what to do.
+    - ``fullgraph: true``: cannot be honoured (a graph break splits the frame before any backend sees a graph):
+      a warning says what to do.
+    """
+    if cfg.dynamic is True:
+        if not _has_symbolic_inputs(example_inputs):
+            marked = compat.request_dynamic_recompile(gm)
+            if marked is None:
+                _warn_once("late-dynamic-true",
+                           f"nexfort: options {{'dynamic': True}}: the installed torch {torch.__version__} gives a "
+                           "backend no way to make Dynamo's recompiles dynamic here (no API for it, or "
+                           "torch._dynamo.config.automatic_dynamic_shapes is off), so graphs are captured with static "
+                           "shapes and shape changes recompile (Dynamo's automatic dynamic shapes, where on, make "
+                           "changed dimensions dynamic one at a time). "
+                           + _LATE_ADVICE.format(key="dynamic", value=True))
+            else:
+                _log_once("late-dynamic-true",
+                          "nexfort: options {'dynamic': True}: Dynamo captured this graph with static shapes (it "
+                          "decides before a backend runs); its frame's first shape change recompiles it once with "
+                          "dynamic shapes. torch.compile(..., dynamic=True) avoids that one recompile.")
+    elif cfg.dynamic is False:
+        _warn_once("late-dynamic-false",
+                   "nexfort: options {'dynamic': False} cannot be applied by a backend: Dynamo decides the shapes "
+                   "before a backend sees a graph, and after a shape change its automatic dynamic shapes recompile "
+                   "with symbolic sizes. " + _LATE_ADVICE.format(key="dynamic", value=False))
+    if cfg.fullgraph:
+        _warn_once("late-fullgraph",
+                   "nexfort: options {'fullgraph': True} cannot be applied by a backend: Dynamo splits a frame at "
+                   "its graph breaks before a backend sees any graph, so graph breaks are not errors here. "
+                   + _LATE_ADVICE.format(key="fullgraph", value=True))
+
+
+def _log_once(key: str, message: str) -> None:
+    if key in _warned:
+        return
+    _warned.add(key)
+    logger.info(message)
 
 
 class NexfortBackend:
@@ -193,7 +239,11 @@ def collect_passes(cfg: Any) -> List[GraphPass]:
 
 
 def inductor_patches(cfg: Any) -> Dict[str, Any]:
-    """Plugins' Inductor settings, then the configuration's (flags and user), which win."""
+    """Plugins' Inductor settings, then the configuration's (flags and user), which win: plain Python values
+    (the configuration's lists and mappings are OmegaConf containers, which Inductor can neither use nor pickle
+    into its FX-graph-cache key; a list where Inductor's default is a tuple becomes a tuple)."""
+    from omegaconf import OmegaConf
+
     from nexfort.core.config import _check_inductor_key
 
     pm = get_plugin_manager()
@@ -202,7 +252,8 @@ def inductor_patches(cfg: Any) -> Dict[str, Any]:
         for k, v in (contribution or {}).items():
             _check_inductor_key(k, v, f"inductor.{k} (from a plugin)")
             patches[k] = v
-    patches.update(dict(cfg.options.inductor))
+    patches.update(OmegaConf.to_container(cfg.options.inductor, resolve=True))
+    patches = {k: compat.inductor_value(k, v) for k, v in patches.items()}
     if cfg.memory_format == "channels_last" and compat.has_inductor_knob("force_layout_optimization"):
         patches.setdefault("force_layout_optimization", True)
     if cfg.flags.freezing and torch.is_grad_enabled():

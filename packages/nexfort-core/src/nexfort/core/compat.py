@@ -41,6 +41,22 @@ def inductor_config_defaults() -> Dict[str, Any]:
     return dict(cfg.to_dict())  # pragma: no cover (very old torch)
 
 
+def inductor_value(key: str, value: Any) -> Any:
+    """``value`` as Inductor takes it for ``key``: plain Python (an OmegaConf list or mapping becomes a list or a
+    dict, recursively), and a list becomes a tuple where the running torch's default for ``key`` is a tuple
+    (``cpp.cxx``: ``(None, "g++")``), since Inductor tests ``isinstance(..., tuple)`` in places and JSON and YAML
+    have no tuples."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+    except ImportError:  # pragma: no cover (omegaconf is a dependency of nexfort-core)
+        DictConfig = ListConfig = ()  # type: ignore[assignment]
+    if isinstance(value, (DictConfig, ListConfig)):
+        value = OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, list) and isinstance(inductor_config_defaults().get(key), tuple):
+        value = tuple(value)
+    return value
+
+
 def has_inductor_knob(key: str) -> bool:
     return key in inductor_config_defaults()
 
@@ -434,16 +450,119 @@ def inductor_cache_dir() -> str:
 
 @functools.lru_cache(maxsize=None)
 def dynamo_control_flow_exceptions() -> tuple:
-    """Exceptions Dynamo uses as signals through a backend (restart the analysis, skip the frame...).
+    """The exceptions a backend must let through to Dynamo: its signals, not compiler failures.
 
-    A backend must let them through: catching one as a "compile failure" breaks dynamic-shape tracing."""
+    Dynamo's ``OutputGraph.call_user_compiler`` treats two kinds raised from a backend as instructions: a
+    ``RestartAnalysis`` (torch 2.6+: ``TensorifyScalarRestartAnalysis``, raised inside AOTAutograd/Inductor when a
+    float input must be specialized: the frame is traced again) and ``SkipFrame`` (Inductor raises it, e.g. for
+    bf16 on a GPU without bf16: the frame runs eagerly). Every other ``TorchDynamoException`` reaching a backend is a
+    failure: ``BackendCompilerFailed`` and, on newer torch, ``InductorError`` (a ``BackendCompilerFailed``, which wraps
+    every Inductor failure) and the other ``ShortenTraceback`` kinds. Catching the whole ``TorchDynamoException``
+    family made every Inductor failure of newer torch (2.13) crash the caller instead of falling back. Both names exist
+    in every torch from 2.1; looked up by name all the same."""
     import torch._dynamo.exc as exc
 
     return tuple(
-        getattr(exc, n)
-        for n in ("TorchDynamoException", "RestartAnalysis", "SkipFrame")
-        if isinstance(getattr(exc, n, None), type)
+        getattr(exc, n) for n in ("RestartAnalysis", "SkipFrame") if isinstance(getattr(exc, n, None), type)
     )
+
+
+def _source_name(source: Any) -> Optional[str]:
+    name = getattr(source, "name", None)  # a property on newer torch, a method on older
+    if callable(name):
+        name = name()
+    return name if isinstance(name, str) else None
+
+
+def _dynamic_candidates(gm: torch.fx.GraphModule, tx: Any) -> Optional[Dict[str, int]]:
+    """``{source name: ndim}`` of the graph's tensor inputs that the caller passes (not the module's parameters
+    and buffers, which ``dynamic=True`` keeps static too). Dynamo's ``GraphArg`` of each input is read off the
+    placeholder's ``meta["grapharg"]``, else off the output graph being compiled (``tx.output.graphargs``);
+    ``None`` when neither is there."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    graphargs = [n.meta.get("grapharg") for n in placeholders]
+    if not any(graphargs):
+        try:
+            graphargs = list(getattr(getattr(tx, "output", None), "graphargs", None) or ())
+        except Exception:  # noqa: BLE001
+            graphargs = []
+        placeholders = [None] * len(graphargs)
+        if not graphargs:
+            return None
+    out: Dict[str, int] = {}
+    for node, grapharg in zip(placeholders, graphargs):
+        meta = node.meta if node is not None else {}
+        source = getattr(grapharg, "source", None) or getattr(node, "_dynamo_source", None)
+        try:
+            example = getattr(grapharg, "example", None)
+        except Exception:  # noqa: BLE001 - a freed weak reference (newer torch keeps examples weakly)
+            example = None
+        if example is None:
+            example = meta.get("example_value")
+        if source is None or not isinstance(example, torch.Tensor) or isinstance(example, torch.nn.Parameter):
+            continue
+        guard_source = getattr(source, "guard_source", None)
+        guard_source = guard_source() if callable(guard_source) else guard_source
+        if any(bool(getattr(guard_source, m, lambda: False)())
+               for m in ("is_nn_module", "is_specialized_nn_module", "is_unspecialized_nn_module")):
+            continue
+        name = _source_name(source)
+        if name is not None and example.dim() > 0:
+            out[name] = example.dim()
+    return out
+
+
+def request_dynamic_recompile(gm: torch.fx.GraphModule) -> Optional[int]:
+    """Make Dynamo compile the next recompile of the frame now being compiled with every dimension of ``gm``'s
+    input tensors dynamic (what ``torch.compile(dynamic=True)`` does from the start); return how many inputs were
+    marked, or ``None`` where the running torch gives a backend no way to (then nothing was changed).
+
+    Called from inside a backend, while Dynamo traces the frame. It writes what Dynamo's automatic-dynamic shapes
+    write after seeing a dimension change (and what ``torch._dynamo.mark_dynamic`` writes for a marked dimension):
+    the frame's state, which ``torch._dynamo.reset()`` forgets. With it, the first shape change recompiles once into
+    a graph with symbolic sizes, instead of one static recompile per changed dimension. Where
+    ``torch._dynamo.config.automatic_dynamic_shapes`` is off Dynamo reads none of this (``torch.compile(
+    dynamic=False)`` turns it off): ``None`` then too.
+
+    - newer torch (``torch._dynamo.pgo``): each input's ``FrameStateSizeEntry`` is merged with an all-dynamic size,
+      through ``pgo.process_automatic_dynamic`` (which finds the frame's code state).
+    - older torch: ``tx.output.frame_state[name].size`` (a list; ``None`` marks a dimension dynamic).
+    """
+    try:
+        from torch._dynamo.symbolic_convert import InstructionTranslator
+
+        tx = InstructionTranslator.current_tx()
+    except (ImportError, AttributeError):  # no current-translator API, or not inside Dynamo
+        return None
+    if tx is None or not getattr(torch._dynamo.config, "automatic_dynamic_shapes", False):
+        return None
+    names = _dynamic_candidates(gm, tx)
+    if names is None:
+        return None
+    try:
+        from torch._dynamo import pgo
+    except ImportError:
+        pgo = None
+    process = getattr(pgo, "process_automatic_dynamic", None)
+    entry_cls = getattr(pgo, "FrameStateSizeEntry", None)
+    auto_dynamic = getattr(pgo, "auto_dynamic", None)
+    if callable(process) and entry_cls is not None and hasattr(entry_cls, "make_size") and auto_dynamic is not None:
+        for name, ndim in names.items():
+            process(tx, name, entry_cls.make_size(size=(auto_dynamic,) * ndim))
+        return len(names)
+    frame_state = getattr(getattr(tx, "output", None), "frame_state", None)
+    if not isinstance(frame_state, dict):
+        return None
+    marked = 0
+    for name in names:
+        entry = frame_state.get(name)
+        size = getattr(entry, "size", False)
+        if isinstance(size, list):
+            entry.size = [None] * len(size)
+            marked += 1
+        elif entry is not None and size is None:  # already dynamic in every dimension
+            marked += 1
+    return marked if marked or not names else None  # inputs, none of them in a state this code understands
 
 
 @functools.lru_cache(maxsize=None)

@@ -7,6 +7,7 @@ on top. Everything is validated first, so a bad value is reported before any com
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import functools
 import importlib.resources
@@ -17,9 +18,25 @@ from typing import Any, Dict, List, Mapping, Tuple
 
 from nexfort.core import compat
 from nexfort.core.errors import NexfortConfigError, suggest, unknown_message
+from nexfort.core.errors import shown as quote
 from nexfort.core.schema import CORE_NAMESPACES, MEMORY_FORMATS, ON_ERROR, Flags, build_schema
 
 TOP_LEVEL_KEYS = ("mode", "dynamic", "fullgraph", "memory_format", "options")
+#: The longest mode string and the most flags one may name: far above any real mode (every flag once is ~120
+#: characters), far below what would keep the composition lock for minutes (10,000 flags: 59 s).
+MAX_MODE_CHARS = 1000
+MAX_MODE_FLAGS = 32
+#: Ranges of Inductor's numeric knobs where a value outside is meaningless ``{key: (min, max)}`` (``None``: open).
+INDUCTOR_RANGES: Dict[str, Tuple[Any, Any]] = {
+    "compile_threads": (1, None),  # worker processes for parallel compilation
+    "cpp.threads": (-1, None),  # -1: as many as the machine has
+    "max_fusion_size": (1, None),
+    "coordinate_descent_search_radius": (1, None),
+    "unroll_reductions_threshold": (0, None),
+    "realize_reads_threshold": (0, None),
+    "realize_opcount_threshold": (0, None),
+    "realize_acc_reads_threshold": (0, None),
+}
 _lock = threading.Lock()
 
 
@@ -58,12 +75,17 @@ def parse_mode(mode: Any) -> List[str]:
     if not isinstance(mode, str):
         raise NexfortConfigError(
             f"'mode' must be a string of colon-separated flags like 'max-optimize:max-autotune', "
-            f"got {type(mode).__name__} {mode!r}")
-    flags = [f.strip() for f in mode.split(":")] if mode.strip() else []
+            f"got {type(mode).__name__} {quote(mode)}")
     valid = available_flags()
+    n = mode.count(":") + 1
+    if len(mode) > MAX_MODE_CHARS or n > MAX_MODE_FLAGS:
+        raise NexfortConfigError(
+            f"'mode' is too long ({len(mode)} characters, {n} flags; at most {MAX_MODE_CHARS} characters and "
+            f"{MAX_MODE_FLAGS} flags): {quote(mode)}. Name each flag once; valid flags: {', '.join(valid)}.")
+    flags = [f.strip() for f in mode.split(":")] if mode.strip() else []
     for f in flags:
         if not f:
-            raise NexfortConfigError(f"Empty mode flag in {mode!r}. Valid flags: {', '.join(valid)}.")
+            raise NexfortConfigError(f"Empty mode flag in {quote(mode)}. Valid flags: {', '.join(valid)}.")
         if f not in valid:
             raise NexfortConfigError(unknown_message("mode flag", f, valid))
     return flags
@@ -99,26 +121,52 @@ def _parse_spec(spec: Any) -> Dict[str, Any]:
     if spec is None:
         return {}
     if isinstance(spec, (bytes, bytearray)):
-        spec = spec.decode()
+        try:
+            spec = bytes(spec).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise NexfortConfigError(
+                f"The compiler config {quote(bytes(spec))} is bytes that are not UTF-8 ({e.reason} at byte "
+                f"{e.start}): pass a str, a mapping, or UTF-8 JSON.") from None
     if isinstance(spec, str):
         try:
             spec = json.loads(spec)
         except json.JSONDecodeError as e:
             raise NexfortConfigError(
-                f"Invalid JSON in the compiler config {spec!r}: {e.msg} at line {e.lineno} column {e.colno}. "
+                f"Invalid JSON in the compiler config {quote(spec)}: {e.msg} at line {e.lineno} column {e.colno}. "
                 'Expected an object like {"mode": "max-optimize:max-autotune", "dynamic": true}.') from None
     if not isinstance(spec, Mapping):
         raise NexfortConfigError(
-            f"The compiler config must be a mapping (or a JSON object), got {type(spec).__name__} {spec!r}.")
+            f"The compiler config must be a mapping (or a JSON object), got {type(spec).__name__} {quote(spec)}.")
     return dict(spec)
 
 
+def _check_keys(spec: Mapping[str, Any], where: str = "") -> None:
+    """Every key of the spec, at any depth, is a string (before anything sorts or serializes the keys)."""
+    for k, v in spec.items():
+        if not isinstance(k, str):
+            place = (f" under {quote(where)}." if where
+                     else f" at the top level (valid top-level keys: {', '.join(TOP_LEVEL_KEYS)}).")
+            raise NexfortConfigError(f"Option keys must be strings, got {type(k).__name__} {quote(k)}{place}")
+        if isinstance(v, Mapping):
+            _check_keys(v, f"{where}.{k}" if where else k)
+
+
+def _mapping_knob(prefix: str) -> bool:
+    """Whether ``prefix`` (``inductor.<key>``/``triton.<key>``) names an Inductor knob whose value is a mapping
+    (``pre_grad_fusion_options``): its value is the knob's, not more knobs."""
+    ns, _, rest = prefix.partition(".")
+    key = rest if ns == "inductor" else f"triton.{rest}" if ns == "triton" else None
+    return bool(rest) and key is not None and isinstance(compat.inductor_config_defaults().get(key), dict)
+
+
 def _flatten(prefix: str, value: Any, out: Dict[str, Any]) -> None:
-    """``{"inductor": {"triton": {"cudagraphs": True}}}`` -> ``{"inductor.triton.cudagraphs": True}``."""
-    if isinstance(value, Mapping) and value:
+    """``{"inductor": {"triton": {"cudagraphs": True}}}`` -> ``{"inductor.triton.cudagraphs": True}`` (a mapping
+    given to a mapping-valued Inductor knob stays that knob's value)."""
+    if isinstance(value, Mapping) and value and not _mapping_knob(prefix):
         for k, v in value.items():
             if not isinstance(k, str):
-                raise NexfortConfigError(f"Option keys must be strings, got {k!r} under {prefix or 'options'!r}.")
+                raise NexfortConfigError(
+                    f"Option keys must be strings, got {type(k).__name__} {quote(k)} under {prefix or 'options'!r}.")
             _flatten(f"{prefix}.{k}" if prefix else k, v, out)
     else:
         out[prefix] = value
@@ -130,29 +178,51 @@ def _namespaces(plugin_ns: Mapping[str, type]) -> Dict[str, Any]:
     return ns
 
 
-def _check_type(key: str, value: Any, expected: Any) -> None:
-    """Raise unless ``value`` fits the annotation ``expected`` (bool/int/float/str, Optional of those)."""
+def _check_type(key: str, value: Any, expected: Any) -> Any:
+    """``value`` checked against the annotation ``expected`` (bool/int/float/str, ``List[...]`` of those, Optional of
+    those) and returned as the configuration stores it: a lone string where a list of strings is expected is a
+    one-element list (``"quant.exclude": "proj_out"``). Raises :class:`NexfortConfigError` naming the bad value."""
     import typing
 
-    allowed: Tuple[type, ...]
     optional = False
     origin = typing.get_origin(expected)
     if origin is typing.Union:
         args = [a for a in typing.get_args(expected) if a is not type(None)]
         optional = len(args) < len(typing.get_args(expected))
-        if any(not isinstance(a, type) for a in args):  # Optional[List[str]] and such: containers are accepted
-            return
-        allowed = tuple(args)
-    elif isinstance(expected, type):
-        allowed = (expected,)
-    else:  # Any / containers: accept
-        return
+        if value is None and optional:
+            return value
+        if len(args) == 1:
+            expected, origin = args[0], typing.get_origin(args[0])
+        elif any(not isinstance(a, type) for a in args):  # a union of containers: left to the schema
+            return value
+        else:
+            return _check_scalar(key, value, tuple(args), optional)
+    if origin in (list, tuple, collections.abc.Sequence) or expected in (list, tuple):
+        item = (typing.get_args(expected) or (Any,))[0]
+        if isinstance(value, str) and item is str:
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            want = f"a list of {item.__name__}" if isinstance(item, type) else "a list"
+            raise NexfortConfigError(f"Option {quote(key)} must be {want}{' or null' if optional else ''}, got "
+                                     f"{type(value).__name__} {quote(value)}.")
+        if isinstance(item, type):
+            for i, v in enumerate(value):
+                if not _fits(v, item):
+                    raise NexfortConfigError(f"Option {quote(key)} must be a list of {item.__name__}; item {i} is "
+                                             f"{type(v).__name__} {quote(v)} (in {quote(value)}).")
+        return list(value)
+    if isinstance(expected, type):
+        return _check_scalar(key, value, (expected,), optional)
+    return value  # Any / mappings: accepted
+
+
+def _check_scalar(key: str, value: Any, allowed: Tuple[type, ...], optional: bool) -> Any:
     if value is None and optional:
-        return
-    ok = any(_fits(value, t) for t in allowed)
-    if not ok:
+        return value
+    if not any(_fits(value, t) for t in allowed):
         names = " or ".join(t.__name__ for t in allowed) + (" or null" if optional else "")
-        raise NexfortConfigError(f"Option {key!r} must be {names}, got {type(value).__name__} {value!r}.")
+        raise NexfortConfigError(f"Option {quote(key)} must be {names}, got {type(value).__name__} {quote(value)}.")
+    return value
 
 
 def _fits(value: Any, t: type) -> bool:
@@ -179,7 +249,7 @@ def _check_inductor_key(key: str, value: Any, shown: str) -> None:
         valid = [k for k in defaults if not k.startswith("_")]
         prefix = shown[: -len(key)]
         close = suggest(key, valid)
-        msg = f"Unknown Inductor option {shown!r}"
+        msg = f"Unknown Inductor option {quote(shown)}"
         msg += ("; did you mean " + " or ".join(repr(prefix + c) for c in close) + "?") if close else "."
         msg += " " + hint + " See torch._inductor.config for the valid keys."
         raise NexfortConfigError(msg)
@@ -188,8 +258,18 @@ def _check_inductor_key(key: str, value: Any, shown: str) -> None:
         _check_type(shown, value, bool)
     elif isinstance(default, int) and value is not None and not isinstance(default, bool):
         _check_type(shown, value, int)
+    elif isinstance(default, dict) and value is not None and not isinstance(value, Mapping):
+        raise NexfortConfigError(f"Option {quote(shown)} must be a mapping (like its default, {quote(default)}), "
+                                 f"got {type(value).__name__} {quote(value)}.")
     elif isinstance(default, float) and value is not None:
         _check_type(shown, value, float)
+        if value != value:
+            raise NexfortConfigError(f"Option {quote(shown)} must be a number, got NaN.")
+    lo, hi = INDUCTOR_RANGES.get(key, (None, None))
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and (
+            (lo is not None and value < lo) or (hi is not None and value > hi)):
+        bounds = f">= {lo}" if hi is None else f"<= {hi}" if lo is None else f"between {lo} and {hi}"
+        raise NexfortConfigError(f"Option {quote(shown)} must be {bounds}, got {quote(value)}.")
 
 
 def _normalize_options(raw: Any, plugin_ns: Mapping[str, type]) -> Dict[str, Dict[str, Any]]:
@@ -203,7 +283,7 @@ def _normalize_options(raw: Any, plugin_ns: Mapping[str, type]) -> Dict[str, Dic
     flat: Dict[str, Any] = {}
     for k, v in raw.items():
         if not isinstance(k, str):
-            raise NexfortConfigError(f"Option keys must be strings, got {k!r}.")
+            raise NexfortConfigError(f"Option keys must be strings, got {quote(k)}.")
         _flatten(k, v, flat)
     out: Dict[str, Dict[str, Any]] = {}
     for key, value in flat.items():
@@ -213,9 +293,9 @@ def _normalize_options(raw: Any, plugin_ns: Mapping[str, type]) -> Dict[str, Dic
             if key in compat.inductor_config_defaults():
                 hint = f"Inductor settings go under 'inductor.': did you mean 'inductor.{key}'?"
             raise NexfortConfigError(unknown_message(
-                "option namespace", ns, namespaces, hint=hint) + f" (in option {key!r})")
+                "option namespace", ns, namespaces, hint=hint) + f" (in option {quote(key)})")
         if not rest:
-            raise NexfortConfigError(f"Option {key!r} names a namespace, not a knob; use '{ns}.<knob>'.")
+            raise NexfortConfigError(f"Option {quote(key)} names a namespace, not a knob; use '{ns}.<knob>'.")
         if ns == "inductor":
             _check_inductor_key(rest, value, key)
         elif ns == "triton":
@@ -226,9 +306,9 @@ def _normalize_options(raw: Any, plugin_ns: Mapping[str, type]) -> Dict[str, Dic
             if rest not in fields:
                 raise NexfortConfigError(unknown_message(f"option of '{ns}'", rest, fields,
                                                          hint=None, list_valid=True).replace(
-                    f"Unknown option of '{ns}' {rest!r}", f"Unknown option {key!r}"))
-            _check_type(key, value, _resolve_annotation(cls, fields[rest]))
-            if ns == "compiler" and rest == "on_error" and value not in ON_ERROR:
+                    f"Unknown option of '{ns}' {quote(rest)}", f"Unknown option {quote(key)}"))
+            value = _check_type(key, value, _resolve_annotation(cls, fields[rest]))
+            if ns == "compiler" and rest == "on_error" and value not in ON_ERROR:  # (a str: checked above)
                 raise NexfortConfigError(unknown_message("value of 'compiler.on_error'", str(value), ON_ERROR))
         out.setdefault(ns, {})[rest] = value
     return out
@@ -252,7 +332,7 @@ def _normalize_top(spec: Dict[str, Any], plugin_ns: Mapping[str, type]) -> Dict[
     if options is not None and not isinstance(options, Mapping):
         raise NexfortConfigError(
             f"'options' must be a mapping of namespaced knobs like {{'inductor.max_autotune': True}}, "
-            f"got {type(options).__name__} {options!r}.")
+            f"got {type(options).__name__} {quote(options)}.")
     options = dict(options or {})
     top: Dict[str, Any] = {}
     for key, value in spec.items():
@@ -266,29 +346,44 @@ def _normalize_top(spec: Dict[str, Any], plugin_ns: Mapping[str, type]) -> Dict[
         hint = None
         flag = key.replace("_", "-")
         if flag in available_flags():
-            hint = f"{key!r} is a mode flag: add it to 'mode' (e.g. mode='{flag}')."
+            hint = f"{quote(key)} is a mode flag: add it to 'mode' (e.g. mode='{flag}')."
         elif key in compat.inductor_config_defaults():
-            hint = f"Inductor settings go under options: options={{'inductor.{key}': {value!r}}}."
+            hint = f"Inductor settings go under options: options={{'inductor.{key}': {quote(value)}}}."
         raise NexfortConfigError(unknown_message("option", key, TOP_LEVEL_KEYS, hint=hint)
                                  .replace("Valid options:", "Valid top-level keys:"))
     top["options"] = options
     dyn = top.get("dynamic")
     if dyn is not None and not isinstance(dyn, bool):
-        raise NexfortConfigError(f"'dynamic' must be true, false or null, got {type(dyn).__name__} {dyn!r}.")
+        raise NexfortConfigError(f"'dynamic' must be true, false or null, got {type(dyn).__name__} {quote(dyn)}.")
     if "fullgraph" in top and not isinstance(top["fullgraph"], bool):
         raise NexfortConfigError(
-            f"'fullgraph' must be true or false, got {type(top['fullgraph']).__name__} {top['fullgraph']!r}.")
+            f"'fullgraph' must be true or false, got {type(top['fullgraph']).__name__} {quote(top['fullgraph'])}.")
     if "memory_format" in top:
-        mf = top["memory_format"]
-        if mf is None:
-            mf = "preserve"
-        if not isinstance(mf, str):  # torch.channels_last and friends
-            mf = str(mf).replace("torch.", "").replace("_format", "") if "format" in str(mf) else mf
-            mf = {"channels_last": "channels_last", "contiguous": "contiguous", "preserve": "preserve"}.get(mf, mf)
-        if mf not in MEMORY_FORMATS:
-            raise NexfortConfigError(unknown_message("memory_format", str(mf), MEMORY_FORMATS))
-        top["memory_format"] = mf
+        top["memory_format"] = _memory_format(top["memory_format"])
     return top
+
+
+def _memory_format(mf: Any) -> str:
+    """``"channels_last"``/``"contiguous"``/``"preserve"`` (or ``None``: preserve), or the torch memory format of the
+    same meaning (``torch.channels_last``, ``torch.contiguous_format``, ``torch.preserve_format``)."""
+    if mf is None:
+        return "preserve"
+    if isinstance(mf, str):
+        if mf not in MEMORY_FORMATS:
+            raise NexfortConfigError(unknown_message("memory_format", mf, MEMORY_FORMATS))
+        return mf
+    import torch
+
+    by_torch = {torch.channels_last: "channels_last", torch.contiguous_format: "contiguous",
+                torch.preserve_format: "preserve"}
+    if isinstance(mf, torch.memory_format):
+        if mf in by_torch:
+            return by_torch[mf]
+        raise NexfortConfigError(f"memory_format {mf} is not supported (2-D convolutions' layouts only): use "
+                                 f"{', '.join(MEMORY_FORMATS)} or {', '.join(map(str, by_torch))}.")
+    raise NexfortConfigError(
+        f"memory_format must be one of {', '.join(map(repr, MEMORY_FORMATS))} or a torch memory format "
+        f"({', '.join(map(str, by_torch))}), got {type(mf).__name__} {quote(mf)}.")
 
 
 # ------------------------------------------------------------------------------------------ resolve
@@ -300,6 +395,7 @@ def resolve_config(spec: Any = None, /, **kwargs: Any):
     ``omegaconf.DictConfig`` (see :mod:`nexfort.core.schema`). Raises :class:`NexfortConfigError`.
     """
     merged = _parse_spec(spec)
+    _check_keys(merged)
     for k, v in kwargs.items():
         if v is None and k in merged:
             continue
@@ -307,6 +403,7 @@ def resolve_config(spec: Any = None, /, **kwargs: Any):
             merged["options"] = {**merged["options"], **v}
         else:
             merged[k] = v
+    _check_keys(merged)
     key = json.dumps(merged, sort_keys=True, default=repr)
     return _resolve_cached(key, _Frozen(merged))
 
@@ -362,7 +459,22 @@ def _resolve_cached(key: str, frozen: _Frozen):
     for k, v in cfg.options.inductor.items():  # flag files are checked as strictly as users
         _check_inductor_key(k, v, f"inductor.{k}")
     OmegaConf.set_readonly(cfg, True)
+    _validate_with_plugins(cfg)
     return cfg
+
+
+def _validate_with_plugins(cfg: Any) -> None:
+    """The plugins' own checks of their options (``nexfort_validate_config``): every problem in one error."""
+    from nexfort.core.plugins import get_plugin_manager
+
+    problems: List[str] = []
+    for result in get_plugin_manager().hook.nexfort_validate_config(config=cfg):
+        if not result:
+            continue
+        problems.extend([result] if isinstance(result, str) else [str(m) for m in result])
+    if problems:
+        raise NexfortConfigError(problems[0] if len(problems) == 1 else
+                                 "Invalid options:\n" + "\n".join(f"- {m}" for m in problems))
 
 
 def _note_missing_knob(key: str, flags: List[str]) -> None:

@@ -32,6 +32,26 @@ def nexfort_config_schema() -> Optional[Mapping[str, type]]:
 
 
 @hookspec
+def nexfort_validate_config(config: "NexfortConfig") -> Optional[Sequence[str]]:
+    """Check the values of this plugin's options (``config.options.<its namespace>``) beyond their types.
+
+    Core has already checked every key and every value's type against the plugin's schema
+    (:func:`nexfort_config_schema`; a lone string given for a ``List[str]`` field arrives as a one-element list).
+    This hook checks what a type cannot say: ranges (a negative size, a NaN threshold), names that must come from
+    a registry, combinations. Called once for each resolved configuration, before anything is compiled
+    (``resolve_config``: ``nexfort_compile`` raises before it returns; ``torch.compile(backend="nexfort")`` on its
+    first call, before any graph is compiled).
+
+    Return ``None`` (or an empty sequence) when the options are valid; otherwise one message per problem, each
+    naming the option, the bad value (quoted with :func:`nexfort.core.errors.shown`, at most ~200 characters) and
+    what is valid, e.g. ``"Unknown attention kernel 'fa3'; did you mean 'fa4'? Valid attention kernels: fa4."``.
+    Core raises one :class:`nexfort.core.errors.NexfortConfigError` with all of them. The answer must not depend on
+    the hardware or on optional packages (a configuration is valid or not on every machine), must be quick, and
+    should not raise: an exception propagates as it is.
+    """
+
+
+@hookspec
 def nexfort_inductor_config(config: "NexfortConfig") -> Optional[Mapping[str, Any]]:
     """Contribute Inductor settings (keys of ``torch._inductor.config``) for this configuration.
 

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch.fx import GraphModule, Node
 
 from nexfort.core import hookimpl
-from nexfort.core.errors import NexfortConfigError, unknown_message
+from nexfort.core.errors import NexfortConfigError, shown, unknown_message
 from nexfort.core.graph_pass import GraphPass
 from nexfort.passes._fx import arg, fake, is_op
 from nexfort.passes._options import pass_options
@@ -60,18 +60,33 @@ class AttentionKernelOptions:
     max_rel_l2: float = 1e-2
 
 
+def _problems(options: AttentionKernelOptions) -> List[str]:
+    """What is wrong with these options whatever the machine: a threshold that is not a positive / non-negative
+    number (NaN included), an unknown kernel name."""
+    problems = []
+    if not (isinstance(options.min_speedup, (int, float)) and options.min_speedup > 0):  # (NaN > 0 is False)
+        problems.append(f"Option 'attention_kernel.min_speedup' must be a number > 0 (SDPA's time / the kernel's "
+                        f"that a kernel must reach), got {shown(options.min_speedup)}.")
+    if not (isinstance(options.max_rel_l2, (int, float)) and options.max_rel_l2 >= 0):
+        problems.append(f"Option 'attention_kernel.max_rel_l2' must be a number >= 0 (the largest relative L2 error "
+                        f"against SDPA's output), got {shown(options.max_rel_l2)}.")
+    registered = K.registered_kernels()
+    for name in options.kernels or ():
+        if name not in registered:
+            problems.append(unknown_message("attention kernel", str(name), registered,
+                                            hint="(options.attention_kernel.kernels)"))
+    return problems
+
+
 def _check(options: AttentionKernelOptions) -> Optional[Tuple[str, ...]]:
-    """The candidate names, validated: unknown -> NexfortConfigError; named but not installed -> ImportError."""
-    if not (options.min_speedup > 0 and options.max_rel_l2 >= 0):
-        raise NexfortConfigError(f"options.attention_kernel: min_speedup must be > 0 and max_rel_l2 >= 0; got "
-                                 f"{options.min_speedup!r} and {options.max_rel_l2!r}")
+    """The candidate names, validated: invalid -> NexfortConfigError; named but not installed -> ImportError."""
+    problems = _problems(options)
+    if problems:
+        raise NexfortConfigError(problems[0] if len(problems) == 1 else "; ".join(problems))
     if options.kernels is None:
         return None
     registered = K.registered_kernels()
     for name in options.kernels:
-        if name not in registered:
-            raise NexfortConfigError(unknown_message("attention kernel", name, registered,
-                                                     hint="(options.attention_kernel.kernels)"))
         kernel = registered[name]
         if not (kernel.available("cuda") or kernel.available("cpu")):
             raise ImportError(f"options.attention_kernel.kernels names {name!r}, which is not installed or has no "
@@ -168,6 +183,15 @@ K.op()
 @hookimpl
 def nexfort_config_schema():
     return {NAME: AttentionKernelOptions}
+
+
+@hookimpl
+def nexfort_validate_config(config):
+    """The thresholds' ranges and the kernels' names, when the configuration is resolved (their types are checked by
+    core against :class:`AttentionKernelOptions`). Whether a named kernel is installed and has a GPU is asked when
+    the pass is made, on the machine that compiles."""
+    options, _ = pass_options(config, NAME, AttentionKernelOptions)
+    return _problems(options) or None
 
 
 @hookimpl

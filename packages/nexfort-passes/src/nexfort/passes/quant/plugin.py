@@ -47,6 +47,30 @@ def nexfort_config_schema() -> Optional[Mapping[str, type]]:
 
 
 @hookimpl
+def nexfort_validate_config(config: Any) -> Optional[List[str]]:
+    """``quant.type`` names a registered method, ``quant.min_features`` is >= 0, ``quant.exclude`` has no empty
+    name (which would exclude every layer). Their types are checked by core against :class:`QuantOptions`."""
+    from nexfort.core.errors import shown, unknown_message
+    from nexfort.passes.quant import api
+
+    opts = config.options.get(NAMESPACE)
+    if opts is None:
+        return None
+    problems = []
+    methods = sorted(api._BY_NAME)
+    if str(opts.type) not in api._BY_NAME:
+        problems.append(unknown_message("quantization type", str(opts.type), methods,
+                                        hint="(options.quant.type)"))
+    if int(opts.min_features) < 0:
+        problems.append(f"Option 'quant.min_features' must be >= 0 (layers with fewer input or output features are "
+                        f"left alone), got {shown(opts.min_features)}.")
+    if any(str(name) == "" for name in opts.exclude):
+        problems.append(f"Option 'quant.exclude' has an empty name, which every layer's name contains (it would "
+                        f"exclude all of them): {shown(list(opts.exclude))}.")
+    return problems or None
+
+
+@hookimpl
 def nexfort_claims_feature(feature: str, config: Any) -> Optional[bool]:
     return True if feature == "quant" else None
 
