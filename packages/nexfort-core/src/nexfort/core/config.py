@@ -8,13 +8,14 @@ on top. Everything is validated first, so a bad value is reported before any com
 from __future__ import annotations
 
 import collections.abc
+import contextlib
 import dataclasses
 import functools
 import importlib.resources
 import json
 import os
 import threading
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Tuple
 
 from nexfort.core import compat
 from nexfort.core.errors import NexfortConfigError, suggest, unknown_message
@@ -487,15 +488,40 @@ def _note_missing_knob(key: str, flags: List[str]) -> None:
         compat.INDUCTOR_KNOB_SINCE[key], torch.__version__)
 
 
+@contextlib.contextmanager
+def isolated_hydra() -> Iterator[None]:
+    """Hydra's process-wide state as the caller had it, before and after: nexfort is a library and may run inside a
+    program that is itself a Hydra application (``@hydra.main``), whose ``GlobalHydra`` is initialized (Hydra's
+    ``initialize_*`` would raise "GlobalHydra is already initialized") and whose version base is its own.
+
+    Inside, Hydra's singletons ``GlobalHydra`` and ``VersionBase`` are fresh; the others (its plugin registry, the
+    caller's ``HydraConfig``) are shared, as composing only reads them. Afterwards the registry of singletons is
+    exactly what it was: the caller's own objects back, nothing of nexfort's left."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.singleton import Singleton
+    from hydra.version import VersionBase
+
+    saved = dict(Singleton._instances)
+    for key in (GlobalHydra, VersionBase):
+        Singleton._instances.pop(key, None)
+    try:
+        yield
+    finally:
+        Singleton._instances.clear()
+        Singleton._instances.update(saved)
+
+
 def compose_flags(flags: List[str]):
-    """Compose ``conf/config.yaml`` with the mode flags selected, in order (Hydra)."""
+    """Compose ``conf/config.yaml`` with the mode flags selected, in order (Hydra), without touching the caller's
+    Hydra state (:func:`isolated_hydra`)."""
     from hydra import compose, initialize_config_dir, initialize_config_module
 
     kind, where = _conf_location()
-    init = (initialize_config_module(config_module=where, version_base=None) if kind == "module"
-            else initialize_config_dir(config_dir=where, version_base=None))
-    with _lock, init:
-        return compose(config_name="config", overrides=[f"mode=[{','.join(flags)}]"])
+    with _lock, isolated_hydra():
+        init = (initialize_config_module(config_module=where, version_base=None) if kind == "module"
+                else initialize_config_dir(config_dir=where, version_base=None))
+        with init:
+            return compose(config_name="config", overrides=[f"mode=[{','.join(flags)}]"])
 
 
 def flags_turned_on(cfg: Any) -> List[str]:
