@@ -27,7 +27,7 @@ def test_quantize_pipe_quantizes_the_denoiser_once_fused(counters):
     ref = _image(pipe)
     done = quantize_pipe(pipe, "fp8", min_features=16)
     blocks = pipe.transformer.transformer_blocks[0]
-    assert done["transformer"] == counters["quant"]["fp8"] > 0
+    assert done["transformer"] == counters["quant"]["fp8_e4m3_e4m3_dynamic"] > 0
     attn = blocks.attn1
     assert isinstance(attn.to_qkv, Float8Linear) and isinstance(attn.to_q, Float8Linear)
     assert attn.to_q.weight.untyped_storage().data_ptr() == attn.to_qkv.weight.untyped_storage().data_ptr()
