@@ -25,15 +25,37 @@ The ``quant`` mode flag applies the method named by ``options.quant.type`` to a 
 
 from __future__ import annotations
 
-from nexfort.passes.quant.api import (ALIASES, QuantConfig, QuantizationError, QuantizedLinear, QuantResult,
-                                      all_types, canonical_type, config_for, excluding, quantize_, register_handler,
-                                      supported_types)
-from nexfort.passes.quant.fp8 import (Float8DynamicConfig, Float8DynamicPerTensorConfig, Float8Linear,
-                                      Float8PerTensorLinear, Float8WeightOnlyConfig, Float8WeightOnlyLinear)
-from nexfort.passes.quant.int8 import (Int8DynamicConfig, Int8DynamicLinear, Int8WeightOnlyConfig,
-                                       Int8WeightOnlyLinear)
-from nexfort.passes.quant.selective import (Selection, check_top_percentage, fingerprint, measure_errors,
-                                            quantize_selected, select_layers)
+from nexfort.passes.quant.api import (
+    ALIASES,
+    QuantConfig,
+    QuantizationError,
+    QuantizedLinear,
+    QuantResult,
+    all_types,
+    canonical_type,
+    config_for,
+    excluding,
+    quantize_,
+    register_handler,
+    supported_types,
+)
+from nexfort.passes.quant.fp8 import (
+                                      Float8DynamicConfig,
+                                      Float8DynamicPerTensorConfig,
+                                      Float8Linear,
+                                      Float8PerTensorLinear,
+                                      Float8WeightOnlyConfig,
+                                      Float8WeightOnlyLinear,
+)
+from nexfort.passes.quant.int8 import Int8DynamicConfig, Int8DynamicLinear, Int8WeightOnlyConfig, Int8WeightOnlyLinear
+from nexfort.passes.quant.selective import (
+    Selection,
+    check_top_percentage,
+    fingerprint,
+    measure_errors,
+    quantize_selected,
+    select_layers,
+)
 
 __all__ = ["ALIASES", "QuantConfig", "QuantizationError", "QuantizedLinear", "QuantResult", "all_types",
            "canonical_type", "config_for", "excluding", "quantize_", "register_handler", "supported_types",
