@@ -125,3 +125,4 @@ def test_quantize_pipe_selective_bad_inputs_fail_before_anything_changes(tmp_pat
     with pytest.raises(QuantizationError, match=r"linear layers differ: not in the file: 'transformer_blocks.1"):
         quantize_pipe(deeper, "int8_dynamic", selection_file=str(path), min_features=16)
     assert not any(type(m).__name__.startswith("Int8") for m in deeper.transformer.modules())
+    assert not getattr(deeper.transformer.transformer_blocks[0].attn1, "fused_projections", False)  # not even fused

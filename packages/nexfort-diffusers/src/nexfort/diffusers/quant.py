@@ -19,7 +19,7 @@ from typing import Any, Dict, Iterable, Optional
 
 import torch
 
-from nexfort.diffusers.fused import fuse_projections
+from nexfort.diffusers.fused import fuse_projections, plan_fusion
 from nexfort.diffusers.pipe import DENOISERS, _components
 
 logger = logging.getLogger("nexfort")
@@ -78,11 +78,13 @@ def quantize_pipe(pipe: Any, quant_type: str = "fp8", *, ignores: Iterable[str] 
     for name in names:
         config.check(modules[name])
     files = _selection_files(selection_file, names)
+    saved: Dict[str, Any] = {}
     if selection_file is not None and calibration is None:
-        for name in names:  # a missing file fails before anything changes (the fingerprint is checked below)
-            if not os.path.exists(files[name]):
-                raise quant.QuantizationError(f"Selection file {files[name]!r} does not exist; give calibration "
-                                              "inputs to measure and save it.")
+        for name in names:  # a missing file or another model's fails before anything changes (fusing included)
+            saved[name] = quant.Selection.read(files[name])
+            fp = _fused_fingerprint(quant, modules[name]) if fuse_qkv_projections else quant.fingerprint(
+                modules[name])
+            saved[name].check_model(config, fp, f"Selection file {files[name]!r}")
     if fuse_qkv_projections:
         for name in names:
             fuse_projections(modules[name])
@@ -93,8 +95,9 @@ def quantize_pipe(pipe: Any, quant_type: str = "fp8", *, ignores: Iterable[str] 
             if files:
                 sel.save(files[name])
     elif selection_file is not None:
-        for name in names:  # load and check all before quantizing any
-            sel = quant.Selection.load(files[name], modules[name], config, keep)
+        for name in names:  # check all before quantizing any
+            sel = saved[name]
+            sel.check(modules[name], config, keep, f"Selection file {files[name]!r}")
             if top_percentage is not None and top_percentage != sel.top_percentage:
                 sel = sel.reselect(modules[name], config, top_percentage, keep)
             selections[name] = sel
@@ -108,6 +111,19 @@ def quantize_pipe(pipe: Any, quant_type: str = "fp8", *, ignores: Iterable[str] 
     logger.info("nexfort: quantize_pipe(%s, %r) quantized %s", pipe.__class__.__name__, config.name,
                 "; ".join(f"{n}: {k.summary() if hasattr(k, 'summary') else k}" for n, k in done.items()))
     return done
+
+
+def _fused_fingerprint(quant: Any, module: Any) -> Dict[str, Any]:
+    """The fingerprint ``module`` will have once :func:`fuse_projections` has fused it (read only)."""
+    fp = quant.fingerprint(module)
+    layers = fp["layers"]
+    plans, _ = plan_fusion(module)
+    for plan in plans:
+        pre = f"{plan.name}." if plan.name else ""
+        for fused, parts in plan.groups:
+            shapes = [layers[pre + p] for p in parts]
+            layers[pre + fused] = [sum(s[0] for s in shapes), shapes[0][1]]
+    return fp
 
 
 def _selection_files(selection_file: Optional[str], names: Any) -> Dict[str, str]:

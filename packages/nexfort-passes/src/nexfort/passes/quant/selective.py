@@ -173,32 +173,35 @@ class Selection:
     def check(self, model: torch.nn.Module, config: QuantConfig,
               filter_fn: Optional[Callable[[torch.nn.Module, str], bool]] = None, where: str = "selection") -> None:
         """Raise :class:`QuantizationError` unless this selection was made for ``model`` and ``config``'s type."""
-        if self.type != config.name:
-            raise QuantizationError(f"{where} was measured for quantization type {self.type!r}, not {config.name!r}: "
-                                    "measure again for this type (select_layers).")
-        fp = fingerprint(model)
-        saved = self.model or {}
-        if saved.get("class") != fp["class"]:
-            raise QuantizationError(f"{where} is for a {saved.get('class')!r} model, not this {fp['class']!r}.")
-        if saved.get("sha256") != fp["sha256"]:
-            old, new = saved.get("layers", {}), fp["layers"]
-            missing = sorted(set(old) - set(new))
-            extra = sorted(set(new) - set(old))
-            reshaped = sorted(k for k in set(old) & set(new) if list(old[k]) != list(new[k]))
-            parts = [f"{label} {_names(v)}" for label, v in (("missing from this model:", missing),
-                     ("not in the file:", extra), ("with other shapes:", reshaped)) if v]
-            raise QuantizationError(f"{where} is for another {fp['class']} (its linear layers differ: "
-                                    f"{'; '.join(parts) or 'another fingerprint'}); measure again for this model.")
+        self.check_model(config, fingerprint(model), where)
         names = {fqn for fqn, _ in candidates(model, config, filter_fn)}
         unknown = sorted(names - set(self.errors))
         if unknown:
             raise QuantizationError(f"{where} does not cover the layers {_names(unknown)} (measured with other "
                                     "options: min_features, ignores?); measure again with these options.")
 
+    def check_model(self, config: QuantConfig, fp: Dict[str, Any], where: str = "selection") -> None:
+        """The type and fingerprint part of :meth:`check` (``fp``: :func:`fingerprint` of the model, or what it will
+        be: ``layers`` alone is enough)."""
+        if self.type != config.name:
+            raise QuantizationError(f"{where} was measured for quantization type {self.type!r}, not {config.name!r}: "
+                                    "measure again for this type (select_layers).")
+        saved = self.model or {}
+        if saved.get("class") != fp["class"]:
+            raise QuantizationError(f"{where} is for a {saved.get('class')!r} model, not this {fp['class']!r}.")
+        old, new = saved.get("layers", {}), fp["layers"]
+        missing = sorted(set(old) - set(new))
+        extra = sorted(set(new) - set(old))
+        reshaped = sorted(k for k in set(old) & set(new) if list(old[k]) != list(new[k]))
+        if missing or extra or reshaped:
+            parts = [f"{label} {_names(v)}" for label, v in (("missing from this model:", missing),
+                     ("not in the file:", extra), ("with other shapes:", reshaped)) if v]
+            raise QuantizationError(f"{where} is for another {fp['class']} (its linear layers differ: "
+                                    f"{'; '.join(parts)}); measure again for this model.")
+
     @classmethod
-    def load(cls, path: Union[str, os.PathLike], model: torch.nn.Module, config: QuantConfig,
-             filter_fn: Optional[Callable[[torch.nn.Module, str], bool]] = None) -> "Selection":
-        """The selection saved at ``path``, checked against ``model`` and ``config`` (:meth:`check`)."""
+    def read(cls, path: Union[str, os.PathLike]) -> "Selection":
+        """The selection saved at ``path``, unchecked (:meth:`load` checks it)."""
         where = f"Selection file {os.fspath(path)!r}"
         if not os.path.exists(path):
             raise QuantizationError(f"{where} does not exist; measure with calibration inputs to make it.")
@@ -211,12 +214,18 @@ class Selection:
             raise QuantizationError(f"{where} is not a nexfort quantization selection (format {FORMAT!r} version "
                                     f"{VERSION}).")
         try:
-            sel = cls(type=str(d["type"]), top_percentage=float(d["top_percentage"]), errors=dict(d["errors"]),
-                      quantize=list(d["quantize"]), keep=list(d["keep"]), unmeasured=list(d.get("unmeasured", [])),
-                      model=dict(d["model"]))
+            return cls(type=str(d["type"]), top_percentage=float(d["top_percentage"]), errors=dict(d["errors"]),
+                       quantize=list(d["quantize"]), keep=list(d["keep"]), unmeasured=list(d.get("unmeasured", [])),
+                       model=dict(d["model"]))
         except (KeyError, TypeError, ValueError) as e:
             raise QuantizationError(f"{where} lacks or garbles the entry {e}.") from e
-        sel.check(model, config, filter_fn, where)
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike], model: torch.nn.Module, config: QuantConfig,
+             filter_fn: Optional[Callable[[torch.nn.Module, str], bool]] = None) -> "Selection":
+        """The selection saved at ``path``, checked against ``model`` and ``config`` (:meth:`check`)."""
+        sel = cls.read(path)
+        sel.check(model, config, filter_fn, f"Selection file {os.fspath(path)!r}")
         return sel
 
     def reselect(self, model: torch.nn.Module, config: QuantConfig, top_percentage: float,
