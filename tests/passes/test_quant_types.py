@@ -6,6 +6,8 @@ dynamic runs ``torch._int_mm`` where this torch has it on the CPU, else the int3
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -102,7 +104,7 @@ def test_each_type_replaces_what_it_can_and_reports_the_memory(name, counters):
     floats = sum(model.get_submodule(f).weight.numel() for f in expect) * 4
     assert result.weight_bytes_before == floats
     assert floats / 4 <= result.weight_bytes_after < floats / 3  # 1-byte weights plus float32 row scales
-    assert "MiB" in result.summary()
+    assert "MiB" in result.summary() and copy.deepcopy(result).layers == result.layers
     out = model(x)
     assert rel_l2(out[0], ref[0]) < 2 * BOUND[name][1]
     assert torch.equal(out[2], ref[2])

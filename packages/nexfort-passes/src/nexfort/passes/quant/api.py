@@ -151,6 +151,9 @@ class QuantResult(int):
         self.weight_bytes_before, self.weight_bytes_after = int(bytes_before), int(bytes_after)
         return self
 
+    def __reduce__(self) -> Any:  # copy/pickle: int's would call QuantResult(n)
+        return (QuantResult, (self.layers, self.type, self.weight_bytes_before, self.weight_bytes_after, self.kept))
+
     def summary(self) -> str:
         mib = 1 << 20
         kept = f", {len(self.kept)} kept in high precision" if self.kept else ""
