@@ -140,6 +140,7 @@ def test_alias_fp8_is_the_per_channel_dynamic_type():
     assert type(cfg) is quant.Float8DynamicConfig and cfg.name == "fp8_e4m3_e4m3_dynamic" and cfg.min_features == 32
     assert quant.canonical_type("fp8") == "fp8_e4m3_e4m3_dynamic"
     assert set(TYPES) == set(quant.all_types())
+    assert api._BY_NAME["fp8"] is quant.Float8DynamicConfig  # the alias resolves where plugin.py's validation looks
 
 
 def test_unknown_types_name_the_close_ones_and_the_valid_ones():

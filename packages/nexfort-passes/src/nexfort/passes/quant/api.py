@@ -50,7 +50,7 @@ class QuantConfig:
 # handler(model, [(fqn, linear)], config) -> number of layers replaced
 Handler = Callable[[torch.nn.Module, List[Any], QuantConfig], int]
 _HANDLERS: Dict[Type[QuantConfig], Handler] = {}
-_BY_NAME: Dict[str, Type[QuantConfig]] = {}
+_BY_NAME: Dict[str, Type[QuantConfig]] = {}  # every accepted name (canonical names and aliases) -> config
 ALIASES: Dict[str, str] = {}  # alias -> canonical name
 
 
@@ -60,8 +60,9 @@ def register_handler(config_cls: Type[QuantConfig], aliases: Iterable[str] = ())
     def deco(fn: Handler) -> Handler:
         _HANDLERS[config_cls] = fn
         _BY_NAME[config_cls.name] = config_cls
-        for alias in aliases:
+        for alias in aliases:  # an alias resolves through _BY_NAME too (what plugin.py's validation reads)
             ALIASES[alias] = config_cls.name
+            _BY_NAME[alias] = config_cls
         return fn
 
     return deco
@@ -79,12 +80,12 @@ def _device(device: DeviceLike) -> torch.device:
 def supported_types(device: DeviceLike = None) -> List[str]:
     """The canonical type names that run on ``device`` (default: the current GPU, else the CPU)."""
     dev = _device(device)
-    return [n for n, cls in sorted(_BY_NAME.items()) if cls.unsupported(dev) is None]
+    return [n for n in all_types() if _BY_NAME[n].unsupported(dev) is None]
 
 
 def all_types() -> List[str]:
     """Every canonical type name, whatever the device."""
-    return sorted(_BY_NAME)
+    return sorted(n for n in _BY_NAME if n not in ALIASES)
 
 
 def canonical_type(name: str) -> str:
@@ -95,8 +96,8 @@ def canonical_type(name: str) -> str:
 def _suggestions(name: str) -> List[str]:
     # "fp8_dyn" -> the names whose tokens start with each of its tokens ("fp8", "dyn..."), then difflib's
     tokens = [t for t in name.lower().replace("-", "_").split("_") if t]
-    close = [n for n in sorted(_BY_NAME) if tokens and all(any(p.startswith(t) for p in n.split("_")) for t in tokens)]
-    for n in difflib.get_close_matches(name, list(_BY_NAME) + list(ALIASES), n=3, cutoff=0.6):
+    close = [n for n in all_types() if tokens and all(any(p.startswith(t) for p in n.split("_")) for t in tokens)]
+    for n in difflib.get_close_matches(name, list(_BY_NAME), n=3, cutoff=0.6):
         if n not in close and ALIASES.get(n) not in close:
             close.append(n)
     return close[:3]
