@@ -27,7 +27,7 @@ def test_quantize_pipe_quantizes_the_denoiser_once_fused(counters):
     ref = _image(pipe)
     done = quantize_pipe(pipe, "fp8", min_features=16)
     blocks = pipe.transformer.transformer_blocks[0]
-    assert done["transformer"] == counters["quant"]["fp8"] > 0
+    assert done["transformer"] == counters["quant"]["fp8_e4m3_e4m3_dynamic"] > 0
     attn = blocks.attn1
     assert isinstance(attn.to_qkv, Float8Linear) and isinstance(attn.to_q, Float8Linear)
     assert attn.to_q.weight.untyped_storage().data_ptr() == attn.to_qkv.weight.untyped_storage().data_ptr()
@@ -74,3 +74,55 @@ def test_lora_on_a_quantized_pipeline_is_a_clear_error():
     assert quantize_pipe(pipe, min_features=16)["transformer"] > 0
     with pytest.raises(RuntimeError, match="transformer is quantized .* fuse the LoRA first, then quantize"):
         fuse_lora(pipe, {})
+
+
+def test_quantize_pipe_int8_reports_the_weight_memory(counters):
+    from nexfort.passes.quant import Int8DynamicLinear
+
+    pipe = tiny_pixart_pipe()
+    ref = _image(pipe)
+    done = quantize_pipe(pipe, quant_type="int8_dynamic", ignores=["proj_out"], min_features=16)
+    result = done["transformer"]
+    assert result == counters["quant"]["int8_dynamic"] > 0 and result.type == "int8_dynamic"
+    assert isinstance(pipe.transformer.transformer_blocks[0].attn1.to_qkv, Int8DynamicLinear)
+    assert type(pipe.transformer.proj_out) is torch.nn.Linear  # ignored by name
+    assert result.weight_bytes_after < result.weight_bytes_before / 2
+    err = rel_l2(_image(pipe), ref)
+    assert 0 < err < 0.05, err
+
+
+def test_quantize_pipe_selective_saves_and_loads_its_choice(tmp_path):
+    from nexfort.passes.quant import Int8DynamicLinear
+
+    path = tmp_path / "sel.json"
+    pipe = tiny_pixart_pipe()
+    done = quantize_pipe(pipe, quant_type="int8_dynamic", top_percentage=50, calibration=[pipe_inputs(1)],
+                         selection_file=str(path), min_features=16)["transformer"]
+    assert path.exists() and done.kept and done > 0
+    for fqn in done.kept:
+        assert type(pipe.transformer.get_submodule(fqn)) is torch.nn.Linear  # kept in high precision
+    again = tiny_pixart_pipe(seed=1)  # same architecture, other weights: the saved choice applies
+    loaded = quantize_pipe(again, quant_type="int8_dynamic", selection_file=str(path), min_features=16)
+    assert loaded["transformer"].layers == done.layers
+    assert isinstance(again.transformer.get_submodule(done.layers[0]), Int8DynamicLinear)
+
+
+def test_quantize_pipe_selective_bad_inputs_fail_before_anything_changes(tmp_path):
+    path = tmp_path / "sel.json"
+    quantize_pipe(tiny_pixart_pipe(), quant_type="int8_dynamic", top_percentage=50, calibration=[pipe_inputs(1)],
+                  selection_file=str(path), min_features=16)
+    pipe = tiny_pixart_pipe()
+    with pytest.raises(QuantizationError, match=r"top_percentage must be a number in \(0, 100\] .*got 0\."):
+        quantize_pipe(pipe, "int8_dynamic", top_percentage=0, calibration=[pipe_inputs(1)])
+    with pytest.raises(QuantizationError, match=r"top_percentage=50 needs calibration inputs"):
+        quantize_pipe(pipe, "int8_dynamic", top_percentage=50)
+    with pytest.raises(QuantizationError, match=r"nope.json' does not exist"):
+        quantize_pipe(pipe, "int8_dynamic", selection_file=str(tmp_path / "nope.json"))
+    with pytest.raises(QuantizationError, match=r"measured for quantization type 'int8_dynamic', not 'int8_weigh"):
+        quantize_pipe(pipe, "int8_weightonly", selection_file=str(path), min_features=16)
+    assert not any(type(m).__name__.startswith(("Int8", "Float8")) for m in pipe.transformer.modules())
+    deeper = tiny_pixart_pipe(num_layers=2)  # another model: a second block the file does not know
+    with pytest.raises(QuantizationError, match=r"linear layers differ: not in the file: 'transformer_blocks.1"):
+        quantize_pipe(deeper, "int8_dynamic", selection_file=str(path), min_features=16)
+    assert not any(type(m).__name__.startswith("Int8") for m in deeper.transformer.modules())
+    assert not getattr(deeper.transformer.transformer_blocks[0].attn1, "fused_projections", False)  # not even fused

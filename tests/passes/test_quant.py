@@ -62,7 +62,7 @@ def test_quantize_replaces_what_it_can_and_leaves_the_rest(counters):
     x = torch.randn(2, 7, 64)
     ref = [t.detach() for t in model(x)]
     assert quantize_(model, CFG) == 2
-    assert counters["quant"]["fp8"] == 2
+    assert counters["quant"]["fp8_e4m3_e4m3_dynamic"] == 2
     assert isinstance(model.proj_in, Float8Linear) and isinstance(model.proj_out, Float8Linear)
     assert type(model.odd) is torch.nn.Linear and type(model.small) is torch.nn.Linear  # near misses
     out = model(x)
@@ -125,7 +125,7 @@ def test_quant_flag_quantizes_through_nexfort_compile(counters):
     full = model(x)[0].detach()
     compiled = nexfort_compile(model, mode="quant", options={"quant.min_features": 16,
                                                              "quant.exclude": ["proj_out"]})
-    assert isinstance(model.proj_in, Float8Linear) and counters["quant"]["fp8"] == 1
+    assert isinstance(model.proj_in, Float8Linear) and counters["quant"]["fp8_e4m3_e4m3_dynamic"] == 1
     assert type(model.proj_out) is torch.nn.Linear  # excluded by name
     eager_quantized = model(x)[0]
     out = compiled(x)[0]

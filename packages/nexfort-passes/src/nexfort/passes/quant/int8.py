@@ -1,0 +1,161 @@
+"""int8 linear layers: ``int8_dynamic`` and ``int8_weightonly`` (A100-class GPUs, compute capability 8.0+, and
+the CPU).
+
+``int8_dynamic``: weights quantized once, symmetric, one scale per output row (per channel); activations per row
+(per token) at each call; the product in integers (``torch._int_mm``, int32 accumulation, exact), rescaled:
+
+    y = (round(x / sx) @ round(W / sw)^T) * sx * sw^T + b,   sx = rowmax|x| / 127,  sw = rowmax|W| / 127
+
+Where this torch has no ``torch._int_mm`` on the CPU (:func:`cpu_int_mm`), the CPU multiplies the same int8 values
+as int32 tensors (same result, slower). On CUDA ``_int_mm`` needs more than 16 rows: fewer are padded.
+``int8_weightonly``: int8 weights with row scales, dequantized to the input's dtype before an ordinary GEMM (a
+quarter of the fp32 weight memory, half of bf16's; under ``torch.compile`` Inductor fuses the dequantization).
+Error: the int8 rounding, about 1 % relative L2 per layer on random data for the dynamic type, well under for
+weight-only (tests/passes/test_quant_types.py). Left alone: layers whose ``in_features`` or ``out_features`` is not a
+multiple of 8 (int8 dynamic only: what the int8 GEMM needs), smaller than ``min_features``, or not fp16/bf16/fp32.
+Row scales make the Q/K/V row views of a fused projection views of its int8 rows, as for fp8.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any, List, Optional, Tuple
+
+import torch
+
+from nexfort.passes.quant import api
+from nexfort.passes.quant.api import QuantConfig, QuantizedLinear, register_handler, replace_rowwise
+
+INT8_MAX = 127.0
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def int8_unsupported(device: torch.device) -> Optional[str]:
+    """Why the int8 types cannot run on ``device`` (``None``: they can)."""
+    if device.type == "cpu":
+        return None
+    if device.type == "cuda":
+        if not hasattr(torch, "_int_mm"):
+            return f"torch {torch.__version__} has no torch._int_mm"
+        cap = api.cuda_capability(device)
+        if tuple(cap) < (8, 0):
+            return (f"int8 needs an A100-class GPU (compute capability 8.0+); {api.device_name(device)} is "
+                    f"{cap[0]}.{cap[1]}")
+        return None
+    return f"no int8 kernels for {device.type} devices"
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_int_mm() -> bool:
+    """Whether this torch runs ``torch._int_mm`` (int8 x int8 -> int32) on the CPU."""
+    if not hasattr(torch, "_int_mm"):
+        return False
+    try:
+        a = torch.ones(17, 16, dtype=torch.int8)
+        return bool(torch._int_mm(a, a.t()[:, :8].contiguous())[0, 0] == 16)
+    except Exception:  # noqa: BLE001 - not implemented for the CPU in this torch
+        return False
+
+
+def quantize_rows_int8(t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``t`` (2-D) in int8 (symmetric, -127..127) and its float32 scale per row (``t ~= q.float() * scale``)."""
+    scale = t.detach().abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / INT8_MAX
+    q = (t.detach().float() / scale).round().clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
+    return q, scale
+
+
+def int8_matmul(a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
+    """``a @ b_t`` for int8 ``a`` ``(m, k)`` and ``b_t`` ``(k, n)``, in int32."""
+    if a.is_cuda:
+        m = a.shape[0]
+        if m <= 16:  # cuBLASLt's int8 GEMM needs more than 16 rows
+            a = torch.nn.functional.pad(a, (0, 0, 0, 17 - m))
+        return torch._int_mm(a, b_t)[:m]
+    if cpu_int_mm():
+        return torch._int_mm(a, b_t)
+    return a.to(torch.int32) @ b_t.to(torch.int32)
+
+
+def _int8_accepts(config: QuantConfig, linear: torch.nn.Linear, multiple: int) -> bool:
+    w = linear.weight
+    return (w.dtype in FLOAT_DTYPES and w.dim() == 2 and linear.in_features % multiple == 0
+            and linear.out_features % multiple == 0 and min(w.shape) >= config.min_features)
+
+
+@dataclass
+class Int8DynamicConfig(QuantConfig):
+    """int8 weights (one scale per output row) and activations (one scale per row, computed per call)."""
+
+    name = "int8_dynamic"
+    min_features: int = 256
+
+    @classmethod
+    def unsupported(cls, device: torch.device) -> Optional[str]:
+        return int8_unsupported(device)
+
+    def accepts(self, linear: torch.nn.Linear) -> bool:
+        return _int8_accepts(self, linear, 8)
+
+
+@dataclass
+class Int8WeightOnlyConfig(QuantConfig):
+    """int8 weights (one scale per output row), dequantized for an ordinary GEMM in the input's dtype."""
+
+    name = "int8_weightonly"
+    min_features: int = 256
+
+    @classmethod
+    def unsupported(cls, device: torch.device) -> Optional[str]:
+        if device.type == "cuda":
+            cap = api.cuda_capability(device)
+            if tuple(cap) < (8, 0):
+                return (f"int8 needs an A100-class GPU (compute capability 8.0+); {api.device_name(device)} is "
+                        f"{cap[0]}.{cap[1]}")
+            return None
+        return None if device.type == "cpu" else f"no int8 kernels for {device.type} devices"
+
+    def accepts(self, linear: torch.nn.Linear) -> bool:
+        return _int8_accepts(self, linear, 1)
+
+
+class Int8DynamicLinear(QuantizedLinear):
+    """``nn.Linear`` with an int8 weight (``weight``, ``(out, in)``) and its row scales (``weight_scale``, float32,
+    ``(out, 1)``); activations are quantized per row at each call; the output has the input's dtype."""
+
+    kind = "int8 dynamic"
+
+    @classmethod
+    def from_linear(cls, linear: torch.nn.Linear) -> "Int8DynamicLinear":
+        q, scale = quantize_rows_int8(linear.weight)
+        return cls(q, scale, linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        xq, xs = quantize_rows_int8(x2)
+        acc = int8_matmul(xq, self.weight.t())
+        y = (acc.to(torch.float32) * xs * self.weight_scale.t()).to(x.dtype)
+        if self.bias is not None:
+            y = y + self.bias.to(x.dtype)
+        return y.reshape(*shape[:-1], self.out_features)
+
+
+class Int8WeightOnlyLinear(Int8DynamicLinear):
+    """int8 weight with row scales, dequantized to the input's dtype at each call (an ordinary GEMM)."""
+
+    kind = "int8 weight-only"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = (self.weight.to(torch.float32) * self.weight_scale).to(x.dtype)
+        return torch.nn.functional.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
+
+
+@register_handler(Int8DynamicConfig)
+def _quantize_int8_dynamic(model: torch.nn.Module, layers: List[Any], config: Int8DynamicConfig) -> int:
+    return replace_rowwise(model, layers, Int8DynamicLinear)
+
+
+@register_handler(Int8WeightOnlyConfig)
+def _quantize_int8_weightonly(model: torch.nn.Module, layers: List[Any], config: Int8WeightOnlyConfig) -> int:
+    return replace_rowwise(model, layers, Int8WeightOnlyLinear)
