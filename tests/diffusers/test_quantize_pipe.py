@@ -126,3 +126,15 @@ def test_quantize_pipe_selective_bad_inputs_fail_before_anything_changes(tmp_pat
         quantize_pipe(deeper, "int8_dynamic", selection_file=str(path), min_features=16)
     assert not any(type(m).__name__.startswith("Int8") for m in deeper.transformer.modules())
     assert not getattr(deeper.transformer.transformer_blocks[0].attn1, "fused_projections", False)  # not even fused
+
+
+def test_lora_guard_sees_every_quantized_type():
+    """fuse_lora refuses a pipeline quantized with any type (not only fp8's layer class)."""
+    from nexfort.diffusers.lora import _is_quantized
+    from nexfort.passes.quant import config_for, quantize_
+
+    for name in ("int8_weightonly", "int8_dynamic"):
+        m = torch.nn.Sequential(torch.nn.Linear(256, 256))
+        assert quantize_(m, config_for(name)) == 1
+        assert _is_quantized(m[0]), name
+    assert not _is_quantized(torch.nn.Linear(4, 4))

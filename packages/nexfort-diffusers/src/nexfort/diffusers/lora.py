@@ -71,6 +71,13 @@ def refresh_fused_projections(module: torch.nn.Module) -> int:
     return n
 
 
+def _is_quantized(module: Any) -> bool:
+    """A quantized linear layer of nexfort-passes (any type: fp8, int8; by class name, so this package needs no
+    import of nexfort-passes)."""
+    return any(c.__name__ == "QuantizedLinear" and c.__module__.startswith("nexfort.passes")
+               for c in type(module).__mro__)
+
+
 def fuse_lora(pipe: Any, weights: Any, *, lora_scale: float = 1.0, adapter_name: str = "nexfort_lora",
               components: Optional[Sequence[str]] = None, **load_kwargs: Any) -> List[str]:
     """Load the LoRA ``weights`` (anything ``pipe.load_lora_weights`` takes), fuse it at ``lora_scale`` into
@@ -79,7 +86,7 @@ def fuse_lora(pipe: Any, weights: Any, *, lora_scale: float = 1.0, adapter_name:
     if not callable(getattr(pipe, "load_lora_weights", None)):
         raise TypeError(f"{type(pipe).__name__} cannot load LoRA weights (no load_lora_weights)")
     quantized = [n for n, comp in _components(pipe).items()
-                 if any(type(m).__name__ == "Float8Linear" for m in comp.modules())]
+                 if any(_is_quantized(m) for m in comp.modules())]
     if quantized:
         raise RuntimeError(f"nexfort.diffusers.fuse_lora: {', '.join(quantized)} is quantized (quantize_pipe or the "
                            "quant flag): LoRA weights cannot be fused into quantized layers; fuse the LoRA first, "
