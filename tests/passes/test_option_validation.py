@@ -14,7 +14,7 @@ from nexfort.core.errors import NexfortConfigError
     ({"quant.exclude": [1, 2]}, ["'quant.exclude' must be a list of str; item 0 is int 1"]),
     ({"quant.exclude": 5}, ["'quant.exclude' must be a list of str, got int 5"]),
     ({"quant.exclude": ["proj_out", ""]}, ["'quant.exclude' has an empty name"]),
-    ({"quant.type": "fp9"}, ["Unknown quantization type 'fp9'", "did you mean 'fp8'", "Valid types: fp8"]),
+    ({"quant.type": "fp9"}, ["Unknown quantization type 'fp9'", "did you mean 'fp8'", "Valid types on cpu: "]),
     ({"attention_kernel.kernels": ["fa3"]}, ["Unknown attention kernel 'fa3'; did you mean 'fa4'?",
                                              "Valid kernels:"]),
     ({"attention_kernel.kernels": "fa5"}, ["Unknown attention kernel 'fa5'"]),

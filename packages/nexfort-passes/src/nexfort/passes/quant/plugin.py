@@ -27,6 +27,8 @@ class QuantOptions:
     """``options.quant.*``."""
 
     # the method (nexfort.passes.quant.config_for): "fp8" (float8 weights and activations, Hopper/Ada GPUs)
+    # fp8_e4m3_e4m3_dynamic (alias fp8), fp8_e4m3_e4m3_dynamic_per_tensor, fp8_e4m3_e4m3_weightonly, int8_dynamic,
+    # int8_weightonly: nexfort.passes.quant.supported_types(device) lists the ones a device runs
     type: str = "fp8"
     # layers with fewer input or output features are left alone
     min_features: int = 256
@@ -50,17 +52,15 @@ def nexfort_config_schema() -> Optional[Mapping[str, type]]:
 def nexfort_validate_config(config: Any) -> Optional[List[str]]:
     """``quant.type`` names a registered method, ``quant.min_features`` is >= 0, ``quant.exclude`` has no empty
     name (which would exclude every layer). Their types are checked by core against :class:`QuantOptions`."""
-    from nexfort.core.errors import shown, unknown_message
+    from nexfort.core.errors import shown
     from nexfort.passes.quant import api
 
     opts = config.options.get(NAMESPACE)
     if opts is None:
         return None
     problems = []
-    methods = sorted(api._BY_NAME)
     if str(opts.type) not in api._BY_NAME:
-        problems.append(unknown_message("quantization type", str(opts.type), methods,
-                                        hint="(options.quant.type)"))
+        problems.append(api.unknown_type_message(str(opts.type)[:200]) + " (options.quant.type)")
     if int(opts.min_features) < 0:
         problems.append(f"Option 'quant.min_features' must be >= 0 (layers with fewer input or output features are "
                         f"left alone), got {shown(opts.min_features)}.")
