@@ -12,8 +12,10 @@ neither a config nor a reasoned skip fails ``test_every_exported_denoiser_is_cov
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
+import signal
 
 import pytest
 import torch
@@ -95,6 +97,26 @@ def _compile(model, entry):
 
 
 ZOO = sorted(zoo.CONFIGS)
+BUDGET_S = int(os.environ.get("NEXFORT_ZOO_BUDGET_S", "300"))  # per model and entry point: over it is a failure
+
+
+@contextlib.contextmanager
+def _budget(what):
+    """Fail (rather than hang the session) when one model's compile and run take longer than BUDGET_S."""
+    if not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def _over(*_):
+        raise TimeoutError(f"{what}: over {BUDGET_S} s (NEXFORT_ZOO_BUDGET_S)")
+
+    old = signal.signal(signal.SIGALRM, _over)
+    signal.alarm(BUDGET_S)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
 
 
 @pytest.mark.parametrize("entry", ["torch.compile", "nexfort_compile"])
@@ -107,7 +129,7 @@ def test_zoo(name, entry):
     model = _build(name)
     seeds = (1234, 99)  # the second call: fresh inputs of the same shapes, served by the same graph
     inputs = [_kwargs(model, name, s) for s in seeds]
-    with torch.no_grad():
+    with torch.no_grad(), _budget(f"{name} via {entry}"):
         refs = [_outputs(model(**kw)) for kw in inputs]  # eager, before any transform touches the model
         assert refs[0], f"{name}: no tensor output"
         compiled = _compile(model, entry)
