@@ -19,15 +19,23 @@ import torch
 with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "zoo_configs.json")) as _f:
     CONFIGS: Dict[str, Dict[str, Any]] = json.load(_f)
 
-# The CI subset (tests/diffusers/test_zoo.py runs these by default; NEXFORT_ZOO=all, `nox -s zoo`, runs every
-# class): image DiTs with joint / cross attention and qk-norm, a video DiT, an audio DiT, a 2D UNet and a 3D UNet.
+# The CI subset: (class, entry point) pairs that tests/diffusers/test_zoo.py runs by default (NEXFORT_ZOO=all, that
+# is `nox -s zoo`, runs every class through both). Image DiTs with joint / cross attention, qk-norm and Flux's own
+# processor, two video DiTs and a 2D UNet, through nexfort_compile (the module transforms: where the zoo found the
+# failures), two of them through torch.compile too. The 3D UNets and LTX2 compile for minutes on two CPU cores
+# (hundreds of C++ kernels, see test_zoo.py): the nox session only.
 CI_SUBSET = (
-    "PixArtTransformer2DModel", "SD3Transformer2DModel", "FluxTransformer2DModel", "WanTransformer3DModel",
-    "CogVideoXTransformer3DModel", "LTX2VideoTransformer3DModel", "UNet2DModel", "UNet3DConditionModel",
+    ("PixArtTransformer2DModel", "nexfort_compile"), ("PixArtTransformer2DModel", "torch.compile"),
+    ("SD3Transformer2DModel", "nexfort_compile"), ("FluxTransformer2DModel", "nexfort_compile"),
+    ("WanTransformer3DModel", "nexfort_compile"), ("CogVideoXTransformer3DModel", "nexfort_compile"),
+    ("UNet2DModel", "nexfort_compile"), ("UNet2DModel", "torch.compile"),
 )
 
-_NO_MODEL_TEST = ("diffusers' tests build it only inside a pipeline test (no model-level init dict and inputs to "
-                  "take); the zoo has no config for it yet")
+_NEWER = ("newer than the diffusers test tree the configs come from (0.40.0.dev0 has no such class); no "
+          "config written for it yet")
+_PIPE_ONLY = ("diffusers' tests build it only inside pipeline tests (no model-level init dict and inputs to take); "
+              "no config written for it yet")
+_UNTESTED = "diffusers' test tree (0.40.0.dev0) builds it nowhere; no config written for it yet"
 _CONTAINER = "a container that runs other ControlNets (each of which the zoo covers or skips on its own)"
 _ADAPTER = "an adapter that a UNet consumes (no denoiser forward of its own)"
 
@@ -37,11 +45,36 @@ SKIPS: Dict[str, str] = {
     "SD3MultiControlNetModel": _CONTAINER, "HunyuanDiT2DMultiControlNetModel": _CONTAINER,
     "QwenImageMultiControlNetModel": _CONTAINER,
     "MotionAdapter": _ADAPTER, "ControlNetXSAdapter": _ADAPTER,
+    "BriaFibo2Transformer2DModel": _NEWER,
+    "Flux3Transformer2DModel": _NEWER,
+    "Kandinsky6SRTransformer3DModel": _NEWER,
+    "Kandinsky6Transformer3DModel": _NEWER,
+    "QwenImage21Transformer2DModel": _NEWER,
+    "RFD4ProteinaTransformer": _NEWER,
+    "SanaWMLTX2RefinerTransformer3DModel": _NEWER,
+    "SanaWMTransformer3DModel": _NEWER,
+    "ControlNetModel": _PIPE_ONLY,
+    "DreamLiteUNetModel": _PIPE_ONLY,
+    "FluxControlNetModel": _PIPE_ONLY,
+    "HunyuanDiT2DControlNetModel": _PIPE_ONLY,
+    "HunyuanImageTransformer2DModel": _PIPE_ONLY,
+    "I2VGenXLUNet": _PIPE_ONLY,
+    "Kandinsky3UNet": _PIPE_ONLY,
+    "Kandinsky5Transformer3DModel": _PIPE_ONLY,
+    "MiniMaxMusic3RVQDepthDecoder": _PIPE_ONLY,
+    "QwenImageControlNetModel": _PIPE_ONLY,
+    "SD3ControlNetModel": _PIPE_ONLY,
+    "SanaControlNetModel": _PIPE_ONLY,
+    "SparseControlNetModel": _PIPE_ONLY,
+    "StableAudioDiTModel": _PIPE_ONLY,
+    "StableCascadeUNet": _PIPE_ONLY,
+    "Transformer2DModel": _PIPE_ONLY,
+    "ControlNetUnionModel": _UNTESTED,
+    "DreamLiteTransformer2DModel": _UNTESTED,
+    "T5FilmDecoder": _UNTESTED,
+    "UVit2DModel": _UNTESTED,
+    "ZImageControlNetModel": _UNTESTED,
 }
-
-
-def skip_reason(name: str) -> str:
-    return SKIPS.get(name, _NO_MODEL_TEST)
 
 
 def _tensor(spec: Dict[str, Any], g: torch.Generator) -> torch.Tensor:
