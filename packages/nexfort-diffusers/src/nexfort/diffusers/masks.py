@@ -22,6 +22,8 @@ from nexfort.diffusers.dynamic import _is_class
 logger = logging.getLogger(__name__)
 #: the parameters of diffusers' ``Attention.prepare_attention_mask`` that the guard-free version passes on
 _MASK_PARAMS = ("self", "attention_mask", "target_length", "batch_size", "out_dim")
+#: diffusers' own methods (attention_processor.Attention's; attention.AttentionModuleMixin's in newer versions)
+_KNOWN_MASK_METHODS = ("Attention.prepare_attention_mask", "AttentionModuleMixin.prepare_attention_mask")
 
 
 def _repeat_per_head(mask: torch.Tensor, heads: int, dim: int) -> torch.Tensor:
@@ -83,7 +85,7 @@ def _mask_unknown(m: Any) -> Optional[str]:
     if type(getattr(m, "heads", None)) is not int:
         return "no integer heads"
     fn = type(m).prepare_attention_mask
-    if getattr(fn, "__qualname__", "") not in ("Attention.prepare_attention_mask", "AttentionModuleMixin.prepare_attention_mask"):
+    if getattr(fn, "__qualname__", "") not in _KNOWN_MASK_METHODS:
         return f"its prepare_attention_mask is {getattr(fn, '__qualname__', fn)}"
     try:
         params = tuple(inspect.signature(fn).parameters)
