@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import re
+import sys
 import xml.etree.ElementTree as ET
 
 
@@ -17,9 +18,12 @@ def read(xml_path: str) -> dict:
     classes: dict = {}
     for case in ET.parse(xml_path).getroot().iter("testcase"):
         m = re.match(r"test_zoo\[(\w+)-(.+)\]$", case.get("name", ""))
+        m = m or re.match(r"test_zoo_(skipped)\[(\w+)\]$", case.get("name", ""))
         if not m:
             continue
         name, entry = m.groups()
+        if name == "skipped":
+            name, entry = entry, "both"
         status, msg = "pass", None
         for tag in ("failure", "error", "skipped"):
             el = case.find(tag)
@@ -35,11 +39,19 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("xml")
     ap.add_argument("--out-dir", default="benchmarks/results")
+    ap.add_argument("--note", default=None, help="how the run went (stopped early, a shared machine, ...)")
     args = ap.parse_args()
     import diffusers
     import torch
 
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    from tests.diffusers import zoo_configs as zoo
+
     classes = read(args.xml)
+    for name in zoo.CONFIGS:  # a run stopped early (its time limit): what it did not reach, said so
+        for entry in ("torch.compile", "nexfort_compile"):
+            classes.setdefault(name, {}).setdefault(entry, {"status": "not run", "message": "the run stopped first"})
+    classes = dict(sorted(classes.items()))
     counts: dict = {}
     for entries in classes.values():
         for r in entries.values():
@@ -48,7 +60,7 @@ def main() -> None:
            "torch": torch.__version__, "diffusers": diffusers.__version__, "python": platform.python_version(),
            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or platform.system()}",
            "mode": "max-optimize:max-autotune:low-precision", "dtype": "float32", "tolerance_rel_l2": 1e-4,
-           "counts": counts, "classes": classes}
+           "counts": counts, **({"note": args.note} if args.note else {}), "classes": classes}
     ver = ".".join(torch.__version__.split("+")[0].split(".")[:2])
     path = os.path.join(args.out_dir, f"zoo_cpu_torch{ver}.json")
     with open(path, "w") as f:
