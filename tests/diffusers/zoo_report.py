@@ -51,6 +51,8 @@ def main() -> None:
     for name in zoo.CONFIGS:  # a run stopped early (its time limit): what it did not reach, said so
         for entry in ("torch.compile", "nexfort_compile"):
             classes.setdefault(name, {}).setdefault(entry, {"status": "not run", "message": "the run stopped first"})
+    for name, reason in zoo.SKIPS.items():  # the reasoned skips (no config): from zoo_configs where not in the XML
+        classes.setdefault(name, {"both": {"status": "skip", "message": reason}})
     classes = dict(sorted(classes.items()))
     counts: dict = {}
     for entries in classes.values():
