@@ -128,3 +128,17 @@ def benchmark(session: nox.Session) -> None:
         session.install("./packages/nexfort-passes[cuda]")
     args = session.posargs or ["--compiler", "all", "--output-json", "benchmarks/out/text_to_image.json"]
     session.run("python", "benchmarks/text_to_image.py", *args)
+
+
+@nox.session(python=PYTHON)
+def zoo(session: nox.Session) -> None:
+    """The whole denoiser zoo (tests/diffusers/test_zoo.py with NEXFORT_ZOO=all: every denoiser class of the installed
+    diffusers, both entry points, vs eager; CI runs only its subset) on the current torch, on the CPU. Records
+    benchmarks/results/zoo_cpu_torch<version>.json (pass/fail/skip per class, versions, date, machine)."""
+    _install(session, MATRIX["current"])
+    os.makedirs(JUNIT_DIR, exist_ok=True)
+    xml = f"{JUNIT_DIR}/zoo.xml"
+    env = {"NEXFORT_ZOO": "all", "TORCHINDUCTOR_COMPILE_THREADS": "1"}
+    session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs", f"--junitxml={xml}",
+                "tests/diffusers/test_zoo.py", *session.posargs, env=env, success_codes=[0, 1])
+    session.run("python", "tests/diffusers/zoo_report.py", xml, "--out-dir", "benchmarks/results")

@@ -25,10 +25,13 @@ import contextlib
 import functools
 import inspect
 import itertools
+import logging
 import types
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 
 class UnsupportedResolutionError(ValueError):
@@ -190,6 +193,39 @@ _CONSTANTS = _Constants()
 _constants_ids = itertools.count()
 
 
+#: what _patch_embed_forward reads of a PatchEmbed
+_PATCH_EMBED_ATTRS = ("patch_size", "base_size", "interpolation_scale", "flatten", "proj", "layer_norm", "norm",
+                      "pos_embed")
+
+
+def _patch_embed_unknown(m: Any) -> Optional[str]:
+    """Why :func:`_patch_embed_forward` may not compute what ``m``'s forward does (None: it does): an attribute
+    it reads missing, a forward other than diffusers' ``PatchEmbed.forward`` (a subclass's own), an embedding
+    that is not a (1, N, dim) sin-cos buffer, or a non-integer patch size."""
+    missing = [a for a in _PATCH_EMBED_ATTRS if not hasattr(m, a)]
+    if missing:
+        return f"no {', '.join(missing)}"
+    fwd = getattr(type(m), "forward", None)
+    if getattr(fwd, "__qualname__", "") != "PatchEmbed.forward" or not _from_diffusers(type(m)):
+        return f"its forward is {getattr(fwd, '__qualname__', fwd)}, not diffusers' PatchEmbed.forward"
+    names = _code_names(fwd)
+    if names is not None and "get_2d_sincos_pos_embed" not in names:
+        return "its forward does not recompute a sin-cos embedding per size"
+    pe = m.pos_embed
+    if not isinstance(pe, torch.Tensor) or pe.dim() != 3 or pe.shape[0] != 1:
+        return "its pos_embed is not a (1, N, dim) tensor"
+    if type(m.patch_size) is not int or not isinstance(m.proj, torch.nn.Conv2d):
+        return "its patch size is not an int or its projection not a Conv2d"
+    return None
+
+
+def _code_names(fn: Any) -> Optional[frozenset]:
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return None
+    return frozenset(code.co_names) | frozenset(c for c in code.co_consts if isinstance(c, str))
+
+
 def _patch_embed_forward(self: Any, latent: torch.Tensor) -> torch.Tensor:
     """``PatchEmbed.forward`` for sin-cos embeddings without a crop (PixArt, DiT), branch-free in the size."""
     patch, embed_dim, base_size, interpolation_scale, from_grid = getattr(_CONSTANTS, self._nexfort_constants)
@@ -208,14 +244,16 @@ def make_patch_embeds_dynamic(module: torch.nn.Module) -> int:
     return how many. diffusers adds its stored buffer at the config's size and a freshly computed float32
     embedding at every other size; the patched forward computes it at every size (identical in float32; with
     an fp16/bf16 model the config's size then adds the float32 embedding, like every other size)."""
-    n = 0
-    for m in module.modules():
+    n, left = 0, []
+    for name, m in module.named_modules():
         if not _is_class(m, "PatchEmbed") or getattr(m, "_nexfort_dynamic", False):
             continue
         if getattr(m, "pos_embed", None) is None or getattr(m, "pos_embed_max_size", None):
             continue  # no embedding, or SD3's crop (already branch-free in the size)
-        if not all(hasattr(m, a) for a in ("patch_size", "base_size", "interpolation_scale", "flatten", "proj")):
-            continue  # a diffusers version whose PatchEmbed we do not know
+        why = _patch_embed_unknown(m)
+        if why:  # a diffusers version (or a subclass) whose PatchEmbed we do not know: left alone
+            left.append(f"{name or type(m).__name__}: {why}")
+            continue
         key = f"patch_embed_{next(_constants_ids)}"
         setattr(
             _CONSTANTS,
@@ -226,6 +264,8 @@ def make_patch_embeds_dynamic(module: torch.nn.Module) -> int:
         m.forward = types.MethodType(_patch_embed_forward, m)
         m._nexfort_dynamic = True
         n += 1
+    if left:
+        logger.debug("nexfort: %s: %d PatchEmbed left alone (%s)", type(module).__name__, len(left), "; ".join(left))
     return n
 
 

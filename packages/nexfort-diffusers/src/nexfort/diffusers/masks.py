@@ -10,12 +10,20 @@ per head along a dimension is ``unsqueeze + expand + reshape``: the same values,
 
 from __future__ import annotations
 
+import inspect
+import logging
 import types
 from typing import Any, Callable, Optional
 
 import torch
 
 from nexfort.diffusers.dynamic import _is_class
+
+logger = logging.getLogger(__name__)
+#: the parameters of diffusers' ``Attention.prepare_attention_mask`` that the guard-free version passes on
+_MASK_PARAMS = ("self", "attention_mask", "target_length", "batch_size", "out_dim")
+#: diffusers' own methods (attention_processor.Attention's; attention.AttentionModuleMixin's in newer versions)
+_KNOWN_MASK_METHODS = ("Attention.prepare_attention_mask", "AttentionModuleMixin.prepare_attention_mask")
 
 
 def _repeat_per_head(mask: torch.Tensor, heads: int, dim: int) -> torch.Tensor:
@@ -50,14 +58,39 @@ def _guard_free_prepare_attention_mask(original: Callable[..., Any]) -> Callable
 def make_attention_masks_dynamic(module: torch.nn.Module) -> int:
     """Give diffusers' ``Attention`` instances in ``module`` the guard-free ``prepare_attention_mask``; returns
     how many were patched (0 for a diffusers version whose ``Attention`` has no such method)."""
-    n = 0
-    for m in module.modules():
+    n, left = 0, []
+    for name, m in module.named_modules():
         if getattr(m, "_nexfort_mask", False) or not callable(getattr(type(m), "prepare_attention_mask", None)):
             continue
-        if not _is_class(m, "Attention") or not hasattr(m, "heads"):
+        if not _is_class(m, "Attention"):
+            continue
+        why = _mask_unknown(m)
+        if why:  # an Attention (of another diffusers version, or a subclass) we do not know: left alone
+            left.append(f"{name or type(m).__name__}: {why}")
             continue
         patched = _guard_free_prepare_attention_mask(type(m).prepare_attention_mask)
         m.prepare_attention_mask = types.MethodType(patched, m)
         m._nexfort_mask = True
         n += 1
+    if left:
+        logger.debug("nexfort: %s: attention masks of %d Attention left alone (%s)", type(module).__name__,
+                     len(left), "; ".join(left[:3]) + (" ..." if len(left) > 3 else ""))
     return n
+
+
+def _mask_unknown(m: Any) -> Optional[str]:
+    """Why the guard-free ``prepare_attention_mask`` may not compute what ``m``'s does (None: it does): no
+    integer ``heads``, or a method other than diffusers' ``Attention.prepare_attention_mask`` with its
+    parameters (``attention_mask, target_length, batch_size, out_dim``)."""
+    if type(getattr(m, "heads", None)) is not int:
+        return "no integer heads"
+    fn = type(m).prepare_attention_mask
+    if getattr(fn, "__qualname__", "") not in _KNOWN_MASK_METHODS:
+        return f"its prepare_attention_mask is {getattr(fn, '__qualname__', fn)}"
+    try:
+        params = tuple(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return "its prepare_attention_mask has no signature"
+    if params != _MASK_PARAMS:
+        return f"its prepare_attention_mask takes ({', '.join(params)})"
+    return None

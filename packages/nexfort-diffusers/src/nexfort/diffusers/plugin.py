@@ -15,12 +15,14 @@ Importing this module must stay cheap: diffusers itself is never imported here.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import Any, List, Mapping, Optional
+from typing import Any, Callable, List, Mapping, Optional
 
 from nexfort.core import hookimpl
 from nexfort.diffusers.fused import fuse_projections, qkv_fused  # noqa: F401 - qkv_fused: part of this module's API
 
+logger = logging.getLogger(__name__)
 PLUGIN_NAME = "diffusers"
 NAMESPACE = "diffusers"
 
@@ -63,6 +65,18 @@ def nexfort_config_schema() -> Optional[Mapping[str, type]]:
     return {NAMESPACE: DiffusersOptions}
 
 
+def _guarded(what: str, transform: Callable[[Any], Any], module: Any) -> Any:
+    """``transform(module)``; a transform that raises (a model it does not know) leaves the model to be compiled
+    as it is, with one debug log line: a module transform never fails a compile. Each transform checks the
+    structure it relies on before changing a module, and restores a module it could not finish."""
+    try:
+        return transform(module)
+    except Exception as e:  # noqa: BLE001 - whatever a model we do not know raises
+        logger.debug("nexfort: %s: %s left the model alone: %s: %s", type(module).__name__, what,
+                     type(e).__name__, e)
+        return None
+
+
 @hookimpl
 def nexfort_transform_module(module: Any, config: Any) -> Optional[str]:
     if not is_diffusers_model(module):
@@ -73,14 +87,14 @@ def nexfort_transform_module(module: Any, config: Any) -> Optional[str]:
         from nexfort.diffusers.dynamic import make_patch_embeds_dynamic
         from nexfort.diffusers.masks import make_attention_masks_dynamic
 
-        n = make_patch_embeds_dynamic(module)
+        n = _guarded("make_patch_embeds_dynamic", make_patch_embeds_dynamic, module)
         if n:
             done.append(f"position embedding of {n} PatchEmbed computed for any size (dynamic shapes)")
-        n = make_attention_masks_dynamic(module)
+        n = _guarded("make_attention_masks_dynamic", make_attention_masks_dynamic, module)
         if n:
             done.append(f"attention masks of {n} Attention repeated per head without a batch-size guard")
     if bool(_get(config.flags, "max_optimize", False)) and opts is not None and bool(opts.fuse_qkv_projections):
-        fused = fuse_projections(module)
+        fused = _guarded("fuse_projections", fuse_projections, module)
         if fused:
             done.append(fused)
     return "; ".join(done) or None
