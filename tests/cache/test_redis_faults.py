@@ -71,6 +71,8 @@ def test_killed_server_says_so_and_recovers_when_back(own_redis, fleet, tmp_path
     assert store.put("after", b"3") is True and store.remote.get("after") == b"3"
 
 
+@pytest.mark.skipif(not __import__("nexfort.cache.plugin", fromlist=["x"]).has_artifact_api(),
+                    reason="the cache's compile path needs torch.compiler.save_cache_artifacts (torch 2.7+)")
 def test_compile_behind_a_paused_server_is_bounded_and_right(own_redis, fleet, monkeypatch, cache_env):
     """A hung Redis made one tiny compile take 61 s with no warning: now one bounded timeout, one warning,
     the right result, and the later graphs (after a graph break) skip the store without waiting."""
