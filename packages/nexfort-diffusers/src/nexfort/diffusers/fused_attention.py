@@ -26,6 +26,21 @@ def _project(attn: Any, fused_name: str, names: Sequence[str], x: torch.Tensor) 
     return tuple(fused(x).split([getattr(attn, n).out_features for n in names], dim=-1))
 
 
+def _heads(attn: Any, batch_size: int, head_dim: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+           norm_q: str = "norm_q", norm_k: str = "norm_k") -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(batch, tokens, heads * head_dim)`` projections as ``(batch, heads, tokens, head_dim)``, with ``attn``'s
+    q/k norms (the attributes ``norm_q``/``norm_k`` name) applied where it has them, as diffusers' processors do.
+    No generator expression: torch 2.1's Dynamo breaks the graph on one."""
+    query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+    key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+    value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+    if getattr(attn, norm_q, None) is not None:
+        query = getattr(attn, norm_q)(query)
+    if getattr(attn, norm_k, None) is not None:
+        key = getattr(attn, norm_k)(key)
+    return query, key, value
+
+
 class FusedAttnProcessor:
     """``AttnProcessor2_0`` reading ``to_qkv`` (self-attention) or ``to_kv`` (cross-attention)."""
 
@@ -63,14 +78,7 @@ class FusedAttnProcessor:
 
         inner_dim = key.shape[-1]
         head_dim = inner_dim // attn.heads
-        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-
-        if getattr(attn, "norm_q", None) is not None:
-            query = attn.norm_q(query)
-        if getattr(attn, "norm_k", None) is not None:
-            key = attn.norm_k(key)
+        query, key, value = _heads(attn, batch_size, head_dim, query, key, value)
 
         hidden_states = F.scaled_dot_product_attention(
             query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
@@ -101,24 +109,13 @@ class FusedJointAttnProcessor:
         query, key, value = _project(attn, "to_qkv", ("to_q", "to_k", "to_v"), hidden_states)
         inner_dim = key.shape[-1]
         head_dim = inner_dim // attn.heads
-        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        if getattr(attn, "norm_q", None) is not None:
-            query = attn.norm_q(query)
-        if getattr(attn, "norm_k", None) is not None:
-            key = attn.norm_k(key)
+        query, key, value = _heads(attn, batch_size, head_dim, query, key, value)
 
         if encoder_hidden_states is not None:
             e_query, e_key, e_value = _project(attn, "to_added_qkv", ("add_q_proj", "add_k_proj", "add_v_proj"),
                                                encoder_hidden_states)
-            e_query = e_query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-            e_key = e_key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-            e_value = e_value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-            if getattr(attn, "norm_added_q", None) is not None:
-                e_query = attn.norm_added_q(e_query)
-            if getattr(attn, "norm_added_k", None) is not None:
-                e_key = attn.norm_added_k(e_key)
+            e_query, e_key, e_value = _heads(attn, batch_size, head_dim, e_query, e_key, e_value,
+                                             "norm_added_q", "norm_added_k")
             query = torch.cat([query, e_query], dim=2)
             key = torch.cat([key, e_key], dim=2)
             value = torch.cat([value, e_value], dim=2)
