@@ -206,6 +206,18 @@ def candidates(model: torch.nn.Module, config: QuantConfig,
             if type(m) is torch.nn.Linear and config.accepts(m) and (filter_fn is None or filter_fn(m, fqn))]
 
 
+#: the weight dtypes the quantization types take
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def takes_linear(config: QuantConfig, linear: torch.nn.Linear, multiple: int = 1) -> bool:
+    """Whether a type can quantize ``linear``: a float weight (:data:`FLOAT_DTYPES`), both sizes multiples of
+    ``multiple`` (what its GEMM needs; 1: any) and at least ``config.min_features``."""
+    w = linear.weight
+    return (w.dtype in FLOAT_DTYPES and w.dim() == 2 and linear.in_features % multiple == 0
+            and linear.out_features % multiple == 0 and min(w.shape) >= config.min_features)
+
+
 def cuda_capability(device: torch.device) -> Tuple[int, int]:
     """The compute capability of a CUDA ``device`` (one place, so that tests can stand in another GPU)."""
     return torch.cuda.get_device_capability(device)

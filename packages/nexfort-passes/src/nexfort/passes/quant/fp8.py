@@ -35,7 +35,6 @@ from nexfort.passes.quant.api import QuantConfig, QuantizedLinear, register_hand
 
 FP8 = getattr(torch, "float8_e4m3fn", None)
 FP8_MAX = 448.0
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def fp8_unsupported(device: torch.device, gemm: str = "rowwise") -> Optional[str]:
@@ -72,12 +71,6 @@ def cpu_fp8_gemm(per_tensor: bool = False) -> bool:
         return False
 
 
-def _fp8_accepts(config: QuantConfig, linear: torch.nn.Linear) -> bool:
-    w = linear.weight
-    return (w.dtype in FLOAT_DTYPES and w.dim() == 2 and linear.in_features % 16 == 0
-            and linear.out_features % 16 == 0 and min(linear.in_features, linear.out_features) >= config.min_features)
-
-
 @dataclass
 class Float8DynamicConfig(QuantConfig):
     """float8 e4m3 weights (one scale per output row) and activations (one scale per row, computed per call)."""
@@ -92,7 +85,7 @@ class Float8DynamicConfig(QuantConfig):
         return fp8_unsupported(device, "rowwise")
 
     def accepts(self, linear: torch.nn.Linear) -> bool:
-        return _fp8_accepts(self, linear)
+        return api.takes_linear(self, linear, 16)
 
 
 @dataclass
@@ -119,8 +112,7 @@ class Float8WeightOnlyConfig(Float8DynamicConfig):
         return fp8_unsupported(device, None)
 
     def accepts(self, linear: torch.nn.Linear) -> bool:  # no fp8 GEMM: any shape
-        w = linear.weight
-        return w.dtype in FLOAT_DTYPES and w.dim() == 2 and min(w.shape) >= self.min_features
+        return api.takes_linear(self, linear)
 
 
 def quantize_rows(t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

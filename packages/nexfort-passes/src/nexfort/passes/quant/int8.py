@@ -28,15 +28,15 @@ from nexfort.passes.quant import api
 from nexfort.passes.quant.api import QuantConfig, QuantizedLinear, register_handler, replace_rowwise
 
 INT8_MAX = 127.0
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-def int8_unsupported(device: torch.device) -> Optional[str]:
-    """Why the int8 types cannot run on ``device`` (``None``: they can)."""
+def int8_unsupported(device: torch.device, int_mm: bool = True) -> Optional[str]:
+    """Why the int8 types cannot run on ``device`` (``None``: they can); ``int_mm=False``: a type that needs no
+    integer GEMM (weight-only)."""
     if device.type == "cpu":
         return None
     if device.type == "cuda":
-        if not hasattr(torch, "_int_mm"):
+        if int_mm and not hasattr(torch, "_int_mm"):
             return f"torch {torch.__version__} has no torch._int_mm"
         cap = api.cuda_capability(device)
         if tuple(cap) < (8, 0):
@@ -77,12 +77,6 @@ def int8_matmul(a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
     return a.to(torch.int32) @ b_t.to(torch.int32)
 
 
-def _int8_accepts(config: QuantConfig, linear: torch.nn.Linear, multiple: int) -> bool:
-    w = linear.weight
-    return (w.dtype in FLOAT_DTYPES and w.dim() == 2 and linear.in_features % multiple == 0
-            and linear.out_features % multiple == 0 and min(w.shape) >= config.min_features)
-
-
 @dataclass
 class Int8DynamicConfig(QuantConfig):
     """int8 weights (one scale per output row) and activations (one scale per row, computed per call)."""
@@ -95,7 +89,7 @@ class Int8DynamicConfig(QuantConfig):
         return int8_unsupported(device)
 
     def accepts(self, linear: torch.nn.Linear) -> bool:
-        return _int8_accepts(self, linear, 8)
+        return api.takes_linear(self, linear, 8)
 
 
 @dataclass
@@ -107,16 +101,10 @@ class Int8WeightOnlyConfig(QuantConfig):
 
     @classmethod
     def unsupported(cls, device: torch.device) -> Optional[str]:
-        if device.type == "cuda":
-            cap = api.cuda_capability(device)
-            if tuple(cap) < (8, 0):
-                return (f"int8 needs an A100-class GPU (compute capability 8.0+); {api.device_name(device)} is "
-                        f"{cap[0]}.{cap[1]}")
-            return None
-        return None if device.type == "cpu" else f"no int8 kernels for {device.type} devices"
+        return int8_unsupported(device, int_mm=False)
 
     def accepts(self, linear: torch.nn.Linear) -> bool:
-        return _int8_accepts(self, linear, 1)
+        return api.takes_linear(self, linear)
 
 
 class Int8DynamicLinear(QuantizedLinear):
