@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_script(rel: str):
+    """The script at ``rel`` (relative to the repository root), imported as a module of its own."""
+    path = os.path.join(ROOT, rel)
+    spec = importlib.util.spec_from_file_location(rel.replace("/", "_").replace(".py", ""), path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def rel_l2(out: torch.Tensor, ref: torch.Tensor) -> float:

@@ -3,24 +3,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.helpers import load_script
+
 SIZE = ["--height", "64", "--width", "64", "--steps", "2", "--warmups", "1", "--iters", "2"]
-
-
-def load_script(rel: str):
-    """The script at ``rel`` (relative to the repository root), imported as a module."""
-    path = os.path.join(ROOT, rel)
-    spec = importlib.util.spec_from_file_location(rel.replace("/", "_").replace(".py", ""), path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.helpers import load_script
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("results_table", os.path.join(ROOT, "tools", "results_table.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("tools/results_table.py")
 
 
 def test_readme_table_matches_the_result_files():

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.helpers import ROOT, load_script
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("torch_matrix", os.path.join(ROOT, "tools", "torch_matrix.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("tools/torch_matrix.py")
 
 
 def test_embed_in_readme_replaces_only_the_marked_section():
