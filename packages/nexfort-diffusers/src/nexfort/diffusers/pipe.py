@@ -24,10 +24,12 @@ DENOISERS = ("transformer", "transformer_2", "unet", "controlnet", "prior", "dec
 VAE_PARTS = ("decoder", "encoder")
 BACKENDS = ("nexfort", "inductor")
 #: what ``compile_pipe(pipe)`` with no ``mode`` compiles with, by the pipeline's device type (:func:`recommended_mode`).
-#: CUDA: nexfort's lossless target mode plus CUDA graphs, measured on an NVIDIA H200 (torch 2.11): PixArt-α 1024²
-#: denoiser 32.3 ms against torch.compile's 34.4, PixArt-α 512x768 10.6 against 11.9, SD3-medium 40.2 against 43.1,
-#: every output within 2.3e-3 rel L2 of eager (benchmarks/results/README.md). Elsewhere (the CPU) nothing of
-#: nexfort's own is measured to pay yet: plain Inductor through nexfort (the empty mode).
+#: CUDA: nexfort's lossless target mode plus CUDA graphs, measured on an NVIDIA H200 (torch 2.11, flash-attn-4
+#: 4.0.0b36, 2026-12-01, one process per row, denoiser forward): PixArt-α 1024² 30.26 ms against torch.compile's
+#: 32.33 and its reduce-overhead's 32.04, PixArt-α 512x768 10.13 against 13.37 and 10.19, SD3-medium 35.27 against
+#: 39.86, every output within 2.3e-3 rel L2 of eager (benchmarks/results/README.md, "Session of 2026-12-01").
+#: Elsewhere (the CPU) nothing of nexfort's own is measured to pay yet: plain Inductor through nexfort (the empty
+#: mode).
 RECOMMENDED_MODES = {"cuda": "max-optimize:max-autotune:low-precision:cudagraphs"}
 
 
