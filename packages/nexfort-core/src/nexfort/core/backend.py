@@ -6,6 +6,7 @@ Registered through the ``torch_dynamo_backends`` entry point (this module never 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import warnings
@@ -319,7 +320,10 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], cfg: 
                 work.graph.lint()
                 work.recompile()
         post_fn = (lambda graph: run_passes(post, graph)) if post else None
-        with compat.backend_flags(scoped_flags):
+        with compat.backend_flags(scoped_flags), contextlib.ExitStack() as contexts:
+            for context in pm.hook.nexfort_compile_context(config=cfg):
+                if context is not None:
+                    contexts.enter_context(context)
             compiled = compat.compile_fx(work, example_inputs, patches, post_fn, combined_uuid(post))
         after_first = [f for f in pm.hook.nexfort_post_compile(gm=gm, example_inputs=example_inputs, config=cfg,
                                                                 compiled=compiled) if callable(f)]

@@ -7,7 +7,7 @@ group. Core never imports a plugin by name.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Mapping, Optional, Sequence
 
 import pluggy
 
@@ -58,6 +58,17 @@ def nexfort_inductor_config(config: "NexfortConfig") -> Optional[Mapping[str, An
     All results are merged in plugin-registration order; the user's explicit ``options.inductor.*`` and
     ``options.triton.*`` are applied last and win. Keys the running torch does not have are reported as
     errors, so feature-detect (``nexfort.core.compat``) before contributing a key that is not in every torch.
+    """
+
+
+@hookspec
+def nexfort_compile_context(config: "NexfortConfig") -> Optional[ContextManager[Any]]:
+    """Return a context manager that nexfort enters around Inductor's lowering of each graph, or ``None``.
+
+    For settings that Inductor reads from somewhere other than ``torch._inductor.config`` (e.g. its virtualized
+    heuristics handler): whatever the context changes must be undone when it exits, so that nothing outside
+    nexfort's compiles sees it. Contexts are entered in the order pluggy calls the hooks and exited in reverse; one
+    that raises fails the graph's compile like any compile error (nexfort falls back to eager).
     """
 
 

@@ -30,11 +30,12 @@ from typing import Any, List, Optional, Tuple
 
 import torch
 
-from nexfort.passes.quant import api
+from nexfort.passes.quant import api, kernels
 from nexfort.passes.quant.api import QuantConfig, QuantizedLinear, register_handler, replace_rowwise, set_submodule
 
 FP8 = getattr(torch, "float8_e4m3fn", None)
 FP8_MAX = 448.0
+ACTIVATION_KERNELS = ("auto", "triton", "inductor")
 
 
 def fp8_unsupported(device: torch.device, gemm: str = "rowwise") -> Optional[str]:
@@ -79,6 +80,14 @@ class Float8DynamicConfig(QuantConfig):
     # layers with fewer input or output features than this are left alone (quantizing the activations costs
     # a pass over them that a small GEMM does not repay)
     min_features: int = 256
+    # how activations are quantized on CUDA: "triton" (one pass, nexfort.passes.quant.kernels), "inductor" (torch
+    # ops that Inductor fuses into the producing kernel), "auto" (triton where available)
+    activation_kernel: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.activation_kernel not in ACTIVATION_KERNELS:
+            raise api.QuantizationError(f"Unknown activation_kernel {self.activation_kernel!r} for {self.name}; "
+                                        f"valid: {', '.join(ACTIVATION_KERNELS)}.")
 
     @classmethod
     def unsupported(cls, device: torch.device) -> Optional[str]:
@@ -134,6 +143,7 @@ class Float8Linear(QuantizedLinear):
     float32, ``(out, 1)``); activations are quantized per row at each call; the output has the input's dtype."""
 
     kind = "fp8"
+    activation_kernel = "auto"  # Float8DynamicConfig.activation_kernel
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear) -> "Float8Linear":
@@ -141,6 +151,11 @@ class Float8Linear(QuantizedLinear):
         return cls(q, scale, linear.bias)
 
     def _quantize_input(self, x2: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        if self.activation_kernel != "inductor" and kernels.available(x2.device):
+            return kernels.quantize_rows(x2)
+        if self.activation_kernel == "triton" and x2.is_cuda:
+            raise api.QuantizationError("activation_kernel='triton' needs Triton and torch >= 2.4 "
+                                        "(pip install triton); use 'auto' or 'inductor'")
         return quantize_rows(x2)
 
     def _weight_scale_for_mm(self) -> torch.Tensor:
@@ -189,7 +204,10 @@ class Float8WeightOnlyLinear(Float8Linear):
 
 @register_handler(Float8DynamicConfig, aliases=("fp8",))
 def _quantize_fp8(model: torch.nn.Module, layers: List[Any], config: Float8DynamicConfig) -> int:
-    return replace_rowwise(model, layers, Float8Linear)
+    n = replace_rowwise(model, layers, Float8Linear)
+    for fqn, _ in layers:
+        model.get_submodule(fqn).activation_kernel = config.activation_kernel
+    return n
 
 
 @register_handler(Float8WeightOnlyConfig)

@@ -34,6 +34,9 @@ class QuantOptions:
     min_features: int = 256
     # layers whose qualified name contains one of these strings are left alone (e.g. "proj_out")
     exclude: List[str] = field(default_factory=list)
+    # fp8 dynamic types on CUDA: "triton" (one-pass activation quantization), "inductor" (torch ops fused by
+    # Inductor into the producing kernel), "auto" (triton where available)
+    activation_kernel: str = "auto"
 
 
 def _on(config: Any) -> bool:
@@ -64,6 +67,15 @@ def nexfort_validate_config(config: Any) -> Optional[List[str]]:
     if int(opts.min_features) < 0:
         problems.append(f"Option 'quant.min_features' must be >= 0 (layers with fewer input or output features are "
                         f"left alone), got {shown(opts.min_features)}.")
+    from nexfort.passes.quant.fp8 import ACTIVATION_KERNELS
+
+    if str(opts.activation_kernel) not in ACTIVATION_KERNELS:
+        problems.append(f"Option 'quant.activation_kernel' must be one of {', '.join(ACTIVATION_KERNELS)}, got "
+                        f"{shown(opts.activation_kernel)}.")
+    elif str(opts.activation_kernel) != "auto" and str(opts.type) in api._BY_NAME and not hasattr(
+            api._BY_NAME[str(opts.type)], "activation_kernel"):
+        problems.append(f"Option 'quant.activation_kernel' applies to the fp8 types; quant.type "
+                        f"{shown(opts.type)} has no activation kernel to choose (leave it 'auto').")
     if any(str(name) == "" for name in opts.exclude):
         problems.append(f"Option 'quant.exclude' has an empty name, which every layer's name contains (it would "
                         f"exclude all of them): {shown(list(opts.exclude))}.")
@@ -82,7 +94,10 @@ def nexfort_transform_module(module: Any, config: Any) -> Optional[str]:
     from nexfort.passes.quant import config_for, excluding, quantize_
 
     opts = config.options.get(NAMESPACE)
-    qcfg = config_for(str(opts.type), min_features=int(opts.min_features))
+    kwargs = {"min_features": int(opts.min_features)}
+    if str(opts.activation_kernel) != "auto":
+        kwargs["activation_kernel"] = str(opts.activation_kernel)
+    qcfg = config_for(str(opts.type), **kwargs)
     n = quantize_(module, qcfg, filter_fn=excluding(opts.exclude))
     try:
         _applied[id(config)] = weakref.ref(config, lambda _, key=id(config): _applied.pop(key, None))

@@ -1,0 +1,110 @@
+"""``torch.ops.nexfort.fp8_quantize_rows`` (nexfort.passes.quant.kernels): one-pass row-wise fp8 quantization.
+
+The CPU runs the op's torch-ops implementation (what the tests compare the Triton kernel with on the GPU); the GPU
+tests check the Triton kernel against it on the diffusion transformers' row widths, including rows that are not a
+power of two, a strided input and a row of zeros.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nexfort.passes.quant import Float8DynamicConfig, QuantizationError, config_for, kernels, quantize_
+
+pytestmark = pytest.mark.skipif(getattr(torch, "float8_e4m3fn", None) is None or not kernels.REGISTERED,
+                                reason=f"torch {torch.__version__} has no float8_e4m3fn or torch.library.custom_op")
+
+
+def dequant(q, s):
+    return q.float() * s
+
+
+def test_reference_formula():
+    x = torch.randn(33, 200) * torch.logspace(-3, 3, 33)[:, None]
+    q, s = kernels.reference(x)
+    assert q.dtype == torch.float8_e4m3fn and s.shape == (33, 1) and s.dtype == torch.float32
+    # each row's largest magnitude maps to 448 (fp8's largest), the rest within fp8's rounding
+    assert torch.allclose(q.float().abs().amax(dim=1), torch.full((33,), 448.0))
+    err = (dequant(q, s) - x).norm() / x.norm()
+    assert 0 < err < 0.05, err
+
+
+def test_op_matches_reference_on_cpu_eager_and_compiled():
+    x = torch.randn(64, 1152)
+    ref_q, ref_s = kernels.reference(x)
+    q, s = kernels.quantize_rows(x)
+    assert torch.equal(q.float(), ref_q.float()) and torch.equal(s, ref_s)
+    torch._dynamo.reset()
+    cq, cs = torch.compile(kernels.quantize_rows, backend="nexfort")(x)
+    assert torch.equal(cq.float(), ref_q.float()) and torch.equal(cs, ref_s)
+
+
+def test_activation_kernel_is_checked():
+    with pytest.raises(QuantizationError, match="Unknown activation_kernel 'cuda'.*valid: auto, triton, inductor"):
+        Float8DynamicConfig(activation_kernel="cuda")
+    assert config_for("fp8", activation_kernel="inductor").activation_kernel == "inductor"
+
+
+def test_quant_option_rejects_a_bad_kernel_before_compiling():
+    from nexfort.compilers import nexfort_compile
+
+    with pytest.raises(Exception, match="quant.activation_kernel' must be one of auto, triton, inductor, got 'x'"):
+        nexfort_compile(torch.nn.Linear(256, 256), mode="quant", options={"quant.activation_kernel": "x"})
+    with pytest.raises(Exception, match="applies to the fp8 types"):
+        nexfort_compile(torch.nn.Linear(256, 256), mode="quant",
+                        options={"quant.type": "int8_dynamic", "quant.activation_kernel": "triton"})
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the Triton kernel)")
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("shape", [(8192, 1152), (37, 4608), (5, 72), (300, 3072), (1, 1536)])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gpu_triton_kernel_matches_reference(shape, dtype):
+    torch.manual_seed(0)
+    x = (torch.randn(*shape, device="cuda") * 3).to(dtype)
+    x[0] = 0  # a row of zeros: its scale is the floor, its values 0
+    q, s = kernels.quantize_rows(x)
+    ref_q, ref_s = kernels.reference(x)
+    assert torch.allclose(s, ref_s, rtol=1e-6, atol=0)
+    diff = (dequant(q, s) - dequant(ref_q, ref_s)).abs()
+    # the same values but for the division's last bit (one fp8 step where a value sits on a rounding boundary)
+    assert (diff > 0).float().mean() < 1e-3 and torch.isfinite(q.float()).all()
+    assert torch.equal(q[0].float(), torch.zeros_like(q[0].float()))
+
+
+@pytest.mark.gpu
+@cuda
+def test_gpu_strided_input_and_linear_uses_the_op():
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("fp8 GEMMs need compute capability 8.9+")
+    x = torch.randn(64, 2048, device="cuda", dtype=torch.float16)[:, ::2]
+    q, s = kernels.quantize_rows(x)
+    ref_q, ref_s = kernels.reference(x)
+    assert torch.allclose(s, ref_s) and (q.float() != ref_q.float()).float().mean() < 1e-3
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(1024, 1024), torch.nn.GELU(), torch.nn.Linear(1024, 512))
+    model = model.cuda().half().eval()
+    inp = torch.randn(4, 77, 1024, device="cuda", dtype=torch.float16)
+    from torch._inductor.utils import run_and_get_code
+
+    with torch.no_grad():
+        ref = model(inp).float()
+        quantize_(model, Float8DynamicConfig(activation_kernel="inductor"))
+        by_torch_ops = model(inp).float()  # the same quantization in torch ops, eager
+        for m in model.modules():
+            if hasattr(m, "activation_kernel"):
+                m.activation_kernel = "auto"
+        torch._dynamo.reset()
+        out, code = run_and_get_code(torch.compile(model, backend="nexfort"), inp)
+    assert "nexfort.fp8_quantize_rows" in "\n".join(code)
+    assert torch.isfinite(out).all()
+    # the kernel changes nothing but the division's last bit: the compiled output is the torch-ops one
+    assert float((out.float() - by_torch_ops).norm() / by_torch_ops.norm()) < 5e-3
+    # and fp8's own error against the fp16 model (two random layers: ~5 %) is what the torch ops give
+    err, err_ops = (float((t - ref).norm() / ref.norm()) for t in (out.float(), by_torch_ops))
+    assert err <= 1.05 * err_ops + 1e-3, (err, err_ops)
