@@ -8,7 +8,9 @@ fastest for that shape for the rest of the process; a kernel must beat SDPA by `
 (``kernels``, ``min_speedup`` and ``max_rel_l2`` are the op's arguments: each graph carries its own options). A
 chosen kernel that fails on a later call falls back to SDPA for that shape, with a warning. While
 a CUDA graph is being captured nothing is timed: an unchosen shape runs SDPA (CUDA-graph trees run each graph
-eagerly before they capture it, so the choice is normally made by then).
+eagerly before they capture it, so the choice is normally made by then). With nexfort's cache on (``cache-all``), the
+choices are also kept as facts in its store (:func:`remember_choices_with`; the signature, the GPU's name and the
+installed kernels' versions name each one), so a warm process recalls them instead of timing the kernels again.
 
 The output always has the strides of a ``(batch, tokens, heads, head_dim)`` tensor seen through ``transpose(1, 2)``
 (what FlashAttention and cuDNN write, and what the meta kernel tells the compiler).
@@ -26,12 +28,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import importlib.util
 import logging
 import statistics
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -209,7 +212,62 @@ def _choose(q, k, v, scale, policy) -> str:
     with _lock:
         name = _choices.get(key)
         if name is None:
-            name = _choices[key] = _benchmark(q, k, v, scale, *policy)
+            name = _choices[key] = _recalled_or_benchmarked(key, q, k, v, scale, policy)
+    return name
+
+
+# ------------------------------------------------------------------------------------------------ warm start
+_fact_config: Any = None  # the configuration whose fact store keeps the choices (the last graph's that had one)
+
+
+def remember_choices_with(config: Any) -> None:
+    """Keep this process's choices in ``config``'s fact store (``nexfort_record_fact``: the cache plugin's store,
+    keyed by torch build and devices) and look them up there first, so a warm process does not time the kernels
+    again. Called by the pass for each graph it rewrites."""
+    global _fact_config
+    _fact_config = config
+
+
+def _fact_name(key: tuple) -> str:
+    """The fact a choice is kept under: the signature (device kind and name, dtype, sizes, strides, alignment,
+    scale, policy) and the versions of the kernels that could be chosen."""
+    device = key[0]
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    kernels = tuple(sorted(k.describe() if k.describe else k.name for k in _KERNELS.values()
+                          if k.available(device.type)))
+    text = repr((gpu, str(key[1]), key[2:], kernels))
+    return "attention_kernel.choice." + hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _usable(name: str, q, k, v) -> bool:
+    if name == SDPA:
+        return True
+    kernel = _KERNELS.get(name)
+    return kernel is not None and kernel.available(q.device.type) and kernel.supports(q, k, v)
+
+
+def _recalled_or_benchmarked(key: tuple, q, k, v, scale, policy) -> str:
+    config = _fact_config
+    if config is None:
+        return _benchmark(q, k, v, scale, *policy)
+    from nexfort.core import facts
+
+    timed: List[str] = []
+
+    def probe() -> Dict[str, str]:
+        timed.append(_benchmark(q, k, v, scale, *policy))
+        return {"kernel": timed[-1]}
+
+    try:
+        name = facts.remembered(_fact_name(key), {"kernel": str}, probe, config)["kernel"]
+    except Exception as exc:  # noqa: BLE001 - a store that fails must not fail the model: time the kernels here
+        logger.info("nexfort attention_kernel: choice not recalled (%s: %s)", type(exc).__name__, exc)
+        return timed[-1] if timed else _benchmark(q, k, v, scale, *policy)
+    if timed:
+        return name
+    if not _usable(name, q, k, v):  # recorded for a kernel this process cannot run: choose again
+        return _benchmark(q, k, v, scale, *policy)
+    counters["attention_kernel"]["recalled"] += 1
     return name
 
 

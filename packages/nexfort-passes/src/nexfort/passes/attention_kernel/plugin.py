@@ -201,6 +201,7 @@ def nexfort_graph_passes(config):
         return None
     if options.kernels is not None:
         options = dataclasses.replace(options, kernels=list(options.kernels))
+    K.remember_choices_with(config)  # the choices per shape survive a warm start (the config's fact store)
     return [AttentionKernelPass(options)]
 
 
