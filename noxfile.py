@@ -27,7 +27,8 @@ COMMON = ["pytest>=7", "pluggy>=1.3", "hydra-core>=1.3,<1.4", "omegaconf>=2.3,<2
 # builds with their pinned nvidia-*-cu12 wheels (2.4.1: cuDNN 9.1.0.70, 2.3.1: NCCL 2.20.5; all on this machine's
 # mirror); they run on the CPU. Each old session also gets pytest-xdist (see OLD_TORCH_ARGS).
 MATRIX = {
-    "current": ["torch==2.13.0", "diffusers==0.42.1", "transformers>=5,<5.25", "numpy", "peft"],
+    # torchao: the quant engine option and the benchmark's --torchao reference run (tests/passes/test_quant_torchao.py)
+    "current": ["torch==2.13.0", "diffusers==0.42.1", "transformers>=5,<5.25", "numpy", "peft", "torchao==0.18.0"],
     # torch 2.1's C++ extension builder (Inductor's CPU backend) imports pkg_resources.packaging: setuptools<70.
     # peft (diffusers' LoRA backend, for tests/diffusers/test_lora.py) and the accelerate it pulls in: releases of
     # each transformers' time, pinned so that pip resolves them without touching torch.

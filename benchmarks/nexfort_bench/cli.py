@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from nexfort_bench import inputs, models, report, timing
+from nexfort_bench import inputs, models, report, timing, torchao_run
 
 COMPILERS = ("none", "inductor", "nexfort", "all")
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -51,6 +51,10 @@ def parser(description: str, default_model_help: str) -> argparse.ArgumentParser
                         "(each a run named inductor:<mode>; the fastest is the 'torch.compile best' the summary "
                         "compares with). Default: reduce-overhead,max-autotune-no-cudagraphs on a GPU, none on the "
                         "CPU (they differ from the default on GPUs only); '' for none")
+    p.add_argument("--torchao", default=None, metavar="TYPE",
+                   help="with --compiler all: also a run named torchao:TYPE, torchao's quantization of the layers that "
+                        "nexfort's quantization type TYPE takes (fp8_e4m3_e4m3_dynamic, int8_dynamic, ...), then "
+                        "torch.compile's default mode (pip install torchao)")
     p.add_argument("--compiler-config", default=None,
                    help='JSON for compile_pipe: {"mode": ..., "options": {...}, "dynamic": ..., '
                         '"memory_format": "channels_last", "ignores": [...], "fuse_qkv_projections": ...}; without '
@@ -130,6 +134,8 @@ def compile_for(loaded: models.Loaded, compiler: str, cfg: Dict[str, Any], pipe_
     from nexfort.diffusers import compile_pipe, valid_ignore_names
 
     kw = dict(pipe_kw)
+    if compiler.startswith(torchao_run.PREFIX):
+        compiler = "inductor"
     if compiler.startswith("inductor:"):
         compiler, kw["inductor_mode"] = "inductor", compiler.split(":", 1)[1]
     if denoiser_only:
@@ -149,6 +155,18 @@ def run_one(loaded: models.Loaded, compiler: str, args: argparse.Namespace, cfg:
 
 def _run_one(loaded: models.Loaded, compiler: str, args: argparse.Namespace, cfg: Dict[str, Any],
              pipe_kw: Dict[str, Any], resolutions: Sequence[Tuple[int, int]], label: str) -> Dict[str, Any]:
+    restore = None
+    if compiler.startswith(torchao_run.PREFIX):
+        restore = torchao_run.swap_in_quantized(loaded, compiler[len(torchao_run.PREFIX):])
+    try:
+        return _timed_run(loaded, compiler, args, cfg, pipe_kw, resolutions, label)
+    finally:
+        if restore is not None:
+            restore()
+
+
+def _timed_run(loaded: models.Loaded, compiler: str, args: argparse.Namespace, cfg: Dict[str, Any],
+               pipe_kw: Dict[str, Any], resolutions: Sequence[Tuple[int, int]], label: str) -> Dict[str, Any]:
     from nexfort.diffusers import uncompile_pipe
 
     c0 = timing.compile_counts()
@@ -287,6 +305,11 @@ def main(argv: Optional[Sequence[str]] = None, *, family: str = "pixart", descri
         resolve_pipe_config(**{k: v for k, v in cfg.items() if k in CONFIG_KEYS},
                             **({"fuse_qkv_projections": pipe_kw["fuse_qkv_projections"]}
                                if "fuse_qkv_projections" in pipe_kw else {}))
+    if args.torchao is not None:
+        if args.compiler != "all":
+            raise SystemExit(f"--torchao {args.torchao}: a reference run of --compiler all (got --compiler "
+                             f"{args.compiler})")
+        torchao_run.check_type(args.torchao)
     unknown = set(cfg) - set(CONFIG_KEYS)
     if unknown:
         raise SystemExit(f"--compiler-config: unknown keys {sorted(unknown)}; valid: "
@@ -306,7 +329,8 @@ def main(argv: Optional[Sequence[str]] = None, *, family: str = "pixart", descri
     jobs: List[Tuple[int, ...]] = list(resolutions)
     if jobs:  # the batch sweep: the base resolution at another batch size (1 -> 4)
         jobs.append((args.height, args.width, 4 if args.batch_size != 4 else 1))
-    compilers = (["none", "inductor", *(f"inductor:{m}" for m in args.inductor_mode_list), "nexfort"]
+    compilers = (["none", "inductor", *(f"inductor:{m}" for m in args.inductor_mode_list),
+                  *([torchao_run.PREFIX + args.torchao] if args.torchao else []), "nexfort"]
                  if args.compiler == "all" else [args.compiler])
     if jobs and "none" not in compilers:
         # every resolution is checked against eager at that resolution: eager runs first, as the reference
@@ -321,7 +345,7 @@ def main(argv: Optional[Sequence[str]] = None, *, family: str = "pixart", descri
             try:
                 r = run_one(loaded, c, args, cfg, pipe_kw, jobs)
             except Exception as e:  # noqa: BLE001 - torch.compile's own modes are references: report, go on
-                if not c.startswith("inductor:"):
+                if not c.startswith(("inductor:", torchao_run.PREFIX)):
                     raise
                 print(f"{name} failed: {type(e).__name__}: {str(e)[:300]}", file=sys.stderr)
                 runs[name] = {"error": f"{type(e).__name__}: {str(e)[:300]}", "resolutions": []}

@@ -125,6 +125,10 @@ def summary(runs: Dict[str, Dict[str, Any]], key: str = "step_ms_median") -> Dic
         best = min(inductor, key=inductor.get)
         out.update(torch_compile_best=inductor[best], torch_compile_best_run=best,
                    speedup_vs_torch_compile_best=round(inductor[best] / nex, 4))
+    torchao = {n: r.get(key) for n, r in runs.items() if n.startswith("torchao:") and r.get(key)}
+    if torchao:  # --torchao: torchao's quantization + torch.compile, the quantized reference
+        name = min(torchao, key=torchao.get)
+        out.update(torchao=torchao[name], torchao_run=name, speedup_vs_torchao=round(torchao[name] / nex, 4))
     return out
 
 
@@ -133,7 +137,8 @@ def summary_line(s: Dict[str, Any]) -> str:
     for label, k, r in (("eager", "eager", "speedup_vs_eager"), ("torch.compile", "torch_compile",
                                                                   "speedup_vs_torch_compile"),
                         (f"torch.compile best ({s.get('torch_compile_best_run')})", "torch_compile_best",
-                         "speedup_vs_torch_compile_best")):
+                         "speedup_vs_torch_compile_best"),
+                        (f"{s.get('torchao_run')} + torch.compile", "torchao", "speedup_vs_torchao")):
         if k in s:
             parts.append(f"{s[r]:.3f}x {label} ({s[k]:.3f} ms)")
     return f"{s['metric']}: " + "; ".join(parts)

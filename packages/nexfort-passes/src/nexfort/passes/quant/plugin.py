@@ -37,6 +37,9 @@ class QuantOptions:
     # fp8 dynamic types on CUDA: "triton" (one-pass activation quantization), "inductor" (torch ops fused by
     # Inductor into the producing kernel), "auto" (triton where available)
     activation_kernel: str = "auto"
+    # who quantizes: "nexfort" (its own layers and kernels) or "torchao" (torchao's config for the same type on the
+    # same layers: nexfort.passes.quant.torchao_engine; pip install torchao)
+    engine: str = "nexfort"
 
 
 def _on(config: Any) -> bool:
@@ -68,6 +71,10 @@ def nexfort_validate_config(config: Any) -> Optional[List[str]]:
         problems.append(f"Option 'quant.min_features' must be >= 0 (layers with fewer input or output features are "
                         f"left alone), got {shown(opts.min_features)}.")
     from nexfort.passes.quant.fp8 import ACTIVATION_KERNELS
+    from nexfort.passes.quant.torchao_engine import ENGINES
+
+    if str(opts.engine) not in ENGINES:
+        problems.append(f"Option 'quant.engine' must be one of {', '.join(ENGINES)}, got {shown(opts.engine)}.")
 
     if str(opts.activation_kernel) not in ACTIVATION_KERNELS:
         problems.append(f"Option 'quant.activation_kernel' must be one of {', '.join(ACTIVATION_KERNELS)}, got "
@@ -98,12 +105,17 @@ def nexfort_transform_module(module: Any, config: Any) -> Optional[str]:
     if str(opts.activation_kernel) != "auto":
         kwargs["activation_kernel"] = str(opts.activation_kernel)
     qcfg = config_for(str(opts.type), **kwargs)
-    n = quantize_(module, qcfg, filter_fn=excluding(opts.exclude))
+    if str(opts.engine) == "torchao":
+        from nexfort.passes.quant.torchao_engine import quantize_with_torchao
+
+        n = quantize_with_torchao(module, qcfg, filter_fn=excluding(opts.exclude))
+    else:
+        n = quantize_(module, qcfg, filter_fn=excluding(opts.exclude))
     try:
         _applied[id(config)] = weakref.ref(config, lambda _, key=id(config): _applied.pop(key, None))
     except TypeError:  # a config that cannot be weakly referenced: the warning below may then show once
         pass
-    return f"quantized {n} linear layers ({qcfg.name})"
+    return f"quantized {n} linear layers ({n.type})"
 
 
 @hookimpl

@@ -1,0 +1,54 @@
+"""The benchmark's torchao reference run (``--torchao TYPE``): torchao's quantization of the same layers that
+nexfort's type takes (``nexfort.passes.quant.torchao_engine``), then ``torch.compile`` in its default mode, in the
+same process and on the same inputs as the other runs (issue 18 compares nexfort's quantized mode with it).
+
+The run quantizes a copy of the denoiser; the original waits on the CPU meanwhile (so the run's peak memory is its
+own) and is put back afterwards, untouched, for the runs that follow.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable, Dict
+
+import torch
+
+PREFIX = "torchao:"
+
+
+def check_type(type_name: str) -> None:
+    """A bad ``--torchao`` value, or torchao missing, is an error before any model is built."""
+    from nexfort.passes.quant import config_for
+    from nexfort.passes.quant.torchao_engine import torchao_config
+
+    try:
+        torchao_config(config_for(type_name).name)
+    except (ImportError, ValueError) as e:
+        raise SystemExit(f"--torchao {type_name}: {e}") from e
+
+
+def swap_in_quantized(loaded: Any, type_name: str) -> Callable[[], None]:
+    """Put a torchao-quantized copy of ``loaded``'s denoiser into its pipeline; returns what puts the original back."""
+    from nexfort.passes.quant import config_for
+    from nexfort.passes.quant.torchao_engine import quantize_with_torchao
+
+    original = loaded.denoiser
+    device = next(original.parameters()).device
+    quantized = copy.deepcopy(original)
+    result = quantize_with_torchao(quantized, config_for(type_name))
+    original.to("cpu")
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    setattr(loaded.pipe, loaded.denoiser_name, quantized)
+    loaded.info.setdefault("torchao", {})[type_name] = result.summary()
+
+    def restore() -> None:
+        setattr(loaded.pipe, loaded.denoiser_name, original.to(device))
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    return restore
+
+
+def info(loaded: Any) -> Dict[str, str]:
+    return dict(loaded.info.get("torchao", {}))
