@@ -105,14 +105,16 @@ def test_on_error_raise(broken_plugin):
 def test_feature_without_a_plugin_is_an_error_not_ignored(monkeypatch):
     import pluggy
 
-    from nexfort.core import backend, hookspecs
+    from nexfort.core import backend, hookspecs, plugins
     from nexfort.core.config import resolve_config
 
+    cfg = resolve_config({"mode": "max-optimize"})  # a flag of core's that only plugin code implements
     empty = pluggy.PluginManager("nexfort")
     empty.add_hookspecs(hookspecs)
-    monkeypatch.setattr(backend, "get_plugin_manager", lambda: empty)
-    with pytest.raises(NexfortConfigError, match="Mode flag 'quant' is on but no installed nexfort plugin"):
-        backend.check_features(resolve_config({"mode": "quant"}))
+    monkeypatch.setattr(plugins, "get_plugin_manager", lambda: empty)
+    with pytest.raises(NexfortConfigError, match="Mode flag 'max-optimize' is on but no installed nexfort plugin "
+                                                 r"implements it \(loaded plugins: none\)"):
+        backend.check_features(cfg)
 
 
 def test_overrides_set_torch_flags():

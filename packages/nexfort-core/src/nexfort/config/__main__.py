@@ -16,27 +16,26 @@ def main(argv=None) -> int:
     parser.add_argument("--list-flags", action="store_true", help="list the mode flags and what they do")
     args = parser.parse_args(argv)
 
-    from nexfort.core.config import available_flags, resolve_config, to_yaml
+    from nexfort.core.config import (
+        available_flags,
+        flag_descriptions,
+        parse_options,
+        parse_spec,
+        resolve_config,
+        to_yaml,
+    )
     from nexfort.core.errors import NexfortConfigError
 
-    if args.list_flags:
-        from nexfort.core.config import flag_descriptions
-
-        for flag, desc in flag_descriptions().items():
-            print(f"{flag:24s} {desc}")
-        return 0
     try:
-        spec = {}
-        if args.config:
-            from nexfort.core.config import _parse_spec
-
-            spec = _parse_spec(args.config)
+        if args.list_flags:
+            for flag, desc in flag_descriptions().items():
+                print(f"{flag:24s} {desc}")
+            return 0
+        spec = parse_spec(args.config)  # what the command line gave, read once
         if args.mode:
             spec["mode"] = args.mode
         if args.options:
-            from nexfort.core.config import _parse_spec
-
-            spec["options"] = _parse_spec(args.options)
+            spec["options"] = parse_options(args.options)
         cfg = resolve_config(spec)
     except NexfortConfigError as e:
         print(f"error: {e}", file=sys.stderr)

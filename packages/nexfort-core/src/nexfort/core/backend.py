@@ -15,16 +15,15 @@ from typing import Any, Callable, Dict, List, Sequence
 import torch
 
 from nexfort.core import compat, compat_autotune
-from nexfort.core.config import flags_turned_on, resolve_config
+from nexfort.core.config import parse_spec, resolve_config
 from nexfort.core.counters import counters
 from nexfort.core.errors import NexfortConfigError
-from nexfort.core.graph_pass import GraphPass, combined_uuid, run_passes
+from nexfort.core.flags import check_features  # noqa: F401 - re-exported (its former home)
+from nexfort.core.graph_pass import GraphPass, combined_uuid, fingerprint, run_passes
 from nexfort.core.plugins import get_plugin_manager
 
 logger = logging.getLogger("nexfort")
 
-#: Features that only a plugin can implement; turning one on with no plugin claiming it is an error.
-PLUGIN_FEATURES = ("max_optimize", "quant", "cache_all")
 _warned: set = set()
 
 
@@ -43,11 +42,7 @@ def nexfort_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], **k
     """
     mode = kwargs.pop("mode", None)
     options = kwargs.pop("options", None)
-    spec: Dict[str, Any] = {}
-    if options is not None:
-        from nexfort.core.config import _parse_spec
-
-        spec = _parse_spec(options)
+    spec = parse_spec(options)  # the one place this entry point reads what the user passed
     if mode is not None:
         spec = {**spec, "mode": mode}
     cfg = resolve_config(spec)
@@ -123,21 +118,6 @@ class NexfortBackend:
 
     def __hash__(self) -> int:
         return id(self.config)
-
-
-def check_features(cfg: Any) -> None:
-    """Every plugin-implemented feature that is on must be claimed by an installed plugin."""
-    pm = get_plugin_manager()
-    on = set(flags_turned_on(cfg))
-    for feature in PLUGIN_FEATURES:
-        if feature not in on:
-            continue
-        if not any(pm.hook.nexfort_claims_feature(feature=feature, config=cfg)):
-            flag = feature.replace("_", "-")
-            pkg = {"cache_all": "nexfort-cache"}.get(feature, "nexfort-passes")
-            raise NexfortConfigError(
-                f"Mode flag {flag!r} is on but no installed nexfort plugin implements it "
-                f"(pip install {pkg}, or check NEXFORT_DISABLE_PLUGIN_AUTOLOAD / NEXFORT_DISABLED_PLUGINS).")
 
 
 def apply_overrides(cfg: Any) -> Dict[str, bool]:
@@ -245,13 +225,13 @@ def inductor_patches(cfg: Any) -> Dict[str, Any]:
     into its FX-graph-cache key; a list where Inductor's default is a tuple becomes a tuple)."""
     from omegaconf import OmegaConf
 
-    from nexfort.core.config import _check_inductor_key
+    from nexfort.core.validate import check_inductor_key
 
     pm = get_plugin_manager()
     patches: Dict[str, Any] = {}
     for contribution in pm.hook.nexfort_inductor_config(config=cfg):
         for k, v in (contribution or {}).items():
-            _check_inductor_key(k, v, f"inductor.{k} (from a plugin)")
+            check_inductor_key(k, v, f"inductor.{k} (from a plugin)")
             patches[k] = v
     patches.update(OmegaConf.to_container(cfg.options.inductor, resolve=True))
     patches = {k: compat.inductor_value(k, v) for k, v in patches.items()}
@@ -302,7 +282,6 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], cfg: 
     check_features(cfg)  # configuration errors are never "fallen back" from
     compat.complete_guard_namespace()  # once, before Dynamo builds the first frame's guards
     compat_autotune.fix_warm_autotune_cache()  # once: warm processes tuned Triton kernels again
-    compat_autotune.record_tuned_kernels()  # once: which run-time compiled Triton kernels the cache ships
     scoped_flags = apply_overrides(cfg)
     patches = inductor_patches(cfg)
     passes = collect_passes(cfg)
@@ -310,7 +289,8 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], cfg: 
     post = [p for p in passes if p.stage == "post_grad"]
     pm = get_plugin_manager()
     try:
-        pm.hook.nexfort_pre_compile(gm=gm, example_inputs=example_inputs, config=cfg)
+        pm.hook.nexfort_pre_compile(gm=gm, example_inputs=example_inputs, config=cfg,
+                                    pass_fingerprint=fingerprint(passes))
         work = gm
         if pre:
             # rewrite a copy of the graph (sharing the module's parameters): the original stays intact for

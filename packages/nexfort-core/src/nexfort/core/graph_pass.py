@@ -6,7 +6,7 @@ import abc
 import hashlib
 import inspect
 import json
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Tuple
 
 import torch
 
@@ -107,3 +107,9 @@ def combined_uuid(passes: Sequence[GraphPass]) -> Optional[str]:
     for p in sorted(passes, key=lambda p: p.priority):
         h.update(p.uuid().encode())
     return h.hexdigest()
+
+
+def fingerprint(passes: Sequence[GraphPass]) -> Tuple[str, ...]:
+    """What identifies these passes' behaviour: ``"<stage>:<name>:<uuid>"`` per pass, sorted (handed to the
+    plugins' ``nexfort_pre_compile`` as ``pass_fingerprint``, so that none builds the passes again)."""
+    return tuple(sorted(f"{p.stage}:{p.name}:{p.uuid()}" for p in passes))

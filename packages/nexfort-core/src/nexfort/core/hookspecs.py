@@ -7,17 +7,55 @@ group. Core never imports a plugin by name.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, ContextManager, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Dict, Iterable, Mapping, Optional, Sequence
 
 import pluggy
+
+try:
+    from typing import Protocol
+except ImportError:  # pragma: no cover - Python < 3.8
+    Protocol = object  # type: ignore[assignment]
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+    from nexfort.core.flags import ModeFlag
     from nexfort.core.graph_pass import GraphPass
     from nexfort.core.schema import NexfortConfig
 
 hookspec = pluggy.HookspecMarker("nexfort")
+
+
+class QuantizationAPI(Protocol):
+    """What :func:`nexfort_quantization` returns: linear-layer quantization of a module in place (nexfort-passes'
+    ``nexfort.passes.quant`` module is one). ``QuantizationError`` is the error it raises for bad input and
+    ``Selection`` a saved choice of the layers kept in high precision (``read(path)``, ``save(path)``,
+    ``check_model``, ``check``, ``reselect``)."""
+
+    QuantizationError: type
+    Selection: type
+
+    def config_for(self, name: str, device: Any = None, **kwargs: Any) -> Any:
+        """The quantization config of the type ``name`` (an unknown name raises, naming the valid ones)."""
+
+    def check_top_percentage(self, top_percentage: Any) -> float:
+        """``top_percentage`` (0-100] as a float, else an error naming it."""
+
+    def excluding(self, names: Iterable[str]) -> Callable[[Any, str], bool]:
+        """A filter that keeps the layers whose qualified name contains none of ``names``."""
+
+    def fingerprint(self, model: Any) -> Dict[str, Any]:
+        """What identifies ``model``'s linear layers (names and shapes) for a saved selection."""
+
+    def quantize_(self, model: Any, config: Any, filter_fn: Any = None) -> Any:
+        """Quantize ``model``'s linear layers in place; returns how many (with ``summary()``)."""
+
+    def quantize_selected(self, model: Any, config: Any, selection: Any, filter_fn: Any = None) -> Any:
+        """Quantize the layers ``selection`` chose."""
+
+    def select_layers(self, model: Any, config: Any, calibration: Any, top_percentage: float = 100,
+                      filter_fn: Any = None) -> Any:
+        """Measure each candidate layer's error on ``calibration`` and choose the ``top_percentage`` to quantize."""
 
 
 @hookspec
@@ -28,6 +66,20 @@ def nexfort_config_schema() -> Optional[Mapping[str, type]]:
     defaults, and become ``options.<namespace>.<field>`` of the configuration (``options={"attention.enabled":
     False}``). A namespace must not collide with a core namespace or with another plugin's: that is an error
     raised when the configuration is resolved. Return ``None`` when the plugin has no options.
+    """
+
+
+@hookspec
+def nexfort_mode_flags() -> Optional[Sequence["ModeFlag"]]:
+    """Declare the mode flags a plugin brings (the names a mode string may use, next to core's).
+
+    Return a sequence of :class:`nexfort.core.api.ModeFlag` (``None`` or empty: none). Each flag's ``values`` pick
+    options (any namespace: core's, this plugin's from :func:`nexfort_config_schema`, another plugin's) and, for a
+    preset, the flags it stands for; every flag that is not a preset gets the switch ``config.flags.<name with '-'
+    -> '_'>``, which the plugin's hooks read. A name or switch that another flag (core's or a plugin's) already has,
+    a malformed flag, or values that name an unknown option or a value of the wrong type are errors raised when a
+    configuration is resolved, naming the plugin. Called once per process (and again after
+    ``nexfort.core.api.clear_caches()``): the answer must not depend on a configuration.
     """
 
 
@@ -96,10 +148,12 @@ def nexfort_transform_module(module: "torch.nn.Module", config: "NexfortConfig")
 
 @hookspec
 def nexfort_claims_feature(feature: str, config: "NexfortConfig") -> Optional[bool]:
-    """Say whether this plugin implements a mode feature (``"max_optimize"``, ``"quant"``, ...).
+    """Say whether this plugin implements the mode flag whose switch is ``feature`` (``"max_optimize"``).
 
-    Core raises a clear error when the user turns on a feature that no installed plugin claims, so no flag
-    is ever accepted and then ignored. Return ``True`` to claim it, ``None`` otherwise.
+    Asked for the flags that only plugin code implements (``ModeFlag.needs_plugin``, e.g. core's ``max-optimize``)
+    when they are on: core raises a clear error when no installed plugin claims one, so no flag is ever accepted and
+    then ignored. A plugin need not claim the flags it declares itself. Return ``True`` to claim it, ``None``
+    otherwise.
     """
 
 
@@ -135,11 +189,16 @@ def nexfort_cache_dirs() -> Optional[Sequence[str]]:
 
 
 @hookspec
-def nexfort_pre_compile(gm: "torch.fx.GraphModule", example_inputs: Sequence[Any], config: "NexfortConfig") -> None:
+def nexfort_pre_compile(gm: "torch.fx.GraphModule", example_inputs: Sequence[Any], config: "NexfortConfig",
+                        pass_fingerprint: Sequence[str]) -> None:
     """Called for each graph before nexfort's passes and Inductor run (e.g. a cache loads its artifacts).
 
-    Must not modify ``gm``. Exceptions propagate (and fall back to eager like any compile failure), so a
-    plugin that can recover (a corrupt cache entry) handles its own errors and warns.
+    ``pass_fingerprint`` identifies the graph passes this graph is compiled with (those of
+    :func:`nexfort_graph_passes`, built once per graph by core): ``"<stage>:<name>:<uuid>"`` per pass, sorted; a
+    plugin that keys on what the passes do (a cache) uses it instead of asking the pass plugins again. An
+    implementation may leave out any argument it does not need. Must not modify ``gm``. Exceptions propagate (and
+    fall back to eager like any compile failure), so a plugin that can recover (a corrupt cache entry) handles its
+    own errors and warns.
     """
 
 
@@ -152,4 +211,14 @@ def nexfort_post_compile(gm: "torch.fx.GraphModule", example_inputs: Sequence[An
     calls once, after the graph's first call returned: Inductor's GPU kernels autotune on their first run
     (runtime autotuning, coordinate descent), so what that records exists only then (a cache saves it). An
     exception from that function is logged with one warning and never reaches the caller.
+    """
+
+
+@hookspec(firstresult=True)
+def nexfort_quantization() -> Optional[QuantizationAPI]:
+    """Provide module quantization (:class:`QuantizationAPI`) to the plugins that quantize whole pipelines
+    (nexfort-diffusers' ``quantize_pipe``), so that they need not import the plugin that implements it.
+
+    ``firstresult``: the first plugin that returns one wins. Return ``None`` to let another plugin answer; with no
+    answer, the caller raises an ``ImportError`` saying what to install.
     """

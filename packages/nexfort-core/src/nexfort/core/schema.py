@@ -1,7 +1,9 @@
 """The structured schema of nexfort's configuration: dataclasses are the schema and the defaults.
 
-The YAML under ``conf/`` only picks values (``conf/mode/<flag>.yaml``: what each mode flag turns on).
-Plugins add their own namespaces under ``options`` through the ``nexfort_config_schema`` hook.
+The YAML of the configuration tree (``nexfort/core/conf``) only picks values (``mode/<flag>.yaml``: what each of
+core's mode flags turns on). Plugins add their own namespaces under ``options`` through the
+``nexfort_config_schema`` hook and their own flags through ``nexfort_mode_flags``; ``config.flags`` has one switch
+per flag (:func:`nexfort.core.flags.flags_schema`).
 """
 
 from __future__ import annotations
@@ -12,22 +14,6 @@ from typing import Any, Dict, Mapping, Optional
 
 MEMORY_FORMATS = ("preserve", "channels_last", "contiguous")
 ON_ERROR = ("fallback", "raise")
-
-
-@dataclass
-class Flags:
-    """What the mode flags turned on (read by core and by the plugins that implement them)."""
-
-    max_optimize: bool = False
-    max_autotune: bool = False
-    low_precision: bool = False
-    cudagraphs: bool = False
-    freezing: bool = False
-    benchmark: bool = False
-    cache_all: bool = False
-    jit: bool = False
-    disable_runtime_fusion: bool = False
-    quant: bool = False
 
 
 @dataclass
@@ -50,31 +36,22 @@ class CompilerOptions:
     warn_once: bool = True
 
 
-@dataclass
-class CacheOptions:
-    """nexfort's compiled-artifact cache (implemented by the nexfort-cache plugin)."""
-
-    enabled: bool = False
-    dir: Optional[str] = None
-
-
 CORE_NAMESPACES: Dict[str, Any] = {
     "inductor": None,  # free-form: keys of torch._inductor.config, validated against the running torch
     "triton": None,  # free-form: keys of torch._inductor.config.triton
     "overrides": OverridesOptions,
     "compiler": CompilerOptions,
-    "cache": CacheOptions,
 }
 
 
-def build_schema(plugin_namespaces: Mapping[str, type]) -> type:
-    """The root dataclass for these plugin namespaces (core's fields first)."""
+def build_schema(plugin_namespaces: Mapping[str, type], flags: type) -> type:
+    """The root dataclass for these plugin namespaces (core's fields first) and the mode flags' switches
+    (``flags``: the dataclass of :func:`nexfort.core.flags.flags_schema`)."""
     opt_fields = [
         ("inductor", Dict[str, Any], field(default_factory=dict)),
         ("triton", Dict[str, Any], field(default_factory=dict)),
         ("overrides", OverridesOptions, field(default_factory=OverridesOptions)),
         ("compiler", CompilerOptions, field(default_factory=CompilerOptions)),
-        ("cache", CacheOptions, field(default_factory=CacheOptions)),
     ]
     for ns, cls in plugin_namespaces.items():
         opt_fields.append((ns, cls, field(default_factory=cls)))
@@ -86,7 +63,7 @@ def build_schema(plugin_namespaces: Mapping[str, type]) -> type:
             ("dynamic", Optional[bool], field(default=None)),
             ("fullgraph", bool, field(default=False)),
             ("memory_format", str, field(default="preserve")),
-            ("flags", Flags, field(default_factory=Flags)),
+            ("flags", flags, field(default_factory=flags)),
             ("options", options_cls, field(default_factory=options_cls)),
         ],
     )

@@ -1,1 +1,0 @@
-"""nexfort's Hydra configuration tree (shipped inside nexfort-core as ``nexfort.core.conf``)."""
