@@ -17,7 +17,7 @@ import time
 import warnings
 from typing import Callable, Optional
 
-from nexfort.core import counters
+from nexfort.core.api import counters
 
 logger = logging.getLogger("nexfort.cache")
 COOLDOWN_ENV = "NEXFORT_CACHE_REMOTE_RETRY_S"

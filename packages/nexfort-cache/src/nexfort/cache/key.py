@@ -105,12 +105,6 @@ def _config_text(config: Any) -> str:
     return repr(config)
 
 
-def pass_uuids(config: Any) -> List[str]:
-    from nexfort.core.backend import collect_passes
-
-    return sorted(f"{p.stage}:{p.name}:{p.uuid()}" for p in collect_passes(config))
-
-
 def _dist_version(name: str) -> str:
     try:
         from importlib.metadata import PackageNotFoundError, version
@@ -148,7 +142,10 @@ def devices(example_inputs: Sequence[Any]) -> List[str]:
     return sorted(names)
 
 
-def key_parts(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], config: Any) -> Dict[str, Any]:
+def key_parts(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], config: Any,
+              pass_fingerprint: Sequence[str] = ()) -> Dict[str, Any]:
+    """What the key is made of. ``pass_fingerprint``: the passes the graph is compiled with, as core hands it to
+    ``nexfort_pre_compile`` (``"<stage>:<name>:<uuid>"`` each, sorted; empty: none)."""
     return {
         "key_version": KEY_VERSION,
         "graph": gm.code,
@@ -156,7 +153,7 @@ def key_parts(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], config: A
         "attributes": describe_attributes(gm),
         "grad_enabled": torch.is_grad_enabled(),
         "config": _config_text(config),
-        "passes": pass_uuids(config),
+        "passes": sorted(pass_fingerprint),
         "environment": environment(),
         "gpus": devices(example_inputs),
     }
@@ -167,5 +164,6 @@ def digest(parts: Dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def cache_key(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], config: Any) -> str:
-    return digest(key_parts(gm, example_inputs, config))
+def cache_key(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], config: Any,
+              pass_fingerprint: Sequence[str] = ()) -> str:
+    return digest(key_parts(gm, example_inputs, config, pass_fingerprint))

@@ -44,7 +44,7 @@ from nexfort.cache.store import (
     logger,
     unseal_stream,
 )
-from nexfort.core import hookimpl
+from nexfort.core.api import hookimpl
 
 DIR_ENV = "NEXFORT_CACHE_DIR"
 SUFFIX = ".nxc"

@@ -37,7 +37,7 @@ import torch
 from nexfort.cache import bundle, triton_kernels
 from nexfort.cache import key as keymod
 from nexfort.cache.store import NexfortCacheConfigError, warn_once
-from nexfort.core import counters, hookimpl
+from nexfort.core.api import ModeFlag, counters, hookimpl, record_tuned_kernels
 
 logger = logging.getLogger("nexfort.cache")
 ENV = "NEXFORT_GRAPH_CACHE"
@@ -46,6 +46,24 @@ _loaded: set = set()
 _logged: set = set()
 _pending: "weakref.WeakKeyDictionary[Any, tuple]" = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
+
+
+@dataclass
+class CacheOptions:
+    """nexfort's compiled-artifact cache (``options.cache.*``; the ``cache-all`` flag turns it on)."""
+
+    enabled: bool = False
+    # the local store's directory (else $NEXFORT_CACHE_DIR, else $XDG_CACHE_HOME/nexfort)
+    dir: Optional[str] = None
+
+
+#: The mode flag this plugin brings (and implements).
+CACHE_ALL = ModeFlag(
+    name="cache-all",
+    description="cache-all: cache every compiled artifact: nexfort's own compiled-graph cache (options.cache.enabled; "
+                "same as NEXFORT_GRAPH_CACHE=1) and Inductor's FX graph cache.",
+    values={"options": {"cache": {"enabled": True}, "inductor": {"fx_graph_cache": True}}},
+)
 
 
 @dataclass
@@ -59,12 +77,12 @@ class CacheStoreOptions:
 
 @hookimpl
 def nexfort_config_schema() -> Mapping[str, type]:
-    return {"cache_store": CacheStoreOptions}
+    return {"cache": CacheOptions, "cache_store": CacheStoreOptions}
 
 
 @hookimpl
-def nexfort_claims_feature(feature: str, config: Any) -> Optional[bool]:
-    return True if feature == "cache_all" else None
+def nexfort_mode_flags() -> Sequence[ModeFlag]:
+    return [CACHE_ALL]
 
 
 def enabled(config: Any) -> bool:
@@ -82,9 +100,9 @@ def has_artifact_api() -> bool:
 
 
 def get_store(config: Any) -> Any:
-    from nexfort.core.plugins import get_plugin_manager
+    from nexfort.core.api import plugin_manager
 
-    store = get_plugin_manager().hook.nexfort_cache_store(config=config)
+    store = plugin_manager().hook.nexfort_cache_store(config=config)
     if store is None:  # the store plugins are disabled: use the local directory
         from nexfort.cache.local import local_store
 
@@ -136,15 +154,17 @@ def artifacts_since(mark: Optional[int]) -> Optional[bytes]:
 
 # ---------------------------------------------------------------------------------------------- hooks
 @hookimpl
-def nexfort_pre_compile(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], config: Any) -> None:
+def nexfort_pre_compile(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], config: Any,
+                        pass_fingerprint: Sequence[str]) -> None:
     if not enabled(config):
         return
     if not has_artifact_api():
         _no_artifact_api(config)
         return
+    record_tuned_kernels()  # once per process: which run-time tuned Triton kernels an entry ships
     try:
         store = get_store(config)
-        key = keymod.cache_key(gm, example_inputs, config)
+        key = keymod.cache_key(gm, example_inputs, config, pass_fingerprint)
     except NexfortCacheConfigError:
         raise
     except Exception as e:  # noqa: BLE001 - the cache never stops a compilation
@@ -169,7 +189,7 @@ def _inductor_misses() -> int:
 
 
 def _no_artifact_api(config: Any) -> None:
-    from nexfort.core.compat import has_inductor_knob
+    from nexfort.core.api import has_inductor_knob
 
     if not has_inductor_knob("fx_graph_cache"):  # torch 2.1: no FX graph cache either
         warn_once("no-persistent-cache", f"nexfort cache: torch {torch.__version__} has neither "
@@ -193,7 +213,7 @@ def _no_artifact_api(config: Any) -> None:
 
 
 def _load(key: str, payload: bytes) -> bool:
-    from nexfort.core.compat import inductor_cache_dir
+    from nexfort.core.api import inductor_cache_dir
 
     try:
         torch_bundle, files = bundle.unpack(payload)
@@ -251,14 +271,14 @@ def _save(key: str, store: Any, mark: Optional[int], started: float, counter: st
     """Store the artifacts recorded since ``mark``, the C++ kernel files written since ``started`` and (with
     ``triton_since``) the Triton kernels compiled since then, which Inductor's own bundle does not carry."""
     try:
-        from nexfort.core.compat import inductor_cache_dir
+        from nexfort.core.api import inductor_cache_dir
 
         data = artifacts_since(mark)
         if not data:
             return False
         files = bundle.kernel_files_since(inductor_cache_dir(), started)
         if triton_since is not None:
-            from nexfort.core.compat_autotune import tuned_kernel_dirs
+            from nexfort.core.api import tuned_kernel_dirs
 
             files.update(triton_kernels.files_since(triton_kernels.cache_dir(), triton_since,
                                                     bundle.MAX_KERNEL_FILES - len(files), only=tuned_kernel_dirs()))

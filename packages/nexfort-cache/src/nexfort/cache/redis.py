@@ -43,7 +43,7 @@ from nexfort.cache.store import (
     warn_once,
 )
 from nexfort.cache.tiered import TieredStore  # noqa: F401 - re-exported
-from nexfort.core import counters, hookimpl
+from nexfort.core.api import counters, hookimpl
 
 URL_ENV = "NEXFORT_CACHE_REDIS_URL"
 PREFIX = "nexfort:cache:v1:"

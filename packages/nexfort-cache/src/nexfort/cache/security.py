@@ -17,7 +17,7 @@ from collections import Counter
 from typing import Optional
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from nexfort.core.errors import NexfortConfigError
+from nexfort.core.api import NexfortConfigError
 
 MIN_SECRET_BYTES = 32
 MIN_SECRET_DISTINCT = 8  # "aaaa...", "passwordpassword...": a dictionary attack, not a key

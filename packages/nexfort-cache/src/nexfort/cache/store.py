@@ -31,7 +31,7 @@ from typing import BinaryIO, List, Optional, Protocol, Set, Tuple, runtime_check
 from nexfort.cache.fsio import atomic_write  # noqa: F401 - re-exported (nexfort.cache.bundle, older imports)
 from nexfort.cache.security import NexfortCacheConfigError, check_secret  # noqa: F401 - re-exported
 from nexfort.cache.sizes import format_size, parse_size  # noqa: F401 - re-exported
-from nexfort.core import counters
+from nexfort.core.api import counters
 
 logger = logging.getLogger("nexfort.cache")
 

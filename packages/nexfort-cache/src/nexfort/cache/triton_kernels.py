@@ -7,7 +7,7 @@ from the autotune cache must then compile them from source (measured on an H100,
 torch 2.11: ~40 kernels, 10-15 s of the warm first image). nexfort therefore adds, when it stores an entry again
 after the graph's first call, the Triton cache directories written since the compile-time save, and writes them
 back into the warm process's Triton cache before Inductor looks for them: only the directories of the kernels that
-tuning chose (:func:`nexfort.core.compat_autotune.tuned_kernel_dirs`), not every candidate it compiled.
+tuning chose (:func:`nexfort.core.api.tuned_kernel_dirs`), not every candidate it compiled.
 
 A Triton cache directory is ``<triton cache>/<hash>/`` with the kernel's files and a ``__grp__<name>.json`` that
 lists them by absolute path. Paths travel as ``triton/<hash>/<file>``; the group file's paths are rewritten to a

@@ -283,7 +283,7 @@ def _upsample_explicit_size_forward(
 
 def make_upsample_sizes_explicit(module: torch.nn.Module, force: bool = False, config: Any = None) -> int:
     """Where Inductor gets ``F.interpolate(scale_factor=2.0, mode="nearest")`` wrong under inference mode (torch
-    2.2, see :func:`nexfort.core.compat.inductor_upsample_nearest_scale_factor_ok`; checked only when ``module``
+    2.2, see :func:`nexfort.core.api.inductor_upsample_nearest_ok`; checked only when ``module``
     has such upsamplers, and presumed wrong where it cannot be checked), make diffusers' ``Upsample2D``
     instances in ``module`` pass an explicit output size (:func:`_upsample_explicit_size_forward`); ``force``
     skips the check; ``config`` (nexfort's) lets the check's outcome be remembered between processes. Returns
@@ -299,9 +299,9 @@ def make_upsample_sizes_explicit(module: torch.nn.Module, force: bool = False, c
     if not ups:
         return 0
     if not force:
-        from nexfort.core import compat
+        from nexfort.core.api import inductor_upsample_nearest_ok
 
-        if compat.inductor_upsample_nearest_scale_factor_ok(config=config) is True:
+        if inductor_upsample_nearest_ok(config=config) is True:
             return 0
     for m in ups:
         m.forward = types.MethodType(_upsample_explicit_size_forward, m)

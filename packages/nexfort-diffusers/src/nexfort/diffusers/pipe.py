@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 import logging
 import warnings
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
-from nexfort.core.errors import NexfortConfigError
+from nexfort.core import api
+from nexfort.core.api import NexfortConfigError
 from nexfort.diffusers.dynamic import make_upsample_sizes_explicit, shape_check, wrap_compiled_call
 from nexfort.diffusers.regional import uncompile_regions
 from nexfort.diffusers.text_padding import text_padding_trimmer
@@ -89,14 +89,7 @@ def _check_ignores(pipe: Any, ignores: Union[str, Iterable[str], None]) -> set:
 
 def _spec(mode: Optional[str], options: Any, dynamic: Optional[bool], fullgraph: Optional[bool],
           memory_format: Any, fuse_qkv_projections: bool, with_plugin: bool) -> Dict[str, Any]:
-    if isinstance(options, (str, bytes)):
-        try:
-            options = json.loads(options)
-        except json.JSONDecodeError as e:
-            raise NexfortConfigError(f"compile_pipe: 'options' is not valid JSON ({e.msg}): {options!r}") from None
-    if options is not None and not isinstance(options, Mapping):
-        raise NexfortConfigError(f"compile_pipe: 'options' must be a mapping, got {type(options).__name__}.")
-    options = dict(options or {})
+    options = api.parse_options(options)  # the one place compile_pipe reads the options it was given
     if with_plugin and not isinstance(fuse_qkv_projections, bool):
         raise NexfortConfigError("compile_pipe: 'fuse_qkv_projections' must be True or False.")
     if with_plugin:
@@ -112,33 +105,19 @@ def _spec(mode: Optional[str], options: Any, dynamic: Optional[bool], fullgraph:
 
 def ensure_plugin() -> bool:
     """Register this package's plugin if entry points did not (autoload off); False if it is blocked."""
-    from nexfort.core import config as core_config
-    from nexfort.core.plugins import get_plugin_manager
     from nexfort.diffusers import plugin
 
-    pm = get_plugin_manager()
-    if pm.is_registered(plugin):
-        return True
-    if pm.is_blocked(plugin.PLUGIN_NAME):
-        return False
-    if pm.get_plugin(plugin.PLUGIN_NAME) is not None:  # another object under our name: leave it alone
-        return False
-    pm.register(plugin, name=plugin.PLUGIN_NAME)
-    core_config.clear_caches()
-    return True
+    return api.register_plugin(plugin, plugin.PLUGIN_NAME)  # another object under our name is left alone
 
 
 def resolve_pipe_config(mode: Optional[str] = None, options: Any = None, *, dynamic: Optional[bool] = None,
                         fullgraph: Optional[bool] = None, memory_format: Any = None,
                         fuse_qkv_projections: bool = True) -> Any:
     """The resolved nexfort configuration ``compile_pipe`` uses (raises ``NexfortConfigError``)."""
-    from nexfort.core.backend import check_features
-    from nexfort.core.config import resolve_config
-
     with_plugin = ensure_plugin()
-    cfg = resolve_config(_spec(mode, options, dynamic, fullgraph, memory_format, fuse_qkv_projections,
-                               with_plugin))
-    check_features(cfg)
+    cfg = api.resolve_config(_spec(mode, options, dynamic, fullgraph, memory_format, fuse_qkv_projections,
+                                   with_plugin))
+    api.check_features(cfg)
     return cfg
 
 
@@ -185,7 +164,7 @@ def regional(cfg: Any) -> bool:
     if value is None:  # implied by jit: only where the blocks share their compiled graphs (torch 2.5+)
         from nexfort.diffusers.regional import blocks_share_graphs
 
-        return bool(cfg.flags.jit) and _in_place() and blocks_share_graphs()
+        return api.flag_on(cfg, "jit") and _in_place() and blocks_share_graphs()
     return bool(value)
 
 
@@ -204,11 +183,8 @@ def compile_module(module: torch.nn.Module, cfg: Any, backend: str = "nexfort",
     the module's repeated blocks instead of the whole (:mod:`nexfort.diffusers.regional`; the whole module where it
     has none). ``inductor_mode`` is torch.compile's own ``mode`` for ``backend="inductor"``."""
     if backend == "nexfort":
-        from nexfort.compilers import prepare_module
-        from nexfort.core.backend import NexfortBackend
-
-        prepare_module(module, cfg)
-        be: Any = NexfortBackend(cfg)
+        api.prepare_module(module, cfg)
+        be: Any = api.backend_for(cfg)
     else:
         _apply_memory_format(module, cfg)
         be = "inductor"
@@ -282,17 +258,7 @@ def upcast_vae_once(pipe: Any) -> bool:
 
 def _without_quant(cfg: Any) -> Any:
     """``cfg`` with the quant flag off (``cfg`` itself where it is off)."""
-    if not bool(getattr(cfg.flags, "quant", False)):
-        return cfg
-    import copy
-
-    from omegaconf import OmegaConf
-
-    out = copy.deepcopy(cfg)
-    OmegaConf.set_readonly(out, False)
-    out.flags.quant = False
-    OmegaConf.set_readonly(out, True)
-    return out
+    return api.with_switches(cfg, quant=False) if api.flag_on(cfg, "quant") else cfg
 
 
 def compile_pipe(pipe: Any, mode: Optional[str] = None, options: Any = None, *, ignores: Sequence[str] = (),
@@ -351,7 +317,7 @@ def compile_pipe(pipe: Any, mode: Optional[str] = None, options: Any = None, *, 
     if backend == "inductor" and (cfg.mode or options):
         logger.info("nexfort: backend='inductor' compiles with torch.compile defaults; mode %r and options ignored",
                     cfg.mode)
-    if backend == "nexfort" and bool(cfg.flags.freezing):
+    if backend == "nexfort" and api.flag_on(cfg, "freezing"):
         warnings.warn("nexfort: 'freezing' is on: weights become constants of the compiled graphs, so weights "
                       "changed after compiling (LoRA fusing, load_state_dict) do not reach this pipeline; call "
                       "uncompile_pipe() and compile_pipe() again after changing them.", stacklevel=2)

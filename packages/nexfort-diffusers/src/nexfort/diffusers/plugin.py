@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable, List, Mapping, Optional
 
-from nexfort.core import hookimpl
+from nexfort.core.api import flag_on, hookimpl
 from nexfort.diffusers.fused import fuse_projections, qkv_fused  # noqa: F401 - qkv_fused: part of this module's API
 
 logger = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def nexfort_transform_module(module: Any, config: Any) -> Optional[str]:
         n = _guarded("make_attention_masks_dynamic", make_attention_masks_dynamic, module)
         if n:
             done.append(f"attention masks of {n} Attention repeated per head without a batch-size guard")
-    if bool(_get(config.flags, "max_optimize", False)) and opts is not None and bool(opts.fuse_qkv_projections):
+    if flag_on(config, "max_optimize") and opts is not None and bool(opts.fuse_qkv_projections):
         fused = _guarded("fuse_projections", fuse_projections, module)
         if fused:
             done.append(fused)

@@ -1,4 +1,5 @@
-"""``quantize_pipe``: quantize a diffusers pipeline's denoiser(s) in place (nexfort-passes' ``quantize_``).
+"""``quantize_pipe``: quantize a diffusers pipeline's denoiser(s) in place (the ``quantize_`` of the plugin that
+provides quantization, nexfort-passes' quant plugin, through the ``nexfort_quantization`` hook).
 
     quantize_pipe(pipe, "int8_dynamic")            # the transformer/UNet's linear layers in int8
     quantize_pipe(pipe, "fp8", top_percentage=90, calibration=[{"prompt": "a cat"}],
@@ -26,10 +27,15 @@ logger = logging.getLogger("nexfort")
 
 
 def _quant_api() -> Any:
-    try:
-        from nexfort.passes import quant
-    except ImportError as e:  # pragma: no cover - nexfort-diffusers installed without nexfort-passes
-        raise ImportError("quantize_pipe needs nexfort-passes: pip install nexfort-passes") from e
+    """The quantization API an installed plugin provides (``nexfort_quantization``: nexfort-passes' quant plugin),
+    so that this package imports no other plugin."""
+    from nexfort.core.api import plugin_manager
+
+    quant = plugin_manager().hook.nexfort_quantization()
+    if quant is None:
+        raise ImportError("quantize_pipe needs a nexfort plugin that quantizes (nexfort_quantization), and none is "
+                          "loaded: pip install nexfort-passes (or check NEXFORT_DISABLE_PLUGIN_AUTOLOAD / "
+                          "NEXFORT_DISABLED_PLUGINS).")
     return quant
 
 

@@ -1,18 +1,19 @@
 """The options of a pass plugin (``options.<namespace>.*``) and the rule that turns its pass on, shared by the
-passes that ``max-optimize`` turns on (``attention``, ``linear_gelu``)."""
+passes that ``max-optimize`` turns on (``attention``, ``linear_gelu``, ``attention_kernel``)."""
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Tuple, Type, TypeVar
+
+from nexfort.core.api import flag_on, options_of
 
 T = TypeVar("T")
 
 
 def pass_options(config: Any, namespace: str, cls: Type[T]) -> Tuple[T, bool]:
-    """``(options, on)``: the dataclass ``cls`` filled from ``options.<namespace>`` (its defaults where absent), and
-    whether the pass runs: its ``enabled`` field when set, else the ``max-optimize`` flag."""
-    opts = config.options.get(namespace) if hasattr(config.options, "get") else None
-    options = cls(**{f.name: opts.get(f.name, f.default) for f in dataclasses.fields(cls)} if opts is not None else {})
+    """``(options, on)``: ``options.<namespace>`` as a frozen ``cls`` (:func:`nexfort.core.api.options_of`: its
+    defaults where the configuration lacks the namespace), and whether the pass runs: its ``enabled`` field when
+    set, else the ``max-optimize`` flag."""
+    options = options_of(config, namespace, cls)
     enabled = getattr(options, "enabled", None)
-    return options, bool(config.flags.max_optimize) if enabled is None else bool(enabled)
+    return options, flag_on(config, "max_optimize") if enabled is None else bool(enabled)

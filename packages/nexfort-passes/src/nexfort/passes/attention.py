@@ -46,8 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch.fx import GraphModule, Node
 
-from nexfort.core import hookimpl
-from nexfort.core.graph_pass import GraphPass
+from nexfort.core.api import GraphPass, hookimpl
 from nexfort.passes import _fx
 from nexfort.passes._fx import arg, fake, is_op
 from nexfort.passes._options import pass_options

@@ -39,7 +39,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from nexfort.core.counters import counters
+from nexfort.core.api import counters
 
 logger = logging.getLogger("nexfort")
 SDPA = "sdpa"

@@ -33,9 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch.fx import GraphModule, Node
 
-from nexfort.core import hookimpl
-from nexfort.core.errors import NexfortConfigError, shown, unknown_message
-from nexfort.core.graph_pass import GraphPass
+from nexfort.core.api import GraphPass, NexfortConfigError, hookimpl, shown, unknown_message
 from nexfort.passes._fx import arg, fake, is_op
 from nexfort.passes._options import pass_options
 from nexfort.passes.attention_kernel import kernels as K

@@ -190,7 +190,7 @@ def quantize_(model: torch.nn.Module, config: QuantConfig,
     before = _storage_bytes(m.weight for _, m in layers)
     n = handler(model, layers, config) if layers else 0
     after = _storage_bytes(b for fqn, _ in layers for b in model.get_submodule(fqn).buffers(recurse=False))
-    from nexfort.core import counters
+    from nexfort.core.api import counters
 
     counters["quant"][config.name] += n
     result = QuantResult([fqn for fqn, _ in layers], config.name, before, after)

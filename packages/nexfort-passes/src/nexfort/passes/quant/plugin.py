@@ -1,4 +1,4 @@
-"""The ``quant`` plugin (entry point ``quant``): implements the ``quant`` mode flag.
+"""The ``quant`` plugin (entry point ``quant``): brings and implements the ``quant`` mode flag.
 
 Owns ``options.quant`` (:class:`QuantOptions`). With the flag on, ``nexfort_compile``/``compile_pipe`` quantize the
 module's linear layers with ``quantize_`` before compiling (after the other plugins' module transforms, so fused
@@ -12,9 +12,9 @@ import logging
 import warnings
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, List, Mapping, Optional
+from typing import Any, List, Mapping, Optional, Sequence
 
-from nexfort.core import hookimpl
+from nexfort.core.api import ModeFlag, hookimpl
 
 NAMESPACE = "quant"
 logger = logging.getLogger("nexfort")
@@ -42,6 +42,15 @@ class QuantOptions:
     engine: str = "nexfort"
 
 
+#: The mode flag this plugin brings (and implements).
+QUANT = ModeFlag(
+    name="quant",
+    description="quant: quantize the linear layers' weights and activations before compiling (options quant.type: "
+                "\"fp8\"; quant.min_features, quant.exclude). Needs the module, so it works through nexfort_compile() "
+                "and compile_pipe().",
+)
+
+
 def _on(config: Any) -> bool:
     try:
         return bool(config.flags.quant)
@@ -58,7 +67,7 @@ def nexfort_config_schema() -> Optional[Mapping[str, type]]:
 def nexfort_validate_config(config: Any) -> Optional[List[str]]:
     """``quant.type`` names a registered method, ``quant.min_features`` is >= 0, ``quant.exclude`` has no empty
     name (which would exclude every layer). Their types are checked by core against :class:`QuantOptions`."""
-    from nexfort.core.errors import shown
+    from nexfort.core.api import shown
     from nexfort.passes.quant import api
 
     opts = config.options.get(NAMESPACE)
@@ -90,8 +99,16 @@ def nexfort_validate_config(config: Any) -> Optional[List[str]]:
 
 
 @hookimpl
-def nexfort_claims_feature(feature: str, config: Any) -> Optional[bool]:
-    return True if feature == "quant" else None
+def nexfort_mode_flags() -> Sequence[ModeFlag]:
+    return [QUANT]
+
+
+@hookimpl
+def nexfort_quantization() -> Any:
+    """This package's quantization API (:mod:`nexfort.passes.quant`) for the plugins that quantize pipelines."""
+    from nexfort.passes import quant
+
+    return quant
 
 
 @hookimpl(trylast=True)
