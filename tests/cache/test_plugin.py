@@ -33,12 +33,14 @@ def _graph():
     return gm, [torch.randn(2, 4)]
 
 
-def test_plugins_are_registered_and_claim_cache_all(cache_env):
-    from nexfort.core.backend import check_features
+def test_plugins_are_registered_and_bring_cache_all(cache_env):
+    from nexfort.core.flags import mode_flags
     from nexfort.core.plugins import plugin_names
 
     assert {"cache", "cache-local", "cache-redis"} <= set(plugin_names())
-    check_features(resolve_config({"mode": "cache-all"}))  # no "no plugin implements it" error
+    assert mode_flags()["cache-all"] is plugin.CACHE_ALL  # the flag and options.cache are this plugin's
+    cfg = resolve_config({"mode": "cache-all"})
+    assert cfg.flags.cache_all and cfg.options.cache.enabled and not resolve_config({}).options.cache.enabled
     pm = get_plugin_manager()
     assert str(cache_env) in [d for dirs in pm.hook.nexfort_cache_dirs() for d in (dirs or ())]
 
@@ -62,10 +64,49 @@ def test_enabled_by_flag_or_env(cache_env, monkeypatch):
     off = resolve_config({})
     assert not plugin.enabled(off)
     gm, inputs = _graph()
-    plugin.nexfort_pre_compile(gm=gm, example_inputs=inputs, config=off)
+    plugin.nexfort_pre_compile(gm=gm, example_inputs=inputs, config=off, pass_fingerprint=())
     assert not os.path.exists(cache_env)  # disabled: the store is never even opened
     monkeypatch.setenv("NEXFORT_GRAPH_CACHE", "1")
     assert plugin.enabled(off)
+
+
+@needs_artifacts
+def test_passes_are_built_once_per_graph_and_key_its_entry(cache_env, counters):
+    """Core builds a graph's passes once and hands their fingerprint to nexfort_pre_compile; the cache keys the entry
+    on it (it used to ask every pass plugin again: the passes were built twice per graph)."""
+    from nexfort.core.api import GraphPass, hookimpl
+
+    built = []
+
+    class Noop(GraphPass):
+        name = "noop_for_test"
+        stage = "post_grad"
+
+        def apply(self, graph):
+            return 0
+
+    class Counting:
+        version = "v1"
+
+        @hookimpl
+        def nexfort_graph_passes(self, config):
+            built.append(self.version)
+            return [Noop({"version": self.version})]  # another version, another uuid
+
+    counting = Counting()
+    pm = get_plugin_manager()
+    pm.register(counting, name="counting-test")
+    try:
+        model, x = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.ReLU()), torch.randn(3, 5)
+        for version in ("v1", "v2"):
+            counting.version = version
+            torch._dynamo.reset()
+            torch.compile(model, backend="nexfort", options={"mode": "cache-all"})(x)
+    finally:
+        pm.unregister(counting)
+    torch._dynamo.reset()
+    assert built == ["v1", "v2"] and counters["backend"]["graphs"] == 2  # once per graph
+    assert counters["cache"]["misses"] == 2 and len(LocalStore().keys()) == 2  # the changed pass: a new key
 
 
 def test_old_torch_falls_back_without_failing(cache_env, monkeypatch, counters, caplog):
@@ -81,7 +122,7 @@ def test_old_torch_falls_back_without_failing(cache_env, monkeypatch, counters, 
         with warnings.catch_warnings(record=True) as record:
             warnings.simplefilter("always")
             for _ in range(2):
-                plugin.nexfort_pre_compile(gm=gm, example_inputs=inputs, config=cfg)
+                plugin.nexfort_pre_compile(gm=gm, example_inputs=inputs, config=cfg, pass_fingerprint=())
                 plugin.nexfort_post_compile(gm=gm, example_inputs=inputs, config=cfg, compiled=None)
         msgs = [str(w.message) for w in record if "nexfort cache" in str(w.message)]
         assert len(msgs) == n_warnings and all("fx_graph_cache" in m for m in msgs)
@@ -98,7 +139,7 @@ def test_signed_but_unusable_entry_is_a_miss(cache_env, counters):
     LocalStore().put(key, b"NXB1 not really a bundle")
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        plugin.nexfort_pre_compile(gm=gm, example_inputs=inputs, config=cfg)
+        plugin.nexfort_pre_compile(gm=gm, example_inputs=inputs, config=cfg, pass_fingerprint=())
     assert counters["cache"]["misses"] == 1 and not counters["cache"]["loaded"]
     assert len([w for w in record if "could not load" in str(w.message)]) == 1
 
@@ -150,7 +191,7 @@ def test_loaded_entry_that_inductor_could_not_use_is_replaced(cache_env, monkeyp
     monkeypatch.setattr(plugin, "_load", lambda key, payload: True)
     monkeypatch.setattr(plugin, "_inductor_misses", lambda: next(misses))
     monkeypatch.setattr(plugin, "artifacts_since", lambda mark: b"new torch bundle")
-    plugin.nexfort_pre_compile(gm=gm, example_inputs=inputs, config=cfg)
+    plugin.nexfort_pre_compile(gm=gm, example_inputs=inputs, config=cfg, pass_fingerprint=())
     plugin.nexfort_post_compile(gm=gm, example_inputs=inputs, config=cfg, compiled=None)
     assert counters["cache"]["stale"] == 1 and counters["cache"]["saved"] == 1
     assert bundle.unpack(LocalStore().get(key))[0] == b"new torch bundle"

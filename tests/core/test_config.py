@@ -147,3 +147,32 @@ def test_cli_reports_errors_with_exit_code_2():
     r = subprocess.run([sys.executable, "-m", "nexfort.config", "max-optimise"], capture_output=True, text=True)
     assert r.returncode == 2
     assert "did you mean 'max-optimize'" in r.stderr
+
+
+def test_resolution_is_cached_by_the_spec_itself():
+    """The cache key hashes and compares the parsed spec's canonical JSON (its hash was a constant: every entry
+    collided), so equal specs, however given, resolve once and different ones never share an entry."""
+    from nexfort.core.config import _Frozen, _resolve_cached
+
+    a, b = _Frozen({"mode": "jit", "dynamic": True}), _Frozen({"dynamic": True, "mode": "jit"})
+    c = _Frozen({"mode": "jit", "dynamic": False})
+    assert a == b and hash(a) == hash(b) and a != c and hash(a) != hash(c)
+    _resolve_cached.cache_clear()
+    first = resolve_config({"mode": "jit", "dynamic": True})
+    assert resolve_config('{"dynamic": true, "mode": "jit"}') is first  # the same spec as JSON text
+    assert resolve_config({"mode": "jit"}, dynamic=True) is first  # ... as keywords
+    assert resolve_config({"mode": "jit", "dynamic": False}) is not first
+    info = _resolve_cached.cache_info()
+    assert (info.hits, info.misses) == (2, 2)
+
+
+def test_options_are_parsed_once_and_checked_at_the_boundary():
+    from nexfort.core.config import parse_options, parse_spec
+
+    assert parse_spec(b'{"mode": "jit", "options": "{\\"inductor.max_autotune\\": false}"}') == {
+        "mode": "jit", "options": {"inductor.max_autotune": False}}
+    assert parse_options('{"compiler.on_error": "raise"}') == {"compiler.on_error": "raise"}
+    with pytest.raises(NexfortConfigError, match="'options' must be a mapping of namespaced knobs"):
+        parse_options("[1, 2]")
+    with pytest.raises(NexfortConfigError, match="Option keys must be strings, got int 3 under 'options.inductor'"):
+        parse_spec({"options": {"inductor": {3: True}}})

@@ -49,6 +49,30 @@ def test_example_plugin_changes_the_compiled_graph(counters, assert_close):
         assert (changed - m(x)).abs().max() > 1e-3  # the graph really changed
 
 
+def test_example_plugin_brings_a_mode_flag(counters, assert_close):
+    """A third party adds a flag (nexfort_mode_flags): it is a mode flag like core's, with its own switch, and its
+    values lose to the user's options."""
+    _example_installed()
+    from nexfort.config import available_flags
+
+    assert "relu-floor" in available_flags()
+    cfg = resolve_config({"mode": "jit:relu-floor"})
+    assert cfg.flags.relu_floor and cfg.flags.jit and cfg.options.example.relu_floor == 0.0
+    assert not resolve_config({}).flags.relu_floor and resolve_config({}).options.example.relu_floor is None
+    m, x = _mlp(), torch.randn(8, 16)
+    with torch.no_grad():
+        out = torch.compile(m, backend="nexfort", options={"mode": "relu-floor", "example.relu_floor": 0.5})(x)
+    assert counters["pass"]["example_relu_floor"] == 1
+    assert_close(out, m[2](torch.clamp_min(m[0](x), 0.5)), tol=1e-5)
+
+
+def test_example_plugin_flag_is_listed_by_the_cli():
+    _example_installed()
+    out = subprocess.run([sys.executable, "-m", "nexfort.config", "--list-flags"], capture_output=True, text=True,
+                         check=True).stdout
+    assert any(line.startswith("relu-floor ") and "clamp_min" in line for line in out.splitlines()), out
+
+
 def test_near_miss_graph_without_relu_is_left_alone(counters, assert_close):
     _example_installed()
     m = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.GELU())
