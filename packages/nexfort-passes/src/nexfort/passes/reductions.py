@@ -24,7 +24,7 @@ import dataclasses
 import sys
 from typing import Any, ContextManager, Dict, Iterator, List, Mapping, Optional
 
-from nexfort.core import hookimpl
+from nexfort.core.api import hookimpl
 
 NAMESPACE = "reductions"
 _MAX = 1 << 16
@@ -87,7 +87,7 @@ def nexfort_config_schema() -> Optional[Mapping[str, type]]:
 @hookimpl
 def nexfort_validate_config(config: Any) -> Optional[List[str]]:
     """``reductions.persistent_max`` is 0 (Inductor's threshold) or between 1024 and 65536."""
-    from nexfort.core.errors import shown
+    from nexfort.core.api import shown
 
     opts = _options(config)
     if opts is None:
