@@ -2,6 +2,13 @@
 
 Feature detection only: nothing here (or anywhere in nexfort) parses ``torch.__version__`` to decide
 behaviour. ``../shared/reference/torch-compat.md`` in the project's notes explains each branch.
+
+By concern: here Inductor's config knobs and its entry point (:func:`compile_fx`, post-grad passes), small API
+differences (SDPA backend selection, CUDA-graph steps, Inductor's cache directory) and Dynamo's internals a backend
+meets (its control-flow exceptions, dynamic recompiles, the guard namespace); torch's global backend flags in
+:mod:`nexfort.core.compat_flags`; the nearest-upsampling probe and its decompositions in
+:mod:`nexfort.core.compat_upsample`; the warm-autotune fix in :mod:`nexfort.core.compat_autotune`. Every name stays
+importable from this module.
 """
 
 from __future__ import annotations
@@ -137,157 +144,28 @@ def compile_fx(
 
     return _compile_fx(gm, example_inputs, inner_compile=inner_compile, config_patches=patches, **kw)
 
-
-def _flag_target(name: str) -> Optional[tuple]:
-    """``(object, attribute, on value, off value)`` of one of torch's global backend flags, or ``None`` when
-    the running torch lacks it. TF32 goes through the ``fp32_precision`` API where torch has it (newer torch
-    raises when the legacy and new APIs are mixed)."""
-    if name not in _BACKEND_FLAGS:
-        raise KeyError(name)
-    if name == "matmul_allow_tf32" and _F32_MATMUL.usable():
-        return _F32_MATMUL, "precision", "high", "highest"
-    precision = _FP32_PRECISION.get(name)
-    if precision is not None:
-        obj = precision()
-        if obj is not None and _safe_hasattr(obj, "fp32_precision"):
-            return obj, "fp32_precision", "tf32", "ieee"
-    obj, attr = _BACKEND_FLAGS[name]()
-    if obj is None or not _safe_hasattr(obj, attr):
-        return None
-    return obj, attr, True, False
-
-
-def _safe_hasattr(obj: Any, attr: str) -> bool:
-    """``hasattr`` that survives torch < 2.5's ``torch.backends.cuda.matmul``, which raises AssertionError
-    ("Unknown attribute ...") instead of AttributeError for a flag it lacks."""
-    try:
-        return hasattr(obj, attr)
-    except Exception:  # noqa: BLE001
-        return False
-
-
-def set_backend_flag(name: str, value: bool) -> Optional[bool]:
-    """Set one of torch's global backend flags by nexfort's override name; return the previous value.
-
-    Returns ``None`` (and sets nothing) when the running torch lacks the flag."""
-    target = _flag_target(name)
-    if target is None:
-        return None
-    obj, attr, on, off = target
-    old = getattr(obj, attr) == on
-    setattr(obj, attr, on if value else off)
-    return old
-
-
-def get_backend_flag(name: str) -> Optional[bool]:
-    """The current value of a backend flag by nexfort's override name (``None`` when torch lacks it)."""
-    target = _flag_target(name)
-    if target is None:
-        return None
-    obj, attr, on, _ = target
-    return getattr(obj, attr) == on
-
-
-def has_backend_flag(name: str) -> bool:
-    return _flag_target(name) is not None
-
-
-@contextlib.contextmanager
-def backend_flags(values: Dict[str, bool]):
-    """Set backend flags (``{override name: value}``) for the duration of the block; restore the exact previous
-    values (``fp32_precision`` included) after it. Flags the running torch lacks are ignored."""
-    saved = []
-    try:
-        for name, value in values.items():
-            target = _flag_target(name)
-            if target is None:
-                continue
-            obj, attr, on, off = target
-            want, cur = (on if value else off), getattr(obj, attr)
-            if cur != want:
-                saved.append((obj, attr, cur))
-                setattr(obj, attr, want)
-        yield
-    finally:
-        for obj, attr, cur in reversed(saved):
-            setattr(obj, attr, cur)
-
-
-@functools.lru_cache(maxsize=None)
-def dynamo_guards_backend_flag(name: str) -> bool:
-    """Whether Dynamo's global-state guard covers this backend flag (probed, not versioned).
-
-    A backend must not change such a flag while Dynamo traces: torch 2.2-2.4 then fail the frame ("Global state
-    changed while dynamo tracing"), newer torch silently restores it (the TF32 ``fp32_precision``). The matmul
-    TF32 / reduced-precision-reduction flags are covered from torch 2.2 (``GlobalStateGuard``); cuDNN's are not;
-    torch 2.1 has no such guard."""
-    target = _flag_target(name)
-    if target is None:
-        return False
-    guards = getattr(getattr(torch._C, "_dynamo", None), "guards", None)
-    guard_cls = getattr(guards, "GlobalStateGuard", None)
-    if guard_cls is None:  # torch 2.1: Dynamo guards no global backend state
-        return False
-    obj, attr, on, off = target
-    cur = getattr(obj, attr)
-    guard = guard_cls()
-    setattr(obj, attr, off if cur == on else on)
-    try:
-        return not guard.check()
-    finally:
-        setattr(obj, attr, cur)
-
-
-class _Float32MatmulPrecision:
-    """``torch.set/get_float32_matmul_precision`` as one attribute.
-
-    TF32 for matmuls is set through this API where it can be: it keeps torch's legacy state and the newer
-    ``fp32_precision`` state in agreement. Setting only ``torch.backends.cuda.matmul.fp32_precision`` leaves them
-    disagreeing, and then ``torch.get_float32_matmul_precision()``, which Inductor's GEMM autotuning calls, raises
-    "PyTorch is checking the matmul precision without a specific backend name ... mix of the legacy and new APIs"
-    (seen with ``max-autotune:low-precision`` on an H100, torch 2.11).
-    """
-
-    @property
-    def precision(self) -> str:
-        return torch.get_float32_matmul_precision()
-
-    @precision.setter
-    def precision(self, value: str) -> None:
-        torch.set_float32_matmul_precision(value)
-
-    def usable(self) -> bool:
-        """False where torch lacks the API, or where the process already mixed the two APIs (the getter raises):
-        then the ``fp32_precision`` attribute is used, as that process chose."""
-        if not hasattr(torch, "set_float32_matmul_precision"):
-            return False
-        try:
-            torch.get_float32_matmul_precision()
-        except RuntimeError:
-            return False
-        return True
-
-
-_F32_MATMUL = _Float32MatmulPrecision()
-
-_FP32_PRECISION: Dict[str, Callable[[], Any]] = {
-    "matmul_allow_tf32": lambda: torch.backends.cuda.matmul,
-    "conv_allow_tf32": lambda: getattr(torch.backends.cudnn, "conv", None),
-}
-
-_BACKEND_FLAGS: Dict[str, Callable[[], Any]] = {
-    "conv_benchmark": lambda: (torch.backends.cudnn, "benchmark"),
-    "conv_allow_tf32": lambda: (torch.backends.cudnn, "allow_tf32"),
-    "matmul_allow_tf32": lambda: (torch.backends.cuda.matmul, "allow_tf32"),
-    "matmul_allow_fp16_reduction": lambda: (torch.backends.cuda.matmul, "allow_fp16_reduced_precision_reduction"),
-    "matmul_allow_bf16_reduction": lambda: (torch.backends.cuda.matmul, "allow_bf16_reduced_precision_reduction"),
-    # torch 2.7+
-    "matmul_allow_fp16_accumulation": lambda: (torch.backends.cuda.matmul, "allow_fp16_accumulation"),
-}
-
-
-def backend_flag_names() -> Sequence[str]:
-    return tuple(_BACKEND_FLAGS)
+# the names of the concerns split out of this module, importable from here as before
+from nexfort.core.compat_flags import (  # noqa: E402,F401
+    _BACKEND_FLAGS,
+    _F32_MATMUL,
+    _FP32_PRECISION,
+    _flag_target,
+    _Float32MatmulPrecision,
+    _safe_hasattr,
+    backend_flag_names,
+    backend_flags,
+    dynamo_guards_backend_flag,
+    get_backend_flag,
+    has_backend_flag,
+    set_backend_flag,
+)
+from nexfort.core.compat_upsample import (  # noqa: E402,F401
+    _UPSAMPLE_NEAREST_OK,
+    _probe_upsample_nearest,
+    _upsample_nearest_dynamic_ok,
+    inductor_decompositions,
+    inductor_upsample_nearest_scale_factor_ok,
+)
 
 
 def mark_dynamic(t: torch.Tensor, dim: int, min: Optional[int] = None, max: Optional[int] = None) -> None:
@@ -297,104 +175,6 @@ def mark_dynamic(t: torch.Tensor, dim: int, min: Optional[int] = None, max: Opti
         fn(t, dim, min=min, max=max)
     else:
         fn(t, dim)
-
-
-_UPSAMPLE_NEAREST_OK: Dict[str, Optional[bool]] = {}
-
-
-def inductor_upsample_nearest_scale_factor_ok(probe: bool = True, config: Any = None) -> Optional[bool]:
-    """Whether Inductor computes ``F.interpolate(x, scale_factor=2.0, mode="nearest")`` right under
-    ``torch.inference_mode()``; ``None`` when it cannot be told here (no working C++ compiler, ...), or when
-    ``probe`` is False and it has not been told yet in this process.
-
-    torch 2.2's Inductor lowering of ``aten.upsample_nearest2d.default`` takes the op's ``scales_h``/``scales_w``
-    (the scale factor, 2.0) for the input/output ratio (0.5): each output reads input index ``2 * i``, out of
-    bounds with no check (pytorch/pytorch#116848: NaN/garbage in diffusers' VAE decoder and UNet upsamplers,
-    fixed in torch 2.3, which inverts the scale). Only inference mode reaches that lowering with scales (the
-    op's ``.vec`` overload keeps them); ``no_grad`` decomposes the op in Python first. The same lowering cannot
-    take symbolic sizes there either ("Cannot convert expression to float" under ``dynamic=True``). Told by
-    compiling and running the op once on a small CPU tensor (a view into a larger buffer, so a wrong index reads
-    the buffer, not beyond it) and comparing with eager, once per process (never from inside a compilation:
-    ``compile_pipe`` asks first). With a ``config``, the outcome is remembered through the plugins
-    (:mod:`nexfort.core.facts`: the cache plugin's store when its cache is on), so that a warm process skips the
-    probe's two compilations (9 s of C++ compile on a GPU machine with a fresh Inductor directory)."""
-    if "ok" in _UPSAMPLE_NEAREST_OK or not probe:
-        return _UPSAMPLE_NEAREST_OK.get("ok")
-    from nexfort.core import facts
-
-    told = facts.remembered("inductor_upsample_nearest2d", {"ok": bool, "dynamic_ok": bool},
-                            _probe_upsample_nearest, config)
-    _UPSAMPLE_NEAREST_OK.update(told if told is not None else {"ok": None})
-    return _UPSAMPLE_NEAREST_OK["ok"]
-
-
-def _probe_upsample_nearest() -> Optional[Dict[str, bool]]:
-    """``{"ok": ..., "dynamic_ok": ...}`` told by compiling (see :func:`inductor_upsample_nearest_scale_factor_ok`),
-    ``None`` when it cannot be told here."""
-    import torch.nn.functional as F
-
-    def up(t: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(t, scale_factor=2.0, mode="nearest")
-
-    def up_dynamic(t: torch.Tensor) -> torch.Tensor:  # (another code object: its own Dynamo cache entry)
-        return F.interpolate(t, scale_factor=2.0, mode="nearest")
-
-    big = torch.arange(16 * 16, dtype=torch.float32).reshape(1, 1, 16, 16)
-    try:
-        with torch.inference_mode():
-            x = big[:, :, :3, :3]
-            out = torch.compile(up, backend="inductor", dynamic=False)(x)
-            ok: Optional[bool] = bool(torch.equal(out, up(x)))
-    except Exception:  # pragma: no cover (no C++ compiler, ...)
-        ok = None
-    if ok is None:
-        return None
-    return {"ok": ok, "dynamic_ok": _upsample_nearest_dynamic_ok(up_dynamic, big)}
-
-
-def _upsample_nearest_dynamic_ok(up: Callable[[torch.Tensor], torch.Tensor], big: torch.Tensor) -> bool:
-    """Whether Inductor compiles nearest upsampling with symbolic sizes into one graph that is right at two
-    sizes. torch 2.2-2.3's lowering of ``aten.upsample_nearest2d`` reads the input size as a number
-    (``evaluate_static_shape``): a guard on every upsampled size (the SDXL UNet recompiled at every resolution
-    under ``dynamic=True``), or on torch 2.2 an error; inference mode reaches that lowering (see
-    :func:`inductor_upsample_nearest_scale_factor_ok`)."""
-    from torch._dynamo.utils import counters
-
-    graphs = counters["stats"]["unique_graphs"]
-    try:
-        compiled = torch.compile(up, backend="inductor", dynamic=True)
-        with torch.inference_mode():
-            for h, w in ((3, 4), (5, 6)):
-                x = big[:, :, :h, :w]
-                if not torch.equal(compiled(x), up(x)):
-                    return False
-    except Exception:
-        return False
-    return counters["stats"]["unique_graphs"] - graphs == 1
-
-
-def inductor_decompositions() -> Optional[Dict[Any, Callable[..., Any]]]:
-    """The decomposition table for Inductor's ``compile_fx``, or ``None`` for Inductor's own.
-
-    Where Inductor's nearest-upsampling lowering was found wrong in this process
-    (:func:`inductor_upsample_nearest_scale_factor_ok`, torch 2.2) or found to specialize symbolic sizes
-    (:func:`_upsample_nearest_dynamic_ok`, torch 2.2-2.3), ``aten.upsample_nearest2d`` is decomposed
-    with torch's own Python decomposition (``torch._decomp``: an index computation, which is what ``no_grad``
-    runs and what takes symbolic sizes) instead of reaching that lowering."""
-    if (
-        inductor_upsample_nearest_scale_factor_ok(probe=False) is not False
-        and _UPSAMPLE_NEAREST_OK.get("dynamic_ok") is not False
-    ):
-        return None
-    from torch._decomp import decomposition_table
-    from torch._inductor.decomposition import select_decomp_table
-
-    table = dict(select_decomp_table())
-    aten = torch.ops.aten
-    for op in (aten.upsample_nearest2d.default, aten.upsample_nearest2d.vec):
-        if op in decomposition_table:
-            table[op] = decomposition_table[op]
-    return table
 
 
 def cudagraph_mark_step_begin() -> None:
