@@ -49,7 +49,7 @@ def test_example_plugin_changes_the_compiled_graph(counters, assert_close):
         assert (changed - m(x)).abs().max() > 1e-3  # the graph really changed
 
 
-def test_example_plugin_brings_a_mode_flag(counters, assert_close):
+def test_example_plugin_brings_a_mode_flag(assert_close):
     """A third party adds a flag (nexfort_mode_flags): it is a mode flag like core's, with its own switch, and its
     values lose to the user's options."""
     _example_installed()
@@ -62,8 +62,9 @@ def test_example_plugin_brings_a_mode_flag(counters, assert_close):
     m, x = _mlp(), torch.randn(8, 16)
     with torch.no_grad():
         out = torch.compile(m, backend="nexfort", options={"mode": "relu-floor", "example.relu_floor": 0.5})(x)
-    assert counters["pass"]["example_relu_floor"] == 1
+    # (the pass may have run in an earlier test's compile of this graph, which Inductor's FX graph cache returns)
     assert_close(out, m[2](torch.clamp_min(m[0](x), 0.5)), tol=1e-5)
+    assert (out - m(x)).abs().max() > 1e-3
 
 
 def test_example_plugin_flag_is_listed_by_the_cli():
