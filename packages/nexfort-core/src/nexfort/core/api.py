@@ -12,6 +12,7 @@ plugin) import nothing else of it. The hooks a plugin implements are specified i
   public entry point of its own (``compile_pipe``), :func:`parse_spec`, :func:`parse_options`,
   :func:`resolve_config`, :func:`check_features`, :func:`backend_for`, :func:`prepare_module`;
 - the plugin manager: :func:`plugin_manager`, :func:`register_plugin`, :func:`clear_caches`;
+- facts about the environment, remembered between processes through the plugins: :func:`remembered_fact`;
 - facts about the running torch, feature-detected: :func:`has_inductor_knob`, :func:`inductor_cache_dir`,
   :func:`inductor_upsample_nearest_ok`, and the run-time tuned Triton kernels: :func:`record_tuned_kernels`,
   :func:`tuned_kernel_dirs`.
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, FrozenSet, Optional, Type, TypeVar
+from typing import Any, Callable, Dict, FrozenSet, Mapping, Optional, Type, TypeVar
 
 from nexfort.core import hookimpl  # noqa: F401 - the decorator for hook implementations
 from nexfort.core.config import clear_caches, parse_options, parse_spec, resolve_config
@@ -38,6 +39,7 @@ __all__ = [
     "options_of", "flag_on", "with_switches", "parse_spec", "parse_options", "resolve_config", "check_features",
     "backend_for", "prepare_module", "plugin_manager", "register_plugin", "clear_caches", "has_inductor_knob",
     "inductor_cache_dir", "inductor_upsample_nearest_ok", "record_tuned_kernels", "tuned_kernel_dirs",
+    "remembered_fact",
 ]
 
 
@@ -159,6 +161,19 @@ def register_plugin(plugin: Any, name: str) -> bool:
     pm.register(plugin, name=name)
     clear_caches()
     return True
+
+
+# ------------------------------------------------------------------------------------------ facts
+def remembered_fact(name: str, schema: Mapping[str, type], probe: Callable[[], Optional[Dict[str, Any]]],
+                    config: Any = None) -> Optional[Dict[str, Any]]:
+    """A fact about this environment that is costly to find out (a probe that compiles or times kernels): recalled
+    through the plugins for ``config`` (``nexfort_recall_fact``: the cache's store when its cache is on), else
+    ``probe()`` and recorded (``nexfort_record_fact``). The value is a dict matching ``schema`` (key -> exact
+    type): anything else recalled reads as unknown and the probe runs; ``probe()`` returning ``None`` (cannot be told
+    here) is not recorded. See :mod:`nexfort.core.facts`."""
+    from nexfort.core import facts
+
+    return facts.remembered(name, schema, probe, config)
 
 
 # ------------------------------------------------------------------------------------------ the running torch

@@ -250,7 +250,7 @@ def _recalled_or_benchmarked(key: tuple, q, k, v, scale, policy) -> str:
     config = _fact_config
     if config is None:
         return _benchmark(q, k, v, scale, *policy)
-    from nexfort.core import facts
+    from nexfort.core.api import remembered_fact
 
     timed: List[str] = []
 
@@ -259,7 +259,7 @@ def _recalled_or_benchmarked(key: tuple, q, k, v, scale, policy) -> str:
         return {"kernel": timed[-1]}
 
     try:
-        name = facts.remembered(_fact_name(key), {"kernel": str}, probe, config)["kernel"]
+        name = remembered_fact(_fact_name(key), {"kernel": str}, probe, config)["kernel"]
     except Exception as exc:  # noqa: BLE001 - a store that fails must not fail the model: time the kernels here
         logger.info("nexfort attention_kernel: choice not recalled (%s: %s)", type(exc).__name__, exc)
         return timed[-1] if timed else _benchmark(q, k, v, scale, *policy)

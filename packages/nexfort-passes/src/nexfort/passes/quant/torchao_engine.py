@@ -101,7 +101,7 @@ def quantize_with_torchao(model: torch.nn.Module, config: api.QuantConfig,
         tao_quantize_(model, tao_config, filter_fn=lambda m, fqn: fqn in chosen)
     after = sum(t.untyped_storage().nbytes() for fqn in chosen
                 for t in _inner_tensors(model.get_submodule(fqn).weight))
-    from nexfort.core import counters
+    from nexfort.core.api import counters
 
     counters["quant"][f"torchao:{config.name}"] += len(chosen)
     return api.QuantResult(sorted(chosen), f"{config.name} (torchao)", before, after)
