@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from nexfort.diffusers.dynamic import _is_class
+from nexfort.diffusers._classes import is_class as _is_class
 
 logger = logging.getLogger(__name__)
 #: the parameters of diffusers' ``Attention.prepare_attention_mask`` that the guard-free version passes on
