@@ -563,37 +563,3 @@ def request_dynamic_recompile(gm: torch.fx.GraphModule) -> Optional[int]:
         elif entry is not None and size is None:  # already dynamic in every dimension
             marked += 1
     return marked if marked or not names else None  # inputs, none of them in a state this code understands
-
-
-@functools.lru_cache(maxsize=None)
-def complete_guard_namespace() -> Dict[str, Any]:
-    """Name every sympy function of torch's symbolic shapes that a guard's code may call.
-
-    Dynamo evaluates a shape guard as Python code in the namespace ``symbolic_shapes.SYMPY_INTERP``. Where that
-    namespace lacks a function torch's sympy layer produces (torch 2.4: ``PowByNatural``, from ``2 ** n`` of a
-    symbolic int such as the SDXL UNet's ``2 ** self.num_upsamplers`` under ``dynamic=True``; ``ToFloat``, from
-    diffusers' ``Upsample2D`` with an explicit output size), the guard raises
-    ``NameError`` on every call, reads as failed, and the frame recompiles on every call. Adds the missing
-    names (feature-detected); returns what was added (empty where nothing is missing)."""
-    try:
-        from torch.fx.experimental import symbolic_shapes
-        from torch.utils._sympy import functions
-    except ImportError:  # pragma: no cover (torch without symbolic shapes)
-        return {}
-    interp = getattr(symbolic_shapes, "SYMPY_INTERP", None)
-    if not isinstance(interp, dict):
-        return {}
-    import math
-    import operator
-
-    wanted: Dict[str, Callable[..., Any]] = {
-        "PowByNatural": operator.pow, "FloatPow": math.pow, "ToFloat": float, "FloatTrueDiv": operator.truediv,
-        "TruncToFloat": lambda x: float(math.trunc(x)), "CeilDiv": lambda a, b: -(-a // b),
-        "CleanDiv": operator.floordiv, "LShift": operator.lshift, "RShift": operator.rshift,
-        "Where": lambda c, p, q: p if c else q,
-    }
-    for fn in ("sqrt", "exp", "log", "sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "tanh", "asinh"):
-        wanted[f"OpaqueUnaryFn_{fn}"] = getattr(math, fn)
-    added = {k: v for k, v in wanted.items() if hasattr(functions, k) and k not in interp}
-    interp.update(added)
-    return added

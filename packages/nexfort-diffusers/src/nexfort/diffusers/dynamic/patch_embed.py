@@ -8,6 +8,7 @@ arithmetic.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import itertools
 import logging
@@ -16,8 +17,10 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from nexfort.core import patches
 from nexfort.diffusers._classes import from_diffusers as _from_diffusers
 from nexfort.diffusers._classes import is_class as _is_class
+from nexfort.diffusers.patches import PATCH_EMBED
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +92,9 @@ class _Constants:
     ``torch.arange(s3 // s5)`` cannot be bounded, "Cannot convert -oo to int"; torch 2.1: a guard on a symbol
     that is not an input size). The buffer's ``shape[-1]`` is a symbol there too. Ints read through a global
     are specialized by every torch, as nn-module ints are by the newer ones: the model's constants stay
-    constants and the sizes stay the only symbols."""
+    constants and the sizes stay the only symbols.
+
+    An entry lives as long as its module's patch: restoring the module, or collecting it, deletes it."""
 
 
 _CONSTANTS = _Constants()
@@ -144,7 +149,8 @@ def _patch_embed_forward(self: Any, latent: torch.Tensor) -> torch.Tensor:
 
 def make_patch_embeds_dynamic(module: torch.nn.Module) -> int:
     """Patch the ``PatchEmbed`` instances of ``module`` that recompute their position embedding per size;
-    return how many. diffusers adds its stored buffer at the config's size and a freshly computed float32
+    return how many (recorded as the patch ``diffusers.PatchEmbed.forward``: ``nexfort.core.patches.restore``
+    undoes it). diffusers adds its stored buffer at the config's size and a freshly computed float32
     embedding at every other size; the patched forward computes it at every size (identical in float32; with
     an fp16/bf16 model the config's size then adds the float32 embedding, like every other size)."""
     n, left = 0, []
@@ -163,9 +169,11 @@ def make_patch_embeds_dynamic(module: torch.nn.Module) -> int:
             key,
             (int(m.patch_size), int(m.pos_embed.shape[-1]), m.base_size, m.interpolation_scale, sincos_from_grid_fn()),
         )
-        m._nexfort_constants = key
-        m.forward = types.MethodType(_patch_embed_forward, m)
-        m._nexfort_dynamic = True
+        drop = functools.partial(_CONSTANTS.__dict__.pop, key, None)
+        patches.on_restore(m, PATCH_EMBED, drop, when_collected=drop)  # _CONSTANTS never outgrows its modules
+        patches.set_attr(m, "_nexfort_constants", key, PATCH_EMBED)
+        patches.set_attr(m, "forward", types.MethodType(_patch_embed_forward, m), PATCH_EMBED)
+        patches.set_attr(m, "_nexfort_dynamic", True, PATCH_EMBED)
         n += 1
     if left:
         logger.debug("nexfort: %s: %d PatchEmbed left alone (%s)", type(module).__name__, len(left), "; ".join(left))

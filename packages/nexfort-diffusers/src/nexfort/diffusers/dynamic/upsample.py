@@ -11,8 +11,10 @@ from typing import Any, Iterator
 
 import torch
 
+from nexfort.core import patches
 from nexfort.diffusers._classes import from_diffusers as _from_diffusers
 from nexfort.diffusers._classes import is_class as _is_class
+from nexfort.diffusers.patches import UPSAMPLE_SIZE
 
 
 def _upsample_explicit_size_forward(
@@ -32,7 +34,7 @@ def make_upsample_sizes_explicit(module: torch.nn.Module, force: bool = False, c
     has such upsamplers, and presumed wrong where it cannot be checked), make diffusers' ``Upsample2D``
     instances in ``module`` pass an explicit output size (:func:`_upsample_explicit_size_forward`); ``force``
     skips the check; ``config`` (nexfort's) lets the check's outcome be remembered between processes. Returns
-    how many were patched."""
+    how many were patched (the patch ``diffusers.Upsample2D.forward``: ``nexfort.core.patches.restore`` undoes it)."""
     ups = [
         m
         for m in module.modules()
@@ -49,8 +51,8 @@ def make_upsample_sizes_explicit(module: torch.nn.Module, force: bool = False, c
         if compat.inductor_upsample_nearest_scale_factor_ok(config=config) is True:
             return 0
     for m in ups:
-        m.forward = types.MethodType(_upsample_explicit_size_forward, m)
-        m._nexfort_explicit = True
+        patches.set_attr(m, "forward", types.MethodType(_upsample_explicit_size_forward, m), UPSAMPLE_SIZE)
+        patches.set_attr(m, "_nexfort_explicit", True, UPSAMPLE_SIZE)
     return len(ups)
 
 
@@ -74,7 +76,8 @@ def always_forward_upsample_sizes(module: torch.nn.Module) -> Iterator[None]:
     connection it is concatenated with. That size is exactly 2x the input where the latent is a multiple of the
     factor, and nearest upsampling to 2x the size reads the same input pixels as ``scale_factor=2``: the same
     result, and one graph for every resolution instead of one for the multiples of 8 and one for the others
-    (measured on an H200: 340 s for the second SDXL graph). The attribute is restored after the call."""
+    (measured on an H200: 340 s for the second SDXL graph). The attribute is restored after the call (the patch
+    ``diffusers.UNet2DConditionModel.num_upsamplers`` of :mod:`nexfort.diffusers.patches`: scoped to the call)."""
     saved = module.num_upsamplers
     module.num_upsamplers = _ALWAYS_FORWARD
     try:
