@@ -1,7 +1,8 @@
 """The one place that knows how torch's internals differ between versions (2.1 -> current).
 
 Feature detection only: nothing here (or anywhere in nexfort) parses ``torch.__version__`` to decide
-behaviour. ``../shared/reference/torch-compat.md`` in the project's notes explains each branch.
+behaviour. Each function's docstring says which torch versions differ and how; ``docs/torch-matrix.md`` says which
+feature the tests found working on which torch.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ BACKENDS = ("nexfort", "inductor")
 #: CUDA: nexfort's lossless target mode plus CUDA graphs, measured on an NVIDIA H200 (torch 2.11, flash-attn-4
 #: 4.0.0b36, 2026-12-01, one process per row, denoiser forward): PixArt-α 1024² 30.26 ms against torch.compile's
 #: 32.33 and its reduce-overhead's 32.04, PixArt-α 512x768 10.13 against 13.37 and 10.19, SD3-medium 35.27 against
-#: 39.86, every output within 2.3e-3 rel L2 of eager (benchmarks/results/README.md, "Session of 2026-12-01").
+#: 39.86, every output within 2.3e-3 rel L2 of eager (benchmarks/results/README.md, "The headline run").
 #: Elsewhere (the CPU) nothing of nexfort's own is measured to pay yet: plain Inductor through nexfort (the empty
 #: mode).
 RECOMMENDED_MODES = {"cuda": "max-optimize:max-autotune:low-precision:cudagraphs"}
