@@ -24,7 +24,7 @@ def _own(module: torch.nn.Module, attr: str) -> bool:
 def test_uncompile_pipe_restores_diffusers_modules(assert_close):
     pipe, eager = tiny_pixart_pipe(), tiny_pixart_pipe()
     entries = set(vars(patch_embed._CONSTANTS))
-    compile_pipe(pipe, mode="", dynamic=True)
+    compile_pipe(pipe, mode="", dynamic=True, ignores=["vae"])  # (the VAE: test_the_fp16_vae_goes_back_to_fp16)
     pe = pipe.transformer.pos_embed
     attns = [m for m in pipe.transformer.modules() if type(m).__name__ == "Attention"]
     assert _own(pe, "forward") and patches.patches_of(pe) == ["diffusers.PatchEmbed.forward"]

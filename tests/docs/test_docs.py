@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -23,11 +22,11 @@ def _anchor(heading):
     return re.sub(r"[^a-z0-9 _-]", "", text).replace(" ", "-")
 
 
-def test_every_flag_has_a_readme_row_and_a_flags_md_section():
-    out = subprocess.run([sys.executable, "-m", "nexfort.config", "--list-flags"], capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 0, out.stderr
-    flags = [line.split()[0] for line in out.stdout.splitlines() if line.strip()]
+def test_every_flag_has_a_readme_row_and_a_flags_md_section(capsys):
+    from nexfort.config.__main__ import main  # python -m nexfort.config --list-flags, in this process
+
+    assert main(["--list-flags"]) == 0
+    flags = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.strip()]
     assert "max-optimize" in flags and "quant" in flags
     readme, flags_md = _read("README.md"), _read("docs/flags.md")
     anchors = {_anchor(h) for h in re.findall(r"^#+ (.+)$", flags_md, re.M)}
