@@ -59,8 +59,6 @@ _lock = threading.RLock()
 _registry: Dict[str, Patch] = {}
 #: process-wide patches applied now: name -> (undo, {holder key: description})
 _applied: Dict[str, Tuple[Undo, Dict[Any, str]]] = {}
-#: patches that were applied and found not needed (apply() returned None): held, nothing to undo
-_not_needed: Dict[str, Dict[Any, str]] = {}
 #: instance patches: id(obj) -> _Record
 _objects: Dict[int, "_Record"] = {}
 
@@ -110,30 +108,25 @@ def _holder_key(holder: Hashable) -> Tuple[Any, bool]:
 
 
 def hold(name: str, holder: Hashable) -> bool:
-    """``holder`` needs the process-wide patch ``name``: apply it if nobody held it. True when it is in effect
-    (False: the running version does not need it). Holding twice is holding once."""
+    """``holder`` needs the process-wide patch ``name``: apply it if nobody held it. True when it is in effect;
+    False when the running version does not need it (nothing changed, nothing held: the next hold asks again).
+    Holding twice is holding once."""
     patch = get(name)
     if not patch.process_wide:
         raise ValueError(f"{name!r} is an instance patch: use set_attr/on_restore")
     key, weak = _holder_key(holder)
     with _lock:
-        if name in _applied:
-            holders, needed = _applied[name][1], True
-        elif name in _not_needed:
-            holders, needed = _not_needed[name], False
-        else:
+        if name not in _applied:
             undo = patch.apply()
-            needed = undo is not None
-            holders = {}
-            if needed:
-                _applied[name] = (undo, holders)
-            else:
-                _not_needed[name] = holders
+            if undo is None:
+                return False
+            _applied[name] = (undo, {})
+        holders = _applied[name][1]
         if key not in holders:
             holders[key] = _describe(holder)
             if weak:
                 weakref.finalize(holder, _release_key, key)
-    return needed
+    return True
 
 
 def _describe(holder: Any) -> str:
@@ -144,11 +137,6 @@ def _describe(holder: Any) -> str:
 def _release_key(key: Any) -> List[str]:
     undone = []
     with _lock:
-        for name in list(_not_needed):
-            holders = _not_needed[name]
-            holders.pop(key, None)
-            if not holders:
-                del _not_needed[name]
         for name in list(_applied):
             undo, holders = _applied[name]
             if holders.pop(key, None) is not None and not holders:
@@ -345,7 +333,6 @@ def restore_all() -> List[str]:
     with _lock:
         applied_now = list(_applied.items())
         _applied.clear()
-        _not_needed.clear()
         objs = list(_objects.items())
     for name, (undo, _) in applied_now:
         undo()
