@@ -75,7 +75,8 @@ def _register() -> bool:
             getattr(torch, "float8_e4m3fn", None) is None:
         return False
 
-    @torch.library.custom_op(_OP, mutates_args=())
+    # the schema spelled out: torch 2.4's schema inference cannot read this module's string annotations
+    @torch.library.custom_op(_OP, mutates_args=(), schema="(Tensor x) -> (Tensor, Tensor)")
     def fp8_quantize_rows(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         if x.is_cuda and HAS_TRITON:
             return _launch(x)
