@@ -58,7 +58,9 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def _fresh_state():
-    """Reset nexfort's counters and Dynamo's caches around every test."""
+    """Reset nexfort's counters and Dynamo's caches around every test; fail a test that leaves a patch of torch's or
+    diffusers' internals applied (:mod:`nexfort.core.patches`: every patch is undone when the feature that needs it
+    is done, or with the objects it was made on)."""
     from nexfort.core import counters
     from nexfort.core.counters import reset
 
@@ -66,6 +68,22 @@ def _fresh_state():
     torch._dynamo.reset()
     yield counters
     torch._dynamo.reset()
+    _check_nothing_left_patched()
+
+
+def _check_nothing_left_patched():
+    from nexfort.core import patches
+
+    left = patches.leftovers()
+    if left:  # objects of the test that reference cycles still keep alive: collect them first
+        import gc
+
+        gc.collect()
+        left = patches.leftovers()
+    if left:
+        patches.restore_all()  # the next test starts clean
+        pytest.fail("the test left patches of torch/diffusers internals applied (nexfort.core.patches): "
+                    + "; ".join(left), pytrace=False)
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# On the GPU machine (no network): install the carried wheels (.whl, from ../shared/tools/device-wheels) and
-# nexfort's packages from this checkout. Source it: `source benchmarks/gpu/setup.sh`.
+# On the GPU machine (no network): install the wheels carried in .whl/ (git-ignored: whatever the machine's image
+# lacks, downloaded beforehand for its Python, e.g. `pip download --only-binary=:all: --python-version 3.12 -d .whl
+# redis fakeredis`) and nexfort's packages from this checkout. Source it: `source benchmarks/gpu/setup.sh`.
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 python3 -m pip install -q --no-index --no-deps --no-build-isolation ./packages/nexfort-core ./packages/nexfort-passes \

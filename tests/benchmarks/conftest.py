@@ -37,3 +37,15 @@ def run_bench(bench, tmp_path, *argv):
     out = tmp_path / "result.json"
     rc = bench.main(["--output-json", str(out), *argv])
     return rc, json.loads(out.read_text())
+
+
+def check_timings(r, steps=None):
+    """The timings of one run agree with each other: the fastest step is not slower than the median, a
+    denoiser's iterations per second are the inverse of its median step, and in a pipeline run of ``steps`` steps
+    the steps timed in a call (from the first step's end to the last's: ``steps - 1``) fit in that call's
+    end-to-end time and it/s is ``steps`` over that time."""
+    assert 0 < r["step_ms_min"] <= r["step_ms_median"], r
+    assert r["denoiser_it_per_s"] == pytest.approx(1e3 / r["step_ms_median"], rel=1e-2), r
+    if steps is not None:
+        assert r["step_ms_median"] * (steps - 1) <= r["e2e_s_median"] * 1e3 * 1.01 + 1.0, r
+        assert r["it_per_s"] == pytest.approx(steps / r["e2e_s_median"], rel=1e-2), r

@@ -86,34 +86,58 @@ def test_cache_miss_leaves_the_autotuner_alone(monkeypatch):
 
 
 def _install_with(monkeypatch, method):
-    compat_autotune.fix_warm_autotune_cache.cache_clear()
+    """Apply the registry's patch over ``method``: ``(fixes, what was installed)``, undone again."""
+    from nexfort.core import patches
+
     monkeypatch.setattr(th.CachingAutotuner, "recheck_autotune_cache", method)
-    try:
-        return compat_autotune.fix_warm_autotune_cache(), th.CachingAutotuner.recheck_autotune_cache
-    finally:
-        compat_autotune.fix_warm_autotune_cache.cache_clear()
+    fixes, _ = compat_autotune.warm_autotune_method(method)
+    with patches.applied("torch.inductor.recheck_autotune_cache"):
+        installed = th.CachingAutotuner.recheck_autotune_cache
+    assert th.CachingAutotuner.recheck_autotune_cache is method  # undone when the block ends
+    return fixes, installed
 
 
 def test_coordesc_fix_installed_only_where_torch_has_the_bug(monkeypatch):
-    original = th.CachingAutotuner.recheck_autotune_cache
-    while hasattr(original, "__wrapped__"):  # installed already by a compilation earlier in this process
-        original = original.__wrapped__
-    fixed, installed = _install_with(monkeypatch, original)  # this torch's own method (or the fixed one)
-    assert fixed[-1] == "local-filename" and ("coordesc" in fixed) is compat_autotune.needs_fix(original)
-    fixed, installed = _install_with(monkeypatch, buggy_recheck_autotune_cache)
-    assert fixed == ("coordesc", "local-filename")
+    original = th.CachingAutotuner.__dict__["recheck_autotune_cache"]
+    assert not getattr(original, "nexfort_local_filename", False)  # torch's own: nothing left installed
+    fixes, installed = _install_with(monkeypatch, original)  # this torch's own method
+    assert fixes[-1] == "local-filename" and ("coordesc" in fixes) is compat_autotune.needs_fix(original)
+    fixes, installed = _install_with(monkeypatch, buggy_recheck_autotune_cache)
+    assert fixes == ("coordesc", "local-filename")
     assert installed.__wrapped__ is compat_autotune.recheck_autotune_cache
 
     def upstream(self, reload_kernel_from_src):  # a torch with the fix: its method stays, wrapped
         return compat_autotune.FIX_MARK
 
-    fixed, installed = _install_with(monkeypatch, upstream)
-    assert fixed == ("local-filename",) and installed.__wrapped__ is upstream
-    # installing twice in a process (the lru_cache cleared) does not wrap twice
+    fixes, installed = _install_with(monkeypatch, upstream)
+    assert fixes == ("local-filename",) and installed.__wrapped__ is upstream
+    # a method that is nexfort's already is not wrapped twice
     monkeypatch.setattr(th.CachingAutotuner, "recheck_autotune_cache", installed)
-    compat_autotune.fix_warm_autotune_cache.cache_clear()
-    assert compat_autotune.fix_warm_autotune_cache() == ()
-    compat_autotune.fix_warm_autotune_cache.cache_clear()
+    assert compat_autotune.install_warm_autotune_fix() is None
+
+
+def test_warm_autotune_fix_only_while_a_graph_compiles_with_the_fx_graph_cache(monkeypatch):
+    """The backend holds the patch around Inductor's compilation when the FX graph cache is on, not otherwise,
+    and torch's method is back after each compilation."""
+    import torch
+
+    from nexfort.compilers import nexfort_compile
+    from nexfort.core import compat, patches
+
+    original = th.CachingAutotuner.__dict__["recheck_autotune_cache"]
+    during = []
+    real = compat.compile_fx
+
+    def spy(*args, **kwargs):
+        during.append(patches.is_applied("torch.inductor.recheck_autotune_cache"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(compat, "compile_fx", spy)
+    for i, fx_cache in enumerate((True, False)):
+        fn = nexfort_compile(lambda x, i=i: torch.sin(x) + i, options={"inductor.fx_graph_cache": fx_cache})
+        fn(torch.randn(4))
+        assert th.CachingAutotuner.__dict__["recheck_autotune_cache"] is original
+    assert during == [True, False]
 
 
 def test_kernel_path_is_mapped_into_this_cache(tmp_path):
@@ -167,8 +191,9 @@ def test_block_halving_is_skipped_only_for_a_config_found_by_coordesc(coordesc):
 
 
 def test_kernels_chosen_by_run_time_tuning_are_recorded(monkeypatch):
+    from nexfort.core import patches
+
     monkeypatch.setattr(compat_autotune, "_tuned_dirs", set())
-    monkeypatch.setattr(compat_autotune, "_recording", True)
     chosen, other, kept = (types.SimpleNamespace(cache_hash=h) for h in ("BEST", "CANDIDATE", "KEPT"))
 
     def coordesc(self, launcher, *args, **kwargs):  # tried ``other`` on the way, returns ``chosen``
@@ -178,9 +203,13 @@ def test_kernels_chosen_by_run_time_tuning_are_recorded(monkeypatch):
         self.launchers = [kept]
 
     tuner = types.SimpleNamespace(launchers=[chosen, other])
-    assert compat_autotune.recording_coordesc(coordesc)(tuner, other) is chosen
-    compat_autotune.recording_autotune(autotune)(tuner)
-    compat_autotune.recording_coordesc(lambda self, launcher: types.SimpleNamespace())(tuner, other)  # no hash
-    assert compat_autotune.tuned_kernel_dirs() == {"BEST", "KEPT"}
-    monkeypatch.setattr(compat_autotune, "_recording", False)
+    torchs = th.CachingAutotuner.__dict__["coordinate_descent_tuning"]
     assert compat_autotune.tuned_kernel_dirs() is None  # not recording: the cache ships every new kernel
+    with patches.applied("torch.inductor.record_tuned_kernels"):
+        assert compat_autotune.recording_coordesc(coordesc)(tuner, other) is chosen
+        compat_autotune.recording_autotune(autotune)(tuner)
+        compat_autotune.recording_coordesc(lambda self, launcher: types.SimpleNamespace())(tuner, other)  # no hash
+        assert th.CachingAutotuner.__dict__["coordinate_descent_tuning"].__wrapped__ is torchs  # torch's, wrapped
+        assert compat_autotune.tuned_kernel_dirs() == {"BEST", "KEPT"}
+    assert th.CachingAutotuner.__dict__["coordinate_descent_tuning"] is torchs  # torch's own again
+    assert compat_autotune.tuned_kernel_dirs() is None

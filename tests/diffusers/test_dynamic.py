@@ -199,10 +199,9 @@ def test_unet_forwards_upsample_sizes_at_every_size_one_graph(assert_close):
     connection's size elsewhere: two graphs under dynamic shapes. Under compile_pipe's compiled call it takes
     the second path at every size (equal to eager at both kinds of size, one graph) and its attribute is back
     after the call; a look-alike that is not a diffusers model is left alone."""
-    from nexfort.core import compat
+    from nexfort.core import patches
     from tests.core.models import tiny_unet, unet_inputs
 
-    compat.complete_guard_namespace()  # as the nexfort backend does (torch 2.4: ToFloat in the size guards)
     graphs = []
 
     def backend(gm, example_inputs):
@@ -213,7 +212,8 @@ def test_unet_forwards_upsample_sizes_at_every_size_one_graph(assert_close):
     assert dynamic.forwards_upsample_sizes(unet) and unet.num_upsamplers == 1
     unet.compile(backend=backend, dynamic=True)
     assert dynamic.wrap_compiled_call(unet, dynamic=True)
-    with torch.no_grad():
+    # as the nexfort backend does while Dynamo compiles (torch 2.4: ToFloat in the size guards)
+    with torch.no_grad(), patches.applied("torch.guard_namespace"):
         for batch, size in ((2, 8), (2, 7), (3, 10), (2, 9)):
             kw = unet_inputs(batch=batch, size=size, seed=size)
             assert_close(unet(**kw)[0], ref(**kw)[0])

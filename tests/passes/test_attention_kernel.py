@@ -159,11 +159,13 @@ def test_output_has_the_layout_the_meta_kernel_promises(cpu_kernel):
 
 
 def test_a_chosen_kernel_that_fails_later_falls_back_to_sdpa(counters, caplog):
-    calls = []
+    """A kernel chosen on its first call that fails on a later one: that call gets SDPA's result, the choice
+    becomes SDPA, and the failed kernel is not called again."""
+    broken, calls_after = [False], []
 
     def flaky(q, k, v, scale):
-        calls.append(1)
-        if len(calls) > 6:  # fine while it is checked (1), timed (1 + 3 on the CPU) and first run (1), then fails
+        if broken[0]:
+            calls_after.append(1)
             raise RuntimeError("flaky kernel")
         return bshd_attention(q, k, v, scale)
 
@@ -174,10 +176,12 @@ def test_a_chosen_kernel_that_fails_later_falls_back_to_sdpa(counters, caplog):
         ref = SDPA(q, k, v)
         assert torch.allclose(OP(q, k, v, None, K.ALL, 1e-9), ref, atol=1e-5)  # chosen and run
         assert list(choices().values()) == ["flaky"]
+        broken[0] = True
         for _ in range(3):
             out = OP(q, k, v, None, K.ALL, 1e-9)
             assert torch.allclose(out, ref, atol=1e-5)
         assert list(choices().values()) == ["sdpa"] and "flaky failed" in caplog.text
+        assert len(calls_after) == 1  # failed once, then never tried again
     finally:
         unregister()
 

@@ -37,10 +37,13 @@ import torch
 from nexfort.cache import bundle, triton_kernels
 from nexfort.cache import key as keymod
 from nexfort.cache.store import NexfortCacheConfigError, warn_once
-from nexfort.core.api import ModeFlag, counters, hookimpl, record_tuned_kernels
+from nexfort.core.api import ModeFlag, counters, hookimpl, patches
 
 logger = logging.getLogger("nexfort.cache")
 ENV = "NEXFORT_GRAPH_CACHE"
+
+#: nexfort-core's patch that records the kernels run-time tuning chooses (nexfort.core.patches)
+RECORD_TUNED_KERNELS = "torch.inductor.record_tuned_kernels"
 
 _loaded: set = set()
 _logged: set = set()
@@ -161,7 +164,6 @@ def nexfort_pre_compile(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
     if not has_artifact_api():
         _no_artifact_api(config)
         return
-    record_tuned_kernels()  # once per process: which run-time tuned Triton kernels an entry ships
     try:
         store = get_store(config)
         key = keymod.cache_key(gm, example_inputs, config, pass_fingerprint)
@@ -258,11 +260,17 @@ def nexfort_post_compile(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]
         """Inductor's GPU kernels autotune on their first run (coordinate descent, runtime config choice) and
         record the results then: store the entry again with them and the kernels they compiled, or every warm
         process tunes (and compiles) again."""
-        now = artifacts_mark()
-        if saved_at is None or now is None or now > saved_at:
-            if _save(key, store, mark, started, counter="updated", triton_since=saved_time):
-                logger.info("nexfort cache: %s updated with its first call's autotuning results", key[:16])
+        try:
+            now = artifacts_mark()
+            if saved_at is None or now is None or now > saved_at:
+                if _save(key, store, mark, started, counter="updated", triton_since=saved_time):
+                    logger.info("nexfort cache: %s updated with its first call's autotuning results", key[:16])
+        finally:
+            patches.release(after_first_call)
 
+    # which Triton kernels the first call's tuning chooses (shipped with the update); held until that call ended,
+    # or until the compiled graph (which keeps this function until then) is garbage-collected
+    patches.hold(RECORD_TUNED_KERNELS, after_first_call)
     return after_first_call
 
 

@@ -14,8 +14,10 @@ plugin) import nothing else of it. The hooks a plugin implements are specified i
 - the plugin manager: :func:`plugin_manager`, :func:`register_plugin`, :func:`clear_caches`;
 - facts about the environment, remembered between processes through the plugins: :func:`remembered_fact`;
 - facts about the running torch, feature-detected: :func:`has_inductor_knob`, :func:`inductor_cache_dir`,
-  :func:`inductor_upsample_nearest_ok`, and the run-time tuned Triton kernels: :func:`record_tuned_kernels`,
-  :func:`tuned_kernel_dirs`.
+  :func:`inductor_upsample_nearest_ok`, and the run-time tuned Triton kernels: :func:`tuned_kernel_dirs`;
+- the registry of patches of torch/diffusers internals (:mod:`nexfort.core.patches`, as :data:`patches`): a plugin
+  registers its own, holds one while it needs it (``patches.hold``/``release``/``applied``) and records the
+  instance patches it makes (``patches.set_attr``), which ``patches.restore`` undoes.
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ import dataclasses
 import functools
 from typing import Any, Callable, Dict, FrozenSet, Mapping, Optional, Type, TypeVar
 
-from nexfort.core import hookimpl  # noqa: F401 - the decorator for hook implementations
+from nexfort.core import (
+    hookimpl,  # noqa: F401 - the decorator for hook implementations
+    patches,  # noqa: F401 - the patch registry (nexfort.core.patches)
+)
 from nexfort.core.config import clear_caches, parse_options, parse_spec, resolve_config
 from nexfort.core.counters import counters
 from nexfort.core.errors import NexfortConfigError, shown, suggest, unknown_message
@@ -38,7 +43,7 @@ __all__ = [
     "hookimpl", "GraphPass", "ModeFlag", "counters", "NexfortConfigError", "shown", "suggest", "unknown_message",
     "options_of", "flag_on", "with_switches", "parse_spec", "parse_options", "resolve_config", "check_features",
     "backend_for", "prepare_module", "plugin_manager", "register_plugin", "clear_caches", "has_inductor_knob",
-    "inductor_cache_dir", "inductor_upsample_nearest_ok", "record_tuned_kernels", "tuned_kernel_dirs",
+    "inductor_cache_dir", "inductor_upsample_nearest_ok", "patches", "tuned_kernel_dirs",
     "remembered_fact",
 ]
 
@@ -199,18 +204,9 @@ def inductor_upsample_nearest_ok(config: Any = None) -> Optional[bool]:
     return compat.inductor_upsample_nearest_scale_factor_ok(config=config)
 
 
-def record_tuned_kernels() -> bool:
-    """Start recording, once per process, which Triton kernels run-time tuning (coordinate descent, benchmarking of
-    several configs) chooses; whether this torch lets it. A plugin that ships compiled kernels (a cache) calls it
-    before the graphs it serves compile."""
-    from nexfort.core import compat_autotune
-
-    return compat_autotune.record_tuned_kernels()
-
-
 def tuned_kernel_dirs() -> Optional[FrozenSet[str]]:
     """The Triton cache directories of the kernels run-time tuning chose in this process since
-    :func:`record_tuned_kernels` (``None``: not recording)."""
+    the ``torch.inductor.record_tuned_kernels`` patch was first held (:data:`patches`; ``None``: not recording)."""
     from nexfort.core import compat_autotune
 
     return compat_autotune.tuned_kernel_dirs()

@@ -14,13 +14,15 @@ from typing import Any, Callable, Dict, List, Sequence
 
 import torch
 
-from nexfort.core import compat, compat_autotune
+from nexfort.core import compat
 from nexfort.core.config import parse_spec, resolve_config
 from nexfort.core.counters import counters
 from nexfort.core.errors import NexfortConfigError
 from nexfort.core.flags import check_features  # noqa: F401 - re-exported (its former home)
 from nexfort.core.graph_pass import GraphPass, combined_uuid, fingerprint, run_passes
+from nexfort.core.patches import applied, hold_until_compiled
 from nexfort.core.plugins import get_plugin_manager
+from nexfort.core.torch_patches import GUARD_NAMESPACE, RECHECK_AUTOTUNE_CACHE
 
 logger = logging.getLogger("nexfort")
 
@@ -277,11 +279,19 @@ def _copy_graph_module(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     return work
 
 
+def _while_fx_graph_cache(patches: Dict[str, Any]) -> contextlib.AbstractContextManager:
+    """The warm-autotune fix (:data:`RECHECK_AUTOTUNE_CACHE`) while Inductor compiles with its FX graph cache on
+    (the kernels it loads from there call the method it fixes); nothing otherwise."""
+    import torch._inductor.config as inductor_config
+
+    on = bool(patches.get("fx_graph_cache", getattr(inductor_config, "fx_graph_cache", False)))
+    return applied(RECHECK_AUTOTUNE_CACHE) if on else contextlib.nullcontext()
+
+
 def compile_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], cfg: Any) -> Callable:
     """Compile one Dynamo graph under a resolved configuration."""
     check_features(cfg)  # configuration errors are never "fallen back" from
-    compat.complete_guard_namespace()  # once, before Dynamo builds the first frame's guards
-    compat_autotune.fix_warm_autotune_cache()  # once: warm processes tuned Triton kernels again
+    hold_until_compiled(GUARD_NAMESPACE)  # Dynamo builds this frame's guards after the backend returned
     scoped_flags = apply_overrides(cfg)
     patches = inductor_patches(cfg)
     passes = collect_passes(cfg)
@@ -300,7 +310,7 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], cfg: 
                 work.graph.lint()
                 work.recompile()
         post_fn = (lambda graph: run_passes(post, graph)) if post else None
-        with compat.backend_flags(scoped_flags), contextlib.ExitStack() as contexts:
+        with compat.backend_flags(scoped_flags), _while_fx_graph_cache(patches), contextlib.ExitStack() as contexts:
             for context in pm.hook.nexfort_compile_context(config=cfg):
                 if context is not None:
                     contexts.enter_context(context)

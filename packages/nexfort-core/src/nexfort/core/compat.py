@@ -1,14 +1,16 @@
 """The one place that knows how torch's internals differ between versions (2.1 -> current).
 
 Feature detection only: nothing here (or anywhere in nexfort) parses ``torch.__version__`` to decide
-behaviour. ``../shared/reference/torch-compat.md`` in the project's notes explains each branch.
+behaviour. Each function's docstring says which torch versions differ and how; ``docs/torch-matrix.md`` says which
+feature the tests found working on which torch.
 
 By concern: here Inductor's config knobs and its entry point (:func:`compile_fx`, post-grad passes), small API
 differences (SDPA backend selection, CUDA-graph steps, Inductor's cache directory) and Dynamo's internals a backend
-meets (its control-flow exceptions, dynamic recompiles, the guard namespace); torch's global backend flags in
+meets (its control-flow exceptions, dynamic recompiles); torch's global backend flags in
 :mod:`nexfort.core.compat_flags`; the nearest-upsampling probe and its decompositions in
-:mod:`nexfort.core.compat_upsample`; the warm-autotune fix in :mod:`nexfort.core.compat_autotune`. Every name stays
-importable from this module.
+:mod:`nexfort.core.compat_upsample`; the warm-autotune fix in :mod:`nexfort.core.compat_autotune`; the patches of
+torch internals (the guard namespace among them) in :mod:`nexfort.core.torch_patches`, held through
+:mod:`nexfort.core.patches`. Every name stays importable from this module.
 """
 
 from __future__ import annotations
@@ -343,37 +345,3 @@ def request_dynamic_recompile(gm: torch.fx.GraphModule) -> Optional[int]:
         elif entry is not None and size is None:  # already dynamic in every dimension
             marked += 1
     return marked if marked or not names else None  # inputs, none of them in a state this code understands
-
-
-@functools.lru_cache(maxsize=None)
-def complete_guard_namespace() -> Dict[str, Any]:
-    """Name every sympy function of torch's symbolic shapes that a guard's code may call.
-
-    Dynamo evaluates a shape guard as Python code in the namespace ``symbolic_shapes.SYMPY_INTERP``. Where that
-    namespace lacks a function torch's sympy layer produces (torch 2.4: ``PowByNatural``, from ``2 ** n`` of a
-    symbolic int such as the SDXL UNet's ``2 ** self.num_upsamplers`` under ``dynamic=True``; ``ToFloat``, from
-    diffusers' ``Upsample2D`` with an explicit output size), the guard raises
-    ``NameError`` on every call, reads as failed, and the frame recompiles on every call. Adds the missing
-    names (feature-detected); returns what was added (empty where nothing is missing)."""
-    try:
-        from torch.fx.experimental import symbolic_shapes
-        from torch.utils._sympy import functions
-    except ImportError:  # pragma: no cover (torch without symbolic shapes)
-        return {}
-    interp = getattr(symbolic_shapes, "SYMPY_INTERP", None)
-    if not isinstance(interp, dict):
-        return {}
-    import math
-    import operator
-
-    wanted: Dict[str, Callable[..., Any]] = {
-        "PowByNatural": operator.pow, "FloatPow": math.pow, "ToFloat": float, "FloatTrueDiv": operator.truediv,
-        "TruncToFloat": lambda x: float(math.trunc(x)), "CeilDiv": lambda a, b: -(-a // b),
-        "CleanDiv": operator.floordiv, "LShift": operator.lshift, "RShift": operator.rshift,
-        "Where": lambda c, p, q: p if c else q,
-    }
-    for fn in ("sqrt", "exp", "log", "sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "tanh", "asinh"):
-        wanted[f"OpaqueUnaryFn_{fn}"] = getattr(math, fn)
-    added = {k: v for k, v in wanted.items() if hasattr(functions, k) and k not in interp}
-    interp.update(added)
-    return added

@@ -22,11 +22,11 @@ again), or, where that directory exists, reads and overwrites another process's 
 A reduction kernel kept with a config from coordinate descent also skips occupancy-driven block halving
 (``dynamic_scale_rblock``), which the cold process ran before it tuned.
 
-:func:`fix_warm_autotune_cache` installs both, once per process (the backend calls it): the upstream method
-(:func:`recheck_autotune_cache`, the same code) where the installed one lacks the fix (read from its source), and,
-around whichever method is in place, the path mapping.
+:func:`install_warm_autotune_fix` installs both (the patch registry applies it while a graph compiles with the FX
+graph cache on): the upstream method (:func:`recheck_autotune_cache`, the same code) where the installed one lacks
+the fix (read from its source), and, around whichever method is in place, the path mapping.
 
-:func:`record_tuned_kernels` keeps, per process, the Triton cache directories (``launcher.cache_hash``) of the
+:func:`start_recording` keeps, while the cache holds it, the Triton cache directories (``launcher.cache_hash``) of the
 kernels that run-time tuning chose (coordinate descent, benchmarking of several configs): the cache plugin ships
 only those of the ones compiled after a graph's compile-time save. Measured on an H100 (PixArt-alpha, max-autotune):
 coordinate descent compiled 520 candidate kernels, 141 MB, of which about 80 are used.
@@ -127,30 +127,49 @@ def with_local_filename(recheck: Callable) -> Callable:
     return recheck_autotune_cache_locally
 
 
-@functools.lru_cache(maxsize=None)
-def fix_warm_autotune_cache() -> Tuple[str, ...]:
-    """Install the fixes where the installed torch needs them; the names of those installed (``"coordesc"``:
-    pytorch/pytorch#173391, ``"local-filename"``: the kernel path mapping)."""
-    try:
-        from torch._inductor.runtime import triton_heuristics as th
-    except Exception:  # noqa: BLE001 - torch without that module (2.1) or without Triton support
-        return ()
-    cls = getattr(th, "CachingAutotuner", None)
-    method = getattr(cls, "recheck_autotune_cache", None)
-    if method is None or getattr(method, "nexfort_local_filename", False):
-        return ()
-    fixed = []
+def warm_autotune_method(method: Callable) -> Tuple[Tuple[str, ...], Callable]:
+    """``(fixes, replacement)`` for the installed ``CachingAutotuner.recheck_autotune_cache`` ``method``: the
+    upstream method (:func:`recheck_autotune_cache`) where ``method`` lacks the fix (read from its source) and can
+    be replaced (``"coordesc"``: pytorch/pytorch#173391), wrapped in the kernel path mapping (``"local-filename"``)."""
+    from torch._inductor.runtime import triton_heuristics as th
+
+    fixes = []
     if needs_fix(method) and all(hasattr(th, n) for n in ("check_autotune_cache", "triton_config_to_hashable",
                                                            "dynamo_timed")):
         method = recheck_autotune_cache
-        fixed.append("coordesc")
+        fixes.append("coordesc")
+    fixes.append("local-filename")
+    return tuple(fixes), with_local_filename(method)
+
+
+def install_warm_autotune_fix() -> Optional[Callable[[], None]]:
+    """Install :func:`warm_autotune_method` on ``CachingAutotuner``; return the undo (``None``: this torch has no
+    such method, or it is nexfort's already: nothing installed). Applied through the patch registry
+    (:mod:`nexfort.core.torch_patches`: ``torch.inductor.recheck_autotune_cache``), while a graph compiles with
+    Inductor's FX graph cache on (what calls the method: kernels loaded from that cache)."""
+    try:
+        from torch._inductor.runtime import triton_heuristics as th
+    except Exception:  # noqa: BLE001 - torch without that module (2.1) or without Triton support
+        return None
+    cls = getattr(th, "CachingAutotuner", None)
+    original = cls.__dict__.get("recheck_autotune_cache") if cls is not None else None
+    if original is None or getattr(original, "nexfort_local_filename", False):
+        return None
+    fixes, method = warm_autotune_method(original)
+    cls.recheck_autotune_cache = method
+    if "coordesc" in fixes and "coordesc" not in _announced:
+        _announced.add("coordesc")
         logger.info("nexfort: applied torch's fix for coordinate descent re-running on a warm cache "
                     "(pytorch/pytorch#173391)")
-    cls.recheck_autotune_cache = with_local_filename(method)
-    fixed.append("local-filename")
-    return tuple(fixed)
+
+    def undo() -> None:
+        if cls.__dict__.get("recheck_autotune_cache") is method:
+            cls.recheck_autotune_cache = original
+
+    return undo
 
 
+_announced: Set[str] = set()
 _tuned_dirs: Set[str] = set()
 _recording = False
 
@@ -186,23 +205,36 @@ def recording_autotune(method: Callable) -> Callable:
     return autotune_to_one_config
 
 
-@functools.lru_cache(maxsize=None)
-def record_tuned_kernels() -> bool:
-    """Start recording the kernels run-time tuning chooses (once per process); whether it could."""
+def start_recording() -> Optional[Callable[[], None]]:
+    """Record the kernels run-time tuning chooses; return the undo (``None``: this torch's ``CachingAutotuner``
+    lacks the methods, nothing installed). Applied through the patch registry (``torch.inductor.record_tuned_kernels``)
+    while a cache needs it: from a graph's compilation to the end of its first call, where its kernels tune."""
     try:
         from torch._inductor.runtime import triton_heuristics as th
     except Exception:  # noqa: BLE001 - torch without that module (2.1) or without Triton support
-        return False
+        return None
     cls = getattr(th, "CachingAutotuner", None)
-    if cls is None or not all(hasattr(cls, n) for n in ("coordinate_descent_tuning", "autotune_to_one_config")):
-        return False
+    names = ("coordinate_descent_tuning", "autotune_to_one_config")
+    if cls is None or not all(n in cls.__dict__ for n in names):
+        return None
     global _recording
-    cls.coordinate_descent_tuning = recording_coordesc(cls.coordinate_descent_tuning)
-    cls.autotune_to_one_config = recording_autotune(cls.autotune_to_one_config)
+    originals = {n: cls.__dict__[n] for n in names}
+    installed = {"coordinate_descent_tuning": recording_coordesc(originals["coordinate_descent_tuning"]),
+                 "autotune_to_one_config": recording_autotune(originals["autotune_to_one_config"])}
+    for n, fn in installed.items():
+        setattr(cls, n, fn)
     _recording = True
-    return True
+
+    def undo() -> None:
+        global _recording
+        for n, fn in installed.items():
+            if cls.__dict__.get(n) is fn:
+                setattr(cls, n, originals[n])
+        _recording = False
+
+    return undo
 
 
 def tuned_kernel_dirs() -> Optional[FrozenSet[str]]:
-    """The Triton cache directories of the kernels run-time tuning chose in this process (None: not recorded)."""
+    """The Triton cache directories of the kernels run-time tuning chose in this process (None: not recording now)."""
     return frozenset(_tuned_dirs) if _recording else None

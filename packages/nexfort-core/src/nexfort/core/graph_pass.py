@@ -43,10 +43,11 @@ class GraphPass(abc.ABC):
         """Rewrite ``target`` (a GraphModule for pre_grad, a Graph for post_grad); return the rewrite count."""
 
     def source_files(self) -> Sequence[str]:
-        """Files whose content defines the pass's behaviour (default: the module of its class)."""
+        """Files whose content defines the pass's behaviour (default: the modules of its class and of its bases
+        below :class:`GraphPass`)."""
         files = []
         for cls in type(self).__mro__:
-            if cls is GraphPass or cls is object:
+            if cls in GraphPass.__mro__:  # GraphPass, abc.ABC, object: not the pass's behaviour
                 continue
             try:
                 files.append(inspect.getfile(cls))

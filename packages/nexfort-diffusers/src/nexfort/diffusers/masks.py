@@ -17,7 +17,9 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from nexfort.diffusers.dynamic import _is_class
+from nexfort.core.api import patches
+from nexfort.diffusers._classes import is_class as _is_class
+from nexfort.diffusers.patches import ATTENTION_MASK
 
 logger = logging.getLogger(__name__)
 #: the parameters of diffusers' ``Attention.prepare_attention_mask`` that the guard-free version passes on
@@ -57,7 +59,8 @@ def _guard_free_prepare_attention_mask(original: Callable[..., Any]) -> Callable
 
 def make_attention_masks_dynamic(module: torch.nn.Module) -> int:
     """Give diffusers' ``Attention`` instances in ``module`` the guard-free ``prepare_attention_mask``; returns
-    how many were patched (0 for a diffusers version whose ``Attention`` has no such method)."""
+    how many were patched (0 for a diffusers version whose ``Attention`` has no such method). Recorded as the patch
+    ``diffusers.Attention.prepare_attention_mask``: ``nexfort.core.patches.restore`` undoes it."""
     n, left = 0, []
     for name, m in module.named_modules():
         if getattr(m, "_nexfort_mask", False) or not callable(getattr(type(m), "prepare_attention_mask", None)):
@@ -69,8 +72,8 @@ def make_attention_masks_dynamic(module: torch.nn.Module) -> int:
             left.append(f"{name or type(m).__name__}: {why}")
             continue
         patched = _guard_free_prepare_attention_mask(type(m).prepare_attention_mask)
-        m.prepare_attention_mask = types.MethodType(patched, m)
-        m._nexfort_mask = True
+        patches.set_attr(m, "prepare_attention_mask", types.MethodType(patched, m), ATTENTION_MASK)
+        patches.set_attr(m, "_nexfort_mask", True, ATTENTION_MASK)
         n += 1
     if left:
         logger.debug("nexfort: %s: attention masks of %d Attention left alone (%s)", type(module).__name__,

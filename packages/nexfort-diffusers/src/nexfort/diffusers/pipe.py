@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
 import logging
 import warnings
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
@@ -11,10 +9,11 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from nexfort.core import api
-from nexfort.core.api import NexfortConfigError
+from nexfort.core.api import NexfortConfigError, patches
 from nexfort.diffusers.dynamic import make_upsample_sizes_explicit, shape_check, wrap_compiled_call
 from nexfort.diffusers.regional import uncompile_regions
 from nexfort.diffusers.text_padding import text_padding_trimmer
+from nexfort.diffusers.vae import upcast_vae_once
 
 logger = logging.getLogger("nexfort")
 
@@ -27,7 +26,7 @@ BACKENDS = ("nexfort", "inductor")
 #: CUDA: nexfort's lossless target mode plus CUDA graphs, measured on an NVIDIA H200 (torch 2.11, flash-attn-4
 #: 4.0.0b36, 2026-12-01, one process per row, denoiser forward): PixArt-α 1024² 30.26 ms against torch.compile's
 #: 32.33 and its reduce-overhead's 32.04, PixArt-α 512x768 10.13 against 13.37 and 10.19, SD3-medium 35.27 against
-#: 39.86, every output within 2.3e-3 rel L2 of eager (benchmarks/results/README.md, "Session of 2026-12-01").
+#: 39.86, every output within 2.3e-3 rel L2 of eager (benchmarks/results/README.md, "The headline run").
 #: Elsewhere (the CPU) nothing of nexfort's own is measured to pay yet: plain Inductor through nexfort (the empty
 #: mode).
 RECOMMENDED_MODES = {"cuda": "max-optimize:max-autotune:low-precision:cudagraphs"}
@@ -219,43 +218,6 @@ def _check_inductor_mode(backend: str, inductor_mode: Optional[str]) -> None:
                                  f"{', '.join(valid)}.")
 
 
-def _pipe_upcasts_vae(pipe: Any) -> bool:
-    """Whether the pipeline itself moves an fp16 VAE to fp32 around every decode (SDXL-style)."""
-    if callable(getattr(pipe, "upcast_vae", None)):
-        return True
-    try:
-        return "force_upcast" in inspect.getsource(type(pipe).__call__)
-    except (OSError, TypeError):  # pragma: no cover
-        return False
-
-
-def _cast_inputs(fn: Any, dtype: torch.dtype) -> Any:
-    @functools.wraps(fn)
-    def wrapper(x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        return fn(x.to(dtype) if torch.is_tensor(x) and x.is_floating_point() else x, *args, **kwargs)
-
-    wrapper.__nexfort_cast__ = dtype  # type: ignore[attr-defined]
-    return wrapper
-
-
-def upcast_vae_once(pipe: Any) -> bool:
-    """An fp16 VAE with ``force_upcast`` that the pipeline would move to fp32 and back at every call: move it to
-    fp32 once (the compiled VAE then sees one dtype, no recompilation, no per-call casts) and cast the latents
-    that ``vae.decode``/``vae.encode`` receive. Returns True when done."""
-    vae = getattr(pipe, "vae", None)
-    if not isinstance(vae, torch.nn.Module) or getattr(vae, "dtype", None) != torch.float16:
-        return False
-    if not bool(getattr(getattr(vae, "config", None), "force_upcast", False)) or not _pipe_upcasts_vae(pipe):
-        return False
-    vae.to(dtype=torch.float32)
-    for name in ("decode", "encode", "tiled_decode", "tiled_encode"):
-        fn = getattr(vae, name, None)
-        if callable(fn) and not hasattr(fn, "__nexfort_cast__"):
-            setattr(vae, name, _cast_inputs(fn, torch.float32))
-    logger.info("nexfort: the fp16 VAE needs force_upcast: moved it to fp32 once (inputs cast at decode/encode)")
-    return True
-
-
 def _without_quant(cfg: Any) -> Any:
     """``cfg`` with the quant flag off (``cfg`` itself where it is off)."""
     return api.with_switches(cfg, quant=False) if api.flag_on(cfg, "quant") else cfg
@@ -354,8 +316,11 @@ def compile_pipe(pipe: Any, mode: Optional[str] = None, options: Any = None, *, 
 
 
 def uncompile_pipe(pipe: Any) -> Any:
-    """Undo ``compile_pipe``'s in-place compilation (the modules run eagerly again; model transforms such as
-    fused QKV projections and the memory format stay). For comparing compilers in one process."""
+    """Undo ``compile_pipe``'s in-place compilation: the modules run eagerly again, and every patch nexfort made to
+    diffusers' modules for it (:mod:`nexfort.diffusers.patches`: position embeddings, attention masks, upsample
+    sizes, the fp16 VAE's one-time upcast) is undone, so the modules are diffusers' own again. Model transforms
+    stay: fused QKV projections (diffusers' ``unfuse_qkv_projections`` undoes them), the memory format and
+    quantized layers. For comparing compilers in one process, or to change what compile_pipe cannot see."""
     comps = _components(pipe)
     for name in compilable_components(pipe, text_encoders=True):
         owner, attr = (comps["vae"], name.split(".", 1)[1]) if name.startswith("vae.") else (pipe, name)
@@ -365,6 +330,9 @@ def uncompile_pipe(pipe: Any) -> Any:
         orig = getattr(mod, "_orig_mod", None)  # torch.compile's wrapper (torch < 2.2)
         if isinstance(orig, torch.nn.Module):
             setattr(owner, attr, orig)
+    for module in _components(pipe).values():
+        if isinstance(module, torch.nn.Module):
+            patches.restore(module)  # the module and its submodules (the VAE's decoder, a denoiser's blocks)
     if "_nexfort_compiled" in pipe.__dict__:
         del pipe.__dict__["_nexfort_compiled"]
     return pipe

@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
-from nexfort.diffusers.dynamic import _is_class
+from nexfort.diffusers._classes import is_class as _is_class
 
 logger = logging.getLogger("nexfort")
 

@@ -16,9 +16,9 @@ its replacement, as plain torch functions:
 
 ``_addmm_activation``'s GELU is the tanh approximation on CUDA and the exact (erf) GELU on the CPU, so the pass
 matches ``approximate="tanh"`` on CUDA tensors and ``approximate="none"`` on CPU ones: the result is the same
-function either way. Measured on an H100 (``benchmarks/results/README.md``, sixth part): PixArt-α 1024² 34.78 ->
-33.42 ms, SD3-medium 45.09 -> 42.73 ms, so max-optimize turns it on for CUDA graphs. On the CPU it is not
-measured, so there it runs only when asked for (``options={"linear_gelu.enabled": True}``).
+function either way. Measured on an H100 (``benchmarks/results/archive/2026-11-26f-h100-fp8-gelu-regional/``):
+PixArt-α 1024² 34.78 -> 33.42 ms, SD3-medium 45.09 -> 42.73 ms, so max-optimize turns it on for CUDA graphs. On the
+CPU it is not measured, so there it runs only when asked for (``options={"linear_gelu.enabled": True}``).
 
 Recognised: ``F.linear``/``torch._C._nn.linear`` or an ``nn.Linear`` call_module node (torch
 2.1-2.4), then ``F.gelu`` or an ``nn.GELU`` call_module node.

@@ -16,12 +16,13 @@ The output always has the strides of a ``(batch, tokens, heads, head_dim)`` tens
 (what FlashAttention and cuDNN write, and what the meta kernel tells the compiler).
 
 Kernels (:func:`register_kernel`): ``fa4`` is FlashAttention-4's CuTe-DSL forward (``pip install --pre
-flash-attn-4``), on Hopper (sm90) and Blackwell (sm100) GPUs for fp16/bf16 and head dims that are multiples of 8
-up to 256. Measured on an H100 (``benchmarks/results/README.md``, seventh part), calls queued back to back: 1.25x
-cuDNN on SD3's joint attention (24 heads of 64, 4429 tokens), 1.09x on PixArt's heads of 72 at 1024² (1.01x when the
-inputs are contiguous in (B, H, S, D)); at PixArt 512x768 and on SDXL's 64x64 latents cuDNN was faster (timed one
-call at a time, not again queued): hence the choice per shape at run time, not a rule. Timed one call at a time FA4
-looks slower than it is on a slow host (its launch path is Python), so candidates are timed with their calls queued.
+flash-attn-4``), on Hopper (sm90) and Blackwell (sm100) GPUs for fp16/bf16 and head dims that are multiples of 8 up
+to 256. Measured on an H100 (``benchmarks/results/archive/2026-11-26g-attention-kernels/``), calls queued back to
+back: 1.25x cuDNN on SD3's joint attention (24 heads of 64, 4429 tokens), 1.09x on PixArt's heads of 72 at 1024²
+(1.01x when the inputs are contiguous in (B, H, S, D)); at PixArt 512x768 and on SDXL's 64x64 latents cuDNN was
+faster (timed one call at a time, not again queued): hence the choice per shape at run time, not a rule. Timed one
+call at a time FA4 looks slower than it is on a slow host (its launch path is Python), so candidates are timed with
+their calls queued.
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """One-pass row-wise fp8 quantization of an activation (``torch.ops.nexfort.fp8_quantize_rows``).
 
-The fp8 linears scale each row of their input by its absolute maximum. Left to Inductor, that quantization is
-fused into the kernel that produces the activation (LayerNorm + modulation, GELU after the previous GEMM), which
-then reduces the row twice (its norm, then the amax of the result) in one looped kernel: measured on an H200
-(PixArt-α 1024², ``benchmarks/results/README.md``, 2026-12-02) those kernels took 11.4 ms per forward against
-1.8 ms for the same producers in fp16, more than the fp8 GEMMs saved. This op reads the activation once and
-writes the fp8 rows and their scales in the same pass (the row kept in registers), so the producer stays the
-cheap fp16 kernel it is without ``quant``:
+The fp8 linears scale each row of their input by its absolute maximum. Left to Inductor, that quantization is fused
+into the kernel that produces the activation (LayerNorm + modulation, GELU after the previous GEMM), which then
+reduces the row twice (its norm, then the amax of the result) in one looped kernel: measured on an H200 (PixArt-α
+1024², ``benchmarks/results/archive/2026-12-02-h200-issue18-fp8-one-pass/``) those kernels took 11.4 ms per forward
+against 1.8 ms for the same producers in fp16, more than the fp8 GEMMs saved. This op reads the activation once and
+writes the fp8 rows and their scales in the same pass (the row kept in registers), so the producer stays the cheap
+fp16 kernel it is without ``quant``:
 
     scale = max(rowmax|x|, 1e-12) / 448;  q = clamp(x / scale, -448, 448) -> float8_e4m3fn
 
@@ -75,7 +75,8 @@ def _register() -> bool:
             getattr(torch, "float8_e4m3fn", None) is None:
         return False
 
-    @torch.library.custom_op(_OP, mutates_args=())
+    # the schema spelled out: torch 2.4's schema inference cannot read this module's string annotations
+    @torch.library.custom_op(_OP, mutates_args=(), schema="(Tensor x) -> (Tensor, Tensor)")
     def fp8_quantize_rows(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         if x.is_cuda and HAS_TRITON:
             return _launch(x)

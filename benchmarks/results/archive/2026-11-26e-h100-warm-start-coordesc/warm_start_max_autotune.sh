@@ -2,7 +2,7 @@
 # Issue 5 on one GPU lease: the PixArt-alpha 1024x1024 pipeline's warm start in
 # max-optimize:max-autotune:low-precision:cache-all (cold, warm on the same machine, "another machine" through Redis),
 # tracing every Triton kernel that tunes or loads (--trace-autotune). Leases i-l of 2026-11-26 ran it, each on the code
-# of its commit (benchmarks/results/README.md, fifth part). Usage: bash benchmarks/gpu/warm_start_max_autotune.sh
+# of its commit (the README.md beside this script). Usage: bash benchmarks/gpu/warm_start_max_autotune.sh
 # Long: run detached (setsid nohup bash ... > /tmp/res/log &), results in $RES.
 set -uo pipefail
 source benchmarks/gpu/setup.sh

@@ -3,7 +3,7 @@
 #  - CUDA graphs on PixArt-α after the static-parameter fix; max-optimize:max-autotune:low-precision cold compile,
 #  - the compiled-artifact cache's warm start on PixArt-α 1024x1024 (cold / warm / another machine through Redis),
 #  - the resolution grid (16 + rare sizes + batch 1->4) with dynamic=True, PixArt-α and SDXL, checked against eager.
-# Carry .whl (../shared/tools/device-wheels redis fakeredis) and .redis: the Debian redis-server binary and the
+# Carry .whl (the wheels benchmarks/gpu/setup.sh installs, with redis and fakeredis) and .redis: the Debian redis-server binary and the
 # libraries ldd lists for it that the GPU image lacks, copied here (git-ignored):
 #   mkdir -p .redis && cp /usr/bin/redis-server .redis/ && for l in liblzf.so.1 libjemalloc.so.2 libsystemd.so.0 \
 #     libssl.so.3 libcrypto.so.3 libatomic.so.1 libcap.so.2 libgcrypt.so.20 liblzma.so.5 libzstd.so.1 liblz4.so.1 \

@@ -1,0 +1,59 @@
+"""benchmarks/gpu/run.sh, the GPU runner, checked on the CPU through DRY=1 (it prints each command instead of
+running it): the headline rows are the README table's, a measurement's extra arguments reach its script."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+
+import pytest
+
+from tests.helpers import load_script
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="the runner is a bash script; no bash here")
+
+
+def _dry(tmp_path, *args, **env):
+    out = subprocess.run(["bash", "benchmarks/gpu/run.sh", *args], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "DRY": "1", "RES": str(tmp_path), **env}, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return [shlex.split(line) for line in out.stdout.splitlines() if line.startswith("python3 ")]
+
+
+def _opt(cmd, name):
+    return cmd[cmd.index(name) + 1]
+
+
+def test_default_rows_are_the_readme_tables(tmp_path):
+    cmds = _dry(tmp_path, "rows")
+    table = load_script("tools/results_table.py").ROWS
+    assert len(cmds) == len(table) == 3
+    expected = [("pixart-alpha", "1024", "1024"), ("pixart-alpha", "512", "768"), ("sd3-medium", "1024", "1024")]
+    for cmd, (model, h, w) in zip(cmds, expected):
+        assert cmd[:2] == ["python3", "benchmarks/text_to_image.py"]
+        assert (_opt(cmd, "--model"), _opt(cmd, "--height"), _opt(cmd, "--width")) == (model, h, w)
+        assert {"--denoiser-only", "--compiler"} <= set(cmd) and _opt(cmd, "--compiler") == "all"
+        assert "--compiler-config" not in cmd  # nexfort in compile_pipe's recommended mode
+        assert _opt(cmd, "--output-json").startswith(str(tmp_path))
+
+
+def test_mode_and_extra_arguments_reach_the_script(tmp_path):
+    (cmd,) = _dry(tmp_path, "bench", "b", "sd3-medium", "512x768", "--", "--dtype", "bf16", MODE="jit", ITERS="7")
+    assert _opt(cmd, "--compiler-config") == '{"mode": "jit"}' and _opt(cmd, "--dtype") == "bf16"
+    assert (_opt(cmd, "--height"), _opt(cmd, "--width"), _opt(cmd, "--iters")) == ("512", "768", "7")
+    (cmd,) = _dry(tmp_path, "warm-start", "w", "pixart-alpha", "1024x1024", REDIS="1")
+    assert cmd[1] == "benchmarks/cache_warm_start.py" and _opt(cmd, "--redis-url").startswith("redis://")
+    assert _opt(cmd, "--mode") == "max-optimize:low-precision:cache-all"
+    (cmd,) = _dry(tmp_path, "grid", "g", "sdxl")
+    assert cmd[1] == "examples/text_to_image_sdxl.py" and '"dynamic": true' in _opt(cmd, "--compiler-config")
+
+
+def test_unknown_kind_and_row_are_errors(tmp_path):
+    for args in (["nope"], ["rows", "px2048"]):
+        out = subprocess.run(["bash", "benchmarks/gpu/run.sh", *args], cwd=ROOT, capture_output=True, text=True,
+                             env={**os.environ, "DRY": "1", "RES": str(tmp_path)}, timeout=60)
+        assert out.returncode == 2 and "unknown" in out.stdout
