@@ -12,6 +12,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from nexfort.core.errors import NexfortConfigError
+from nexfort.diffusers import video
 from nexfort.diffusers.dynamic import make_upsample_sizes_explicit, shape_check, wrap_compiled_call
 from nexfort.diffusers.regional import uncompile_regions
 from nexfort.diffusers.text_padding import text_padding_trimmer
@@ -360,6 +361,11 @@ def compile_pipe(pipe: Any, mode: Optional[str] = None, options: Any = None, *, 
     done: List[Tuple[str, str]] = []
     comps = _components(pipe)
     vae_scale = int(getattr(pipe, "vae_scale_factor", None) or 8)
+    # video VAEs that decode chunk by chunk with a cache are not split per sample (nexfort.diffusers.video)
+    vae_parts = [n.split(".", 1)[1] for n in compilable_components(pipe, False) if n.startswith("vae.")
+                 and n not in skipped]
+    splits = video.prepare_vae(comps["vae"], vae_parts, backend == "nexfort" and cfg.dynamic is True) \
+        if vae_parts else {}
     for name in compilable_components(pipe, text_encoders=bool(text_encoders)):
         if name in skipped:
             continue
@@ -379,8 +385,9 @@ def compile_pipe(pipe: Any, mode: Optional[str] = None, options: Any = None, *, 
         # torch.compile) and, for denoisers, a clear error for a resolution the model cannot take
         check = shape_check(compiled, vae_scale) if name in DENOISERS else None
         trim = text_padding_trimmer(module, cfg) if backend == "nexfort" and name in DENOISERS else None
+        per_sample = name.startswith("vae.") and splits.get(name[4:], False)
         wrap_compiled_call(compiled, dynamic=backend == "nexfort" and cfg.dynamic is True, check=check,
-                           denoiser=name in DENOISERS, per_sample=name.startswith("vae."), prepare=trim)
+                           denoiser=name in DENOISERS, per_sample=per_sample, prepare=trim)
         done.append((name, type(comps[name.split(".")[0]]).__name__))
     pipe._nexfort_compiled = {"backend": backend, "mode": cfg.mode, "components": [n for n, _ in done]}
     logger.info("nexfort: compile_pipe(%s) compiled %s", type(pipe).__name__, ", ".join(n for n, _ in done))
@@ -399,6 +406,7 @@ def uncompile_pipe(pipe: Any) -> Any:
         orig = getattr(mod, "_orig_mod", None)  # torch.compile's wrapper (torch < 2.2)
         if isinstance(orig, torch.nn.Module):
             setattr(owner, attr, orig)
+    video.restore_vae(comps.get("vae"))
     if "_nexfort_compiled" in pipe.__dict__:
         del pipe.__dict__["_nexfort_compiled"]
     return pipe
