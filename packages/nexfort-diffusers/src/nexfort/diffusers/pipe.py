@@ -332,6 +332,9 @@ def compile_pipe(pipe: Any, mode: Optional[str] = None, options: Any = None, *, 
     (:mod:`nexfort.diffusers.masks`), and the VAE's decoder/encoder run one sample at a time (a VAE first called
     with batch 1 would otherwise compile again for the next batch size: Dynamo specialises sizes 0/1). What
     still compiles once more: a denoiser first called with batch 2 (CFG) and later with batch 1, or the reverse.
+    Video pipelines (Wan, HunyuanVideo, LTX, CogVideoX, ...) compile the same components; one graph per denoiser
+    serves every frame count and resolution, and a VAE that decodes chunk by chunk with a cache (Wan, CogVideoX)
+    compiles a fixed number of graphs whatever the frame count (:mod:`nexfort.diffusers.video`).
     A UNet forwards explicit upsample sizes at every resolution (diffusers does so only where the latent is not
     a multiple of 2**(number of upsamplers): a second graph otherwise; the same values).
     A denoiser given latents it cannot take (PixArt/DiT/SD3: not a multiple of the patch size, SD3: larger
