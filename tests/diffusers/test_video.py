@@ -3,10 +3,10 @@ configs, tests/diffusers/tiny_video.py): it compiles the denoiser and the VAE's 
 with dynamic=True a second call at another frame count and resolution compiles nothing new, and the output
 matches eager. Graphs are counted with Dynamo's own counter (as in test_dynamic.py).
 
-In CI: the module-level checks, the Wan pipeline through compile_pipe with Dynamo's tracing and guards but no
+In CI: the module-level checks and the Wan pipeline through compile_pipe with Dynamo's tracing and guards but no
 Inductor (``_dynamo_only``: the recompilation behaviour is Dynamo's; Inductor's C++ compile of the tiny Wan VAE
-decoder takes minutes per graph on the CPU) and the LTX pipeline with Inductor. ``NEXFORT_SLOW=1``: each of the
-four pipelines, denoiser and VAE, with Inductor."""
+decoder takes minutes per graph on the CPU): about 100 s of CPU time. ``NEXFORT_SLOW=1``: the LTX denoiser with
+Inductor, and each of the four pipelines whole (denoiser and VAE) with Inductor."""
 
 from __future__ import annotations
 
@@ -23,6 +23,16 @@ pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
 SLOW = os.environ.get("NEXFORT_SLOW") == "1"
+
+
+def _pipe(name):
+    """The tiny ``name`` pipeline; a skip where this diffusers lacks one of its classes (Wan: diffusers 0.33+)."""
+    import diffusers
+
+    try:
+        return tiny_video_pipe(name)
+    except ImportError as e:
+        pytest.skip(f"diffusers {diffusers.__version__} lacks a class of the tiny {name} pipeline: {e}")
 
 
 def _graphs() -> int:
@@ -48,7 +58,7 @@ def _check_pipe(name, assert_close, sizes, ignores=(), tol=1e-4):
     """compile_pipe(dynamic=True) on the tiny ``name`` pipeline; each (frames, height, width[, videos per prompt])
     of ``sizes`` vs eager; after the first, no new graph. Returns the pipeline, its eager twin and the graphs that
     the first call compiled."""
-    pipe, eager = tiny_video_pipe(name), tiny_video_pipe(name)
+    pipe, eager = _pipe(name), _pipe(name)
     compile_pipe(pipe, mode="", dynamic=True, ignores=list(ignores))
     g0 = _graphs()
     for i, size in enumerate(sizes):
@@ -73,7 +83,7 @@ def test_vae_parts_with_a_cache_or_folded_frames_are_not_split_per_sample():
     """Splitting a chunked decoder's calls per sample would hand the second sample the first one's cache."""
     from diffusers import AutoencoderKL, AutoencoderKLTemporalDecoder
 
-    wan, cog, ltx, hy = (tiny_video_pipe(n).vae for n in ("wan", "cogvideox", "ltx", "hunyuan_video"))
+    wan, cog, ltx, hy = (_pipe(n).vae for n in ("wan", "cogvideox", "ltx", "hunyuan_video"))
     assert "feat_cache" in video.vae_part_splits(wan.decoder) and "feat_cache" in video.vae_part_splits(wan.encoder)
     assert "conv_cache" in video.vae_part_splits(cog.decoder)
     svd = AutoencoderKLTemporalDecoder(block_out_channels=(32,), down_block_types=("DownEncoderBlock2D",),
@@ -103,7 +113,7 @@ def _cog_embed(**kw):
 def test_cogvideox_patch_embed_is_diffusers_at_every_size_in_one_graph():
     """At the config's size (latents 4x4, 3 latent frames) diffusers adds its stored buffer, elsewhere a freshly
     computed one: the patched instance computes it always, with the same values, and one graph serves both."""
-    from nexfort.diffusers.dynamic import dynamic_shapes_context
+    from nexfort.diffusers import dynamic
 
     ref, new = _cog_embed(), _cog_embed()
     assert video.make_video_embeds_dynamic(new) == 1 and video.make_video_embeds_dynamic(new) == 0
@@ -113,14 +123,13 @@ def test_cogvideox_patch_embed_is_diffusers_at_every_size_in_one_graph():
         graphs.append(gm)
         return gm.forward
 
-    compiled = torch.compile(new, backend=backend, dynamic=True)
+    new.compile(backend=backend, dynamic=True)  # as compile_pipe does: in place, its compiled call wrapped
+    assert dynamic.wrap_compiled_call(new, dynamic=True)
     with torch.no_grad():
         for f, h, w in ((2, 4, 6), (3, 4, 4), (4, 6, 4), (3, 4, 4)):  # the config's size second
             text, x = torch.randn(2, 16, 32), torch.randn(2, f, 4, h, w)
-            with dynamic_shapes_context():
-                out = compiled(text, x)
-            assert torch.equal(out, ref(text, x)), (f, h, w)
-            assert torch.equal(new(text, x), ref(text, x))  # eager, too
+            assert torch.equal(new(text, x), ref(text, x)), (f, h, w)
+            assert torch.equal(new.forward(text, x), ref(text, x))  # eager, too
     assert len(graphs) == 1
     assert (new.sample_height, new.sample_width, new.sample_frames) == (4, 4, 9)  # restored after each call
 
@@ -161,6 +170,9 @@ def test_wan_pipe_any_frame_count_resolution_and_batch_without_recompiling(_dyna
     assert pipe.vae.use_slicing is False
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not SLOW, reason="compiles the tiny LTX denoiser with Inductor (about 2 min on 2 CPU cores; the "
+                                     "CI zoo subset compiles a video DiT already): run with NEXFORT_SLOW=1")
 def test_ltx_pipe_transformer_any_frame_count_and_resolution_one_graph(assert_close):
     """With Inductor: the LTX denoiser (its rotary embedding from the frame count and size given as ints) at
     another frame count and resolution, no new graph (the VAE: test_video_pipes_slow)."""
