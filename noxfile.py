@@ -136,7 +136,9 @@ def benchmark(session: nox.Session) -> None:
 def zoo(session: nox.Session) -> None:
     """The whole denoiser zoo (tests/diffusers/test_zoo.py with NEXFORT_ZOO=all: every denoiser class of the installed
     diffusers, both entry points, vs eager; CI runs only its subset) on the current torch, on the CPU. Records
-    benchmarks/results/zoo_cpu_torch<version>.json (pass/fail/skip per class, versions, date, machine)."""
+    benchmarks/results/zoo_cpu_torch<version>.json (pass/fail/skip per class, versions, date, machine). Then (without
+    posargs) tests/diffusers/test_video.py with NEXFORT_SLOW=1: the four tiny video pipelines through compile_pipe
+    with Inductor."""
     _install(session, MATRIX["current"])
     os.makedirs(JUNIT_DIR, exist_ok=True)
     xml = f"{JUNIT_DIR}/zoo.xml"
@@ -144,3 +146,8 @@ def zoo(session: nox.Session) -> None:
     session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs", f"--junitxml={xml}",
                 "tests/diffusers/test_zoo.py", *session.posargs, env=env, success_codes=[0, 1])
     session.run("python", "tests/diffusers/zoo_report.py", xml, "--out-dir", "benchmarks/results")
+    # the tiny video pipelines whole (denoiser and VAE) with Inductor: CI runs only their Dynamo-level test
+    if not session.posargs:
+        session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs",
+                    f"--junitxml={JUNIT_DIR}/zoo_video.xml", "tests/diffusers/test_video.py",
+                    env={"NEXFORT_SLOW": "1", "TORCHINDUCTOR_COMPILE_THREADS": "1"})

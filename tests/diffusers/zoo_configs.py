@@ -5,7 +5,8 @@ denoiser classes, the CI subset, and a reasoned skip for each exported denoiser 
 commit 58eb52c080, 0.40.0.dev0: each tester's ``get_init_dict``/``get_dummy_inputs`` or
 ``prepare_init_args_and_inputs_for_common``): the constructor kwargs verbatim, each input as a spec from which
 fresh random values of the same shape, dtype and range are drawn (``build_inputs``):
-``{"t": "randn"|"uniform"|"randint"|"bool"|"lit"|"dict"|"list", "shape": [...], "dtype": ..., "lo"/"hi"}``.
+``{"t": "randn"|"uniform"|"randint"|"bool"|"lit"|"dict"|"list", "shape": [...], "dtype": ..., "lo"/"hi"}``
+(a ``lit`` with ``"tuples": true`` is a list of tuples; a ``dict``'s digit keys are ints).
 """
 
 from __future__ import annotations
@@ -94,10 +95,10 @@ def _tensor(spec: Dict[str, Any], g: torch.Generator) -> torch.Tensor:
 
 def _value(spec: Dict[str, Any], g: torch.Generator) -> Any:
     kind = spec["t"]
-    if kind == "lit":
-        return spec["v"]
-    if kind == "dict":
-        return {k: _value(v, g) for k, v in spec["v"].items()}
+    if kind == "lit":  # "tuples": a list of tuples, which JSON writes as a list of lists (QwenImage's img_shapes)
+        return [tuple(v) for v in spec["v"]] if spec.get("tuples") else spec["v"]
+    if kind == "dict":  # JSON keys are strings: an integer key (OmniGen's per-batch input_image_sizes) back as int
+        return {(int(k) if k.isdigit() else k): _value(v, g) for k, v in spec["v"].items()}
     if kind == "list":
         return [_value(v, g) for v in spec["v"]]
     return _tensor(spec, g)

@@ -1,6 +1,8 @@
-"""``python tests/diffusers/zoo_report.py build/junit/zoo.xml [--out-dir benchmarks/results]``: the zoo's JUnit
-XML (``nox -s zoo``) as ``zoo_cpu_torch<major.minor>.json``: per class and entry point pass / fail / skip (with
-the message), the torch, diffusers and Python versions, the date and the machine."""
+"""``python tests/diffusers/zoo_report.py build/junit/zoo.xml [more.xml ...] [--out-dir benchmarks/results]
+[--previous OLD.json]``: the zoo's JUnit XML (``nox -s zoo``; several files for a run made in chunks) as
+``zoo_cpu_torch<major.minor>.json``: per class and entry point pass / fail / skip (with the message), the torch,
+diffusers and Python versions, the date and the machine. ``--previous``: what the XML files lack is taken from an
+earlier result file, each such entry marked with that file's date (a run that could not do everything again)."""
 
 from __future__ import annotations
 
@@ -14,9 +16,11 @@ import sys
 import xml.etree.ElementTree as ET
 
 
-def read(xml_path: str) -> dict:
+def read(xml_paths) -> dict:
     classes: dict = {}
-    for case in ET.parse(xml_path).getroot().iter("testcase"):
+    cases = [c for p in ([xml_paths] if isinstance(xml_paths, str) else xml_paths)
+             for c in ET.parse(p).getroot().iter("testcase")]
+    for case in cases:
         m = re.match(r"test_zoo\[(\w+)-(.+)\]$", case.get("name", ""))
         m = m or re.match(r"test_zoo_(skipped)\[(\w+)\]$", case.get("name", ""))
         if not m:
@@ -37,7 +41,8 @@ def read(xml_path: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("xml")
+    ap.add_argument("xml", nargs="+")
+    ap.add_argument("--previous", default=None, help="an earlier zoo_cpu_*.json for what the XML files lack")
     ap.add_argument("--out-dir", default="benchmarks/results")
     ap.add_argument("--note", default=None, help="how the run went (stopped early, a shared machine, ...)")
     args = ap.parse_args()
@@ -48,6 +53,13 @@ def main() -> None:
     from tests.diffusers import zoo_configs as zoo
 
     classes = read(args.xml)
+    if args.previous:
+        with open(args.previous) as f:
+            prev = json.load(f)
+        for name, entries in prev.get("classes", {}).items():
+            for entry, r in entries.items():
+                if r.get("status") in ("pass", "fail") and entry not in classes.get(name, {}):
+                    classes.setdefault(name, {})[entry] = {**r, "from": f"the earlier run of {prev.get('date')}"}
     for name in zoo.CONFIGS:  # a run stopped early (its time limit): what it did not reach, said so
         for entry in ("torch.compile", "nexfort_compile"):
             classes.setdefault(name, {}).setdefault(entry, {"status": "not run", "message": "the run stopped first"})

@@ -18,6 +18,8 @@ UPSAMPLE_SIZE = "diffusers.Upsample2D.forward"
 UNET_UPSAMPLERS = "diffusers.UNet2DConditionModel.num_upsamplers"
 ATTENTION_MASK = "diffusers.Attention.prepare_attention_mask"
 VAE_UPCAST = "diffusers.AutoencoderKL.upcast_once"
+COG_PATCH_EMBED = "diffusers.CogVideoXPatchEmbed.forward"
+VIDEO_VAE_SLICING = "diffusers.video_vae.use_slicing"
 
 register(Patch(
     name=PATCH_EMBED,
@@ -83,5 +85,30 @@ register(Patch(
     undo="uncompile_pipe / patches.restore(vae): the instance methods deleted and the VAE moved back to fp16 "
          "(exact: fp16 -> fp32 -> fp16 round-trips)",
     versions="every supported diffusers and torch",
+    owner=OWNER,
+))
+
+register(Patch(
+    name=COG_PATCH_EMBED,
+    target="forward of diffusers' CogVideoXPatchEmbed instances (CogVideoX, ConsisID)",
+    detects="diffusers' own CogVideoXPatchEmbed.forward (its qualified name and module), which rebuilds its position "
+            "embedding when the latent size differs from the config's sample sizes (read from its code); anything "
+            "else is left alone (nexfort.diffusers.video)",
+    needed="dynamic=True (the diffusers plugin's module transform): the branch on the size is a guard that recompiles "
+           "at the second frame count or resolution; the patched forward sets the sample sizes to -1 for the call",
+    undo="uncompile_pipe / patches.restore(module): the instance forward and mark deleted",
+    versions="diffusers with CogVideoX (0.30-0.42), every torch",
+    owner=OWNER,
+))
+
+register(Patch(
+    name=VIDEO_VAE_SLICING,
+    target="use_slicing of a video VAE whose parts cannot be split per sample (a feature cache, folded frames)",
+    detects="compile_pipe(dynamic=True) on a VAE part that decodes chunk by chunk with a cache (Wan, CogVideoX, "
+            "Mochi) or folds frames into the batch (SVD) (nexfort.diffusers.video.vae_part_splits)",
+    needed="dynamic=True: one sample per decode/encode (diffusers' own slicing, the same result) instead of nexfort's "
+           "per-sample split, so that a batch-size change compiles nothing new",
+    undo="uncompile_pipe / patches.restore(vae): the previous use_slicing",
+    versions="every supported diffusers with video VAEs, every torch",
     owner=OWNER,
 ))

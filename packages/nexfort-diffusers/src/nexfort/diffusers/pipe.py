@@ -10,6 +10,7 @@ import torch
 
 from nexfort.core import api
 from nexfort.core.api import NexfortConfigError, patches
+from nexfort.diffusers import video
 from nexfort.diffusers.dynamic import make_upsample_sizes_explicit, shape_check, wrap_compiled_call
 from nexfort.diffusers.regional import uncompile_regions
 from nexfort.diffusers.text_padding import text_padding_trimmer
@@ -259,6 +260,9 @@ def compile_pipe(pipe: Any, mode: Optional[str] = None, options: Any = None, *, 
     (:mod:`nexfort.diffusers.masks`), and the VAE's decoder/encoder run one sample at a time (a VAE first called
     with batch 1 would otherwise compile again for the next batch size: Dynamo specialises sizes 0/1). What
     still compiles once more: a denoiser first called with batch 2 (CFG) and later with batch 1, or the reverse.
+    Video pipelines (Wan, HunyuanVideo, LTX, CogVideoX, ...) compile the same components; one graph per denoiser
+    serves every frame count and resolution, and a VAE that decodes chunk by chunk with a cache (Wan, CogVideoX)
+    compiles a fixed number of graphs whatever the frame count (:mod:`nexfort.diffusers.video`).
     A UNet forwards explicit upsample sizes at every resolution (diffusers does so only where the latent is not
     a multiple of 2**(number of upsamplers): a second graph otherwise; the same values).
     A denoiser given latents it cannot take (PixArt/DiT/SD3: not a multiple of the patch size, SD3: larger
@@ -288,6 +292,11 @@ def compile_pipe(pipe: Any, mode: Optional[str] = None, options: Any = None, *, 
     done: List[Tuple[str, str]] = []
     comps = _components(pipe)
     vae_scale = int(getattr(pipe, "vae_scale_factor", None) or 8)
+    # video VAEs that decode chunk by chunk with a cache are not split per sample (nexfort.diffusers.video)
+    vae_parts = [n.split(".", 1)[1] for n in compilable_components(pipe, False) if n.startswith("vae.")
+                 and n not in skipped]
+    splits = video.prepare_vae(comps["vae"], vae_parts, backend == "nexfort" and cfg.dynamic is True) \
+        if vae_parts else {}
     for name in compilable_components(pipe, text_encoders=bool(text_encoders)):
         if name in skipped:
             continue
@@ -307,8 +316,9 @@ def compile_pipe(pipe: Any, mode: Optional[str] = None, options: Any = None, *, 
         # torch.compile) and, for denoisers, a clear error for a resolution the model cannot take
         check = shape_check(compiled, vae_scale) if name in DENOISERS else None
         trim = text_padding_trimmer(module, cfg) if backend == "nexfort" and name in DENOISERS else None
+        per_sample = name.startswith("vae.") and splits.get(name[4:], False)
         wrap_compiled_call(compiled, dynamic=backend == "nexfort" and cfg.dynamic is True, check=check,
-                           denoiser=name in DENOISERS, per_sample=name.startswith("vae."), prepare=trim)
+                           denoiser=name in DENOISERS, per_sample=per_sample, prepare=trim)
         done.append((name, type(comps[name.split(".")[0]]).__name__))
     pipe._nexfort_compiled = {"backend": backend, "mode": cfg.mode, "components": [n for n, _ in done]}
     logger.info("nexfort: compile_pipe(%s) compiled %s", type(pipe).__name__, ", ".join(n for n, _ in done))
@@ -333,6 +343,7 @@ def uncompile_pipe(pipe: Any) -> Any:
     for module in _components(pipe).values():
         if isinstance(module, torch.nn.Module):
             patches.restore(module)  # the module and its submodules (the VAE's decoder, a denoiser's blocks)
+    video.restore_vae(comps.get("vae"))
     if "_nexfort_compiled" in pipe.__dict__:
         del pipe.__dict__["_nexfort_compiled"]
     return pipe

@@ -86,10 +86,14 @@ def nexfort_transform_module(module: Any, config: Any) -> Optional[str]:
     if _get(config, "dynamic") is True and (opts is None or bool(_get(opts, "dynamic_transforms", True))):
         from nexfort.diffusers.dynamic import make_patch_embeds_dynamic
         from nexfort.diffusers.masks import make_attention_masks_dynamic
+        from nexfort.diffusers.video import make_video_embeds_dynamic
 
         n = _guarded("make_patch_embeds_dynamic", make_patch_embeds_dynamic, module)
         if n:
             done.append(f"position embedding of {n} PatchEmbed computed for any size (dynamic shapes)")
+        n = _guarded("make_video_embeds_dynamic", make_video_embeds_dynamic, module)
+        if n:
+            done.append(f"position embedding of {n} CogVideoXPatchEmbed computed for any size (dynamic shapes)")
         n = _guarded("make_attention_masks_dynamic", make_attention_masks_dynamic, module)
         if n:
             done.append(f"attention masks of {n} Attention repeated per head without a batch-size guard")
