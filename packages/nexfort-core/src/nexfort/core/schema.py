@@ -44,9 +44,13 @@ CORE_NAMESPACES: Dict[str, Any] = {
 }
 
 
-def build_schema(plugin_namespaces: Mapping[str, type], flags: type) -> type:
+def build_schema(plugin_namespaces: Mapping[str, type], flags: Optional[type] = None) -> type:
     """The root dataclass for these plugin namespaces (core's fields first) and the mode flags' switches
-    (``flags``: the dataclass of :func:`nexfort.core.flags.flags_schema`)."""
+    (``flags``: a dataclass of bools; default: every loaded flag's, :func:`nexfort.core.flags.flags_schema`)."""
+    if flags is None:
+        from nexfort.core.flags import flags_schema
+
+        flags = flags_schema()
     opt_fields = [
         ("inductor", Dict[str, Any], field(default_factory=dict)),
         ("triton", Dict[str, Any], field(default_factory=dict)),
