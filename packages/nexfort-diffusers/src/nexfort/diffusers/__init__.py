@@ -2,8 +2,8 @@
 
 ``compile_pipe(pipe, mode=..., options=..., ignores=(), fuse_qkv_projections=True)``; ``fuse_lora(pipe, weights)``
 / ``unfuse_lora(pipe)``: LoRA on a compiled pipeline without recompiling. ``quantize_pipe(pipe, "fp8")``: the
-denoisers' linear layers in float8 (nexfort-passes' ``quantize_``). ``parallelize_pipe(pipe, cfg=2, ulysses=2, ring=1)``:
-one image over several GPUs (CFG-parallel, Ulysses and ring attention: :mod:`nexfort.diffusers.parallel`).
+denoisers' linear layers in float8 (nexfort-passes' ``quantize_``). ``parallelize_pipe(pipe, cfg=2, ulysses=2,
+ring=1)``: one image over several GPUs (CFG-parallel, Ulysses and ring attention: :mod:`nexfort.diffusers.parallel`).
 """
 
 from __future__ import annotations

@@ -115,7 +115,6 @@ class FusedJointAttnProcessor:
 
     def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None, *args: Any, **kwargs: Any) -> Any:
-        residual = hidden_states
         batch_size = hidden_states.shape[0]
 
         query, key, value = _project(attn, "to_qkv", ("to_q", "to_k", "to_v"), hidden_states)

@@ -300,7 +300,6 @@ def parallelize_pipe(pipe: Any, cfg: int = 1, ulysses: int = 1, ring: int = 1) -
         layout.cfg_rank = dist.get_rank(layout.cfg_group)
     if ulysses * ring > 1:
         from diffusers import ContextParallelConfig
-
         from nexfort.diffusers.parallel_attention import plans
 
         if ring > 1 and device.type == "cuda":

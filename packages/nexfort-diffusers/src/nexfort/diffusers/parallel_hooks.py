@@ -108,10 +108,11 @@ def _raise_tokens(layout: Layout, shape: Tuple[int, ...]) -> None:
     lh, lw = int(shape[-2]), int(shape[-1])
     h, w = lh // p, lw // p
     px = p * s * layout.seq
+    down, up = max(px, lh * s // px * px), -(-lh * s // px) * px
     raise ParallelInputError(
         f"nexfort parallel: {layout.model} at {lh * s}x{lw * s} px has {h}x{w} = {h * w} image tokens (latent "
         f"{lh}x{lw}, patch {p}), not divisible by {_degree(layout)}; a height or width that is a multiple of {px} "
-        f"px works (e.g. {max(px, lh * s // px * px)}x{lw * s}).")
+        f"px works (e.g. {down}x{lw * s} or {up}x{lw * s}).")
 
 
 def _raise_split(layout: Layout, name: str, size: int) -> None:
