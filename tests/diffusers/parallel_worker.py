@@ -91,6 +91,10 @@ def case_match(model: str, layout: Dict[str, int], compile: Any = None, order: s
             out["rel_l2"].append(rel_l2(got, ref))
             if i == 0:
                 g0 = _graphs()
+    den = loaded.denoiser
+    out["processors"] = sorted({type(m.processor).__name__ for m in den.modules()
+                                if getattr(m, "processor", None) is not None})
+    out["fused"] = sum(bool(getattr(m, "fused_projections", False)) for m in den.modules())
     if compile is not None:
         from nexfort.core import counters
 

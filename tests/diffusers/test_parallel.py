@@ -100,8 +100,11 @@ EAGER4 = [_match("pixart-cfg2-ulysses2", "tiny-pixart", cfg=2, ulysses=2),
 SLOW2 = [_match("pixart-cfg2-compiled", "tiny-pixart", compile=COMPILE, sizes=((64, 64), (96, 64)), cfg=2),
          _match("pixart-ring2-compiled", "tiny-pixart", compile=COMPILE, sizes=((64, 64), (96, 64)), ring=2),
          _match("sd3-ulysses2-compiled", "tiny-sd3", compile=COMPILE, sizes=((64, 64), (96, 64)), ulysses=2),
-         _match("sd3-cfg2-compile-first", "tiny-sd3", order="compile-first", cfg=2,
+         # compile_pipe first: its fused processors (max-optimize) replaced by the parallel ones, which read the
+         # fused projections
+         _match("sd3-ulysses2-compile-first", "tiny-sd3", order="compile-first", ulysses=2,
                 compile={"mode": "max-optimize", "dynamic": True, "ignores": ["vae"]}),
+         # parallelize_pipe first: max-optimize fuses the QKV projections under the parallel processors
          _match("pixart-ulysses2-max-optimize", "tiny-pixart", ulysses=2,
                 compile={"mode": "max-optimize", "dynamic": True, "ignores": ["vae"]}),
          _match("flux-ulysses2-compiled", "tiny-flux", compile=COMPILE, sizes=((64, 64), (64, 96)), ulysses=2)]
@@ -163,6 +166,9 @@ def test_compiled_ulysses_one_graph_any_resolution(two):
 def test_compiled_modes_two_ranks(two, name):
     case = next(c for c in SLOW2 if c["name"] == name)
     _compiled(two(name), len(case["sizes"]))
+    if case["compile"]["mode"] == "max-optimize" and case["layout"].get("ulysses", 1) > 1:
+        for r in two(name):  # the QKV projections fused, read by nexfort's parallel processors
+            assert r["fused"] > 0 and all(p.startswith("Parallel") for p in r["processors"]), r
 
 
 @pytest.mark.slow
@@ -206,7 +212,8 @@ def test_no_process_group():
 
     assert not torch.distributed.is_initialized()
     loaded = parallel_worker.load("tiny-pixart")
-    with pytest.raises(ParallelConfigError, match="no.*process group.*torchrun --nproc-per-node"):
+    with pytest.raises(ParallelConfigError, match="default process group and none is initialised.*torchrun "
+                                                  "--nproc-per-node"):
         parallelize_pipe(loaded.pipe, cfg=2)
     assert getattr(loaded.pipe, "_nexfort_parallel", None) is None
 
