@@ -48,6 +48,8 @@ FEATURES: List[Tuple[str, str]] = [
     ("Diffusers: any resolution/batch without recompiling", r"tests/diffusers/test_(dynamic|masks)\.py::"),
     ("Diffusers: LoRA", r"tests/diffusers/test_lora\.py::"),
     ("Diffusers: regional compilation (repeated blocks)", r"tests/diffusers/test_regional\.py::"),
+    ("Diffusers: several processes (`parallelize_pipe`, gloo ranks on the CPU)",
+     r"tests/(diffusers/test_parallel|benchmarks/test_parallel_benchmark)\.py::"),
     ("Diffusers pipelines (`compile_pipe`)", r"tests/diffusers/"),
     ("Benchmark script", r"tests/benchmarks/"),
     ("Inductor cache cleaner", r"tests/utils/"),

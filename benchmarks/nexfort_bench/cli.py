@@ -6,13 +6,14 @@ import argparse
 import itertools
 import json
 import logging
+import os
 import shutil
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from nexfort_bench import inputs, models, report, timing, torchao_run
+from nexfort_bench import inputs, models, parallel, report, timing, torchao_run
 
 COMPILERS = ("none", "inductor", "nexfort", "all")
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -71,6 +72,10 @@ def parser(description: str, default_model_help: str) -> argparse.ArgumentParser
                    help="'fresh': each compiler compiles into its own new Inductor/Triton cache, so that a compiler "
                         "run later in the process cannot reuse an earlier one's kernels (honest compile times); "
                         "'shared': the process's usual cache (TORCHINDUCTOR_CACHE_DIR)")
+    p.add_argument("--parallel", default=None,
+                   help="one image over several processes, e.g. 'cfg=2,ulysses=2' (cfg x ulysses x ring = the world "
+                        "size), launched with `torchrun --nproc-per-node N benchmarks/text_to_image.py ...`: "
+                        "nexfort.diffusers.parallelize_pipe; rank 0 prints and writes the files")
     p.add_argument("--output-image", default=None, help="PNG of the (last compiler's) first image")
     p.add_argument("--output-json", default=None)
     p.add_argument("--output-chart", default=None, help="PNG bar chart (default with --compiler all: next to the "
@@ -314,6 +319,9 @@ def main(argv: Optional[Sequence[str]] = None, *, family: str = "pixart", descri
     if unknown:
         raise SystemExit(f"--compiler-config: unknown keys {sorted(unknown)}; valid: "
                          f"{', '.join(CONFIG_KEYS + PIPE_KEYS)}")
+    par = parallel.setup(args)  # --parallel: checked, process group started, this rank's device (else None)
+    if not parallel.is_main(par):
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - rank 0 reports; the others' errors still reach stderr
     resolutions: List[Tuple[int, int]] = []
     if args.run_multiple_resolutions:
         resolutions += multiple if multiple is not None else multiple_resolutions()
@@ -325,6 +333,7 @@ def main(argv: Optional[Sequence[str]] = None, *, family: str = "pixart", descri
     if limit is not None and max(args.height, args.width) > limit:
         raise SystemExit(f"--height/--width {args.height}x{args.width}: {loaded.info['denoiser']} takes at most "
                          f"{limit} pixels a side (pos_embed_max_size x patch_size x VAE scale)")
+    parallel.apply(loaded.pipe, par)
     resolutions = aligned(loaded, resolutions)
     jobs: List[Tuple[int, ...]] = list(resolutions)
     if jobs:  # the batch sweep: the base resolution at another batch size (1 -> 4)
@@ -364,9 +373,20 @@ def main(argv: Optional[Sequence[str]] = None, *, family: str = "pixart", descri
             "model": loaded.info,
             "args": {k: v for k, v in vars(args).items() if k not in ("torch_dtype", "cache_dirs")},
             "compiler_config": {**cfg, **pipe_kw}, "runs": runs, "summary": report.summary(runs)}
+    if par is not None:
+        data["parallel"] = par
+    rc = _report(args, loaded, env, data, runs, outputs) if parallel.is_main(par) else _exit_code(runs)
+    parallel.finish(par)
+    return rc
+
+
+def _report(args: argparse.Namespace, loaded: models.Loaded, env: Dict[str, Any], data: Dict[str, Any],
+            runs: Dict[str, Dict[str, Any]], outputs: Dict[str, Any]) -> int:
+    """Print the table and write the chart, image and JSON; the exit code."""
     print(f"\n{loaded.info['pipeline']} / {loaded.info['denoiser']} ({loaded.info['denoiser_params_M']}M params) "
           f"{args.height}x{args.width} batch {args.batch_size} {args.dtype} {args.steps} steps on "
-          f"{env.get('gpu') or 'CPU'}; torch {env['torch']}, triton {env['triton']}, diffusers {env['diffusers']}")
+          f"{env.get('gpu') or 'CPU'}; torch {env['torch']}, triton {env['triton']}, diffusers {env['diffusers']}"
+          f"{parallel.describe(data.get('parallel'))}")
     print(report.table(runs))
     if data["summary"]:
         print(report.summary_line(data["summary"]))
@@ -389,7 +409,11 @@ def main(argv: Optional[Sequence[str]] = None, *, family: str = "pixart", descri
             print(f"{name}: {sw['shapes']} more shapes: {sw['compilations']} compilations after the first call, "
                   f"first calls {sw['first_calls_s']} s vs steady state {sw['steady_s']} s "
                   f"({sw['first_over_steady']}x)")
+    return _exit_code(runs, say=True)
 
+
+def _exit_code(runs: Dict[str, Dict[str, Any]], say: bool = False) -> int:
+    """1 where a compiler's output is non-finite or of another shape than eager's, else 0."""
     def finite(x: Any) -> bool:
         return isinstance(x, float) and x == x and x < float("inf")
 
@@ -398,6 +422,7 @@ def main(argv: Optional[Sequence[str]] = None, *, family: str = "pixart", descri
     bad += [f"{n} at {x['resolution']}" for n, r in runs.items() if n != "eager"
             for x in r.get("resolutions", []) if "rel_l2_vs_eager" in x and not finite(x["rel_l2_vs_eager"])]
     if bad:
-        print(f"non-finite output or mismatched shape for: {', '.join(bad)}", file=sys.stderr)
+        if say:
+            print(f"non-finite output or mismatched shape for: {', '.join(bad)}", file=sys.stderr)
         return 1
     return 0

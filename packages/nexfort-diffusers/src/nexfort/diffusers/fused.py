@@ -102,19 +102,42 @@ def _linears_unfusable(m: Any, names: Tuple[str, ...], equal_widths: bool) -> Op
     return None
 
 
+def copy_of(m: Any) -> Tuple[Optional[str], str]:
+    """``(name, "")``: the processor of :mod:`nexfort.diffusers.fused_attention` (a key of :data:`COPY_READS`)
+    that computes exactly what the processor of the attention module ``m`` does, reading fused projections where
+    there are any; ``(None, why)`` where there is none. A processor of nexfort's own (one of those, or a subclass
+    such as the sequence-parallel ones, :mod:`nexfort.diffusers.parallel_attention`) names itself
+    (``_nexfort_copy``)."""
+    proc_cls = type(getattr(m, "processor", None))
+    own = getattr(proc_cls, "_nexfort_copy", None)
+    if own in COPY_READS:
+        return own, ""
+    ap = sys.modules.get("diffusers.models.attention_processor")
+    copy = COPIES.get(proc_cls.__name__)
+    if not (copy and ap is not None and type(m) is getattr(ap, "Attention", None)
+            and proc_cls is getattr(ap, proc_cls.__name__, None)):
+        return None, f"no fused counterpart known to compute what {proc_cls.__name__} does"
+    orig_reads = _code_names(vars(proc_cls).get("__call__"))
+    if orig_reads is None:
+        return None, f"{proc_cls.__name__} has no __call__ of its own in Python"
+    differ = sorted(a for a, on in OPTIONAL_STEPS.items()
+                    if on(getattr(m, a, None)) and (a in orig_reads) != (a in COPY_READS[copy]))
+    if differ:
+        return None, f"{proc_cls.__name__} here and {copy} differ in {', '.join(differ)}"
+    return copy, ""
+
+
 def _plan_module(name: str, m: Any) -> Tuple[Optional[FusionPlan], str]:
     proc_cls = type(getattr(m, "processor", None))
     ap = sys.modules.get("diffusers.models.attention_processor")
-    copy = COPIES.get(proc_cls.__name__)
-    if copy and ap is not None and type(m) is getattr(ap, "Attention", None) \
-            and proc_cls is getattr(ap, proc_cls.__name__, None):
-        orig_reads = _code_names(vars(proc_cls).get("__call__"))
-        if orig_reads is None:
-            return None, f"{proc_cls.__name__} has no __call__ of its own in Python"
-        differ = sorted(a for a, on in OPTIONAL_STEPS.items()
-                        if on(getattr(m, a, None)) and (a in orig_reads) != (a in COPY_READS[copy]))
-        if differ:
-            return None, f"{proc_cls.__name__} here and {copy} differ in {', '.join(differ)}"
+    if getattr(proc_cls, "_nexfort_copy", None) in COPY_READS or (
+            COPIES.get(proc_cls.__name__) and ap is not None and type(m) is getattr(ap, "Attention", None)
+            and proc_cls is getattr(ap, proc_cls.__name__, None)):
+        copy, why = copy_of(m)
+        if copy is None:
+            return None, why
+        if getattr(proc_cls, "_nexfort_copy", None) == copy:
+            copy = None  # nexfort's own processor (sequence-parallel): it reads the fused layers itself, and stays
         groups = [("to_kv", KV) if getattr(m, "is_cross_attention", False) else ("to_qkv", QKV)]
         if all(getattr(m, n, None) is not None for n in ADDED) and not _linears_unfusable(m, ADDED, False):
             groups.append(("to_added_qkv", ADDED))  # else the copy reads add_*_proj one by one

@@ -7,6 +7,8 @@ diffusers' own fused processors do not always: ``FusedJointAttnProcessor2_0`` (S
 read from the fused layer (``to_qkv``, ``to_kv``, ``to_added_qkv``) where there is one, split at the widths of the
 unfused layers (which stay, as views of the fused rows: :mod:`nexfort.diffusers.fused`), and from the unfused
 layers where there is none (a self-attention layer called with a context, a cross-attention layer without one).
+The attention itself is one method of each processor (``attention``), which the sequence-parallel processors of
+:mod:`nexfort.diffusers.parallel_attention` override.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ def _heads(attn: Any, batch_size: int, head_dim: int, query: torch.Tensor, key: 
 class FusedAttnProcessor:
     """``AttnProcessor2_0`` reading ``to_qkv`` (self-attention) or ``to_kv`` (cross-attention)."""
 
+    _nexfort_copy = "FusedAttnProcessor"  # what it computes, for nexfort.diffusers.fused (kept by subclasses)
+
     def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None, temb: Optional[torch.Tensor] = None,
                  *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -66,6 +70,7 @@ class FusedAttnProcessor:
         if attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
 
+        cross = encoder_hidden_states is not None
         if encoder_hidden_states is None and getattr(attn, "to_qkv", None) is not None:
             query, key, value = _project(attn, "to_qkv", ("to_q", "to_k", "to_v"), hidden_states)
         else:
@@ -80,9 +85,7 @@ class FusedAttnProcessor:
         head_dim = inner_dim // attn.heads
         query, key, value = _heads(attn, batch_size, head_dim, query, key, value)
 
-        hidden_states = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
-        )
+        hidden_states = self.attention(query, key, value, attention_mask, cross)
         hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
         hidden_states = hidden_states.to(query.dtype)
 
@@ -95,15 +98,23 @@ class FusedAttnProcessor:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
 
+    def attention(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                  attention_mask: Optional[torch.Tensor], cross: bool) -> torch.Tensor:
+        """``(batch, heads, tokens, head_dim)`` in and out; ``cross``: keys from the context (cross-attention).
+        Overridden by the sequence-parallel processor (:mod:`nexfort.diffusers.parallel_attention`)."""
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0,
+                                              is_causal=False)
+
 
 class FusedJointAttnProcessor:
     """``JointAttnProcessor2_0`` (SD3's joint attention, and its dual-attention layers called without a context)
     reading ``to_qkv`` and ``to_added_qkv``; the q/k norms (``norm_q``, ``norm_k``, ``norm_added_q``,
     ``norm_added_k``) apply as in the unfused processor."""
 
+    _nexfort_copy = "FusedJointAttnProcessor"
+
     def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None, *args: Any, **kwargs: Any) -> Any:
-        residual = hidden_states
         batch_size = hidden_states.shape[0]
 
         query, key, value = _project(attn, "to_qkv", ("to_q", "to_k", "to_v"), hidden_states)
@@ -111,24 +122,20 @@ class FusedJointAttnProcessor:
         head_dim = inner_dim // attn.heads
         query, key, value = _heads(attn, batch_size, head_dim, query, key, value)
 
+        context = None
         if encoder_hidden_states is not None:
             e_query, e_key, e_value = _project(attn, "to_added_qkv", ("add_q_proj", "add_k_proj", "add_v_proj"),
                                                encoder_hidden_states)
-            e_query, e_key, e_value = _heads(attn, batch_size, head_dim, e_query, e_key, e_value,
-                                             "norm_added_q", "norm_added_k")
-            query = torch.cat([query, e_query], dim=2)
-            key = torch.cat([key, e_key], dim=2)
-            value = torch.cat([value, e_value], dim=2)
+            context = _heads(attn, batch_size, head_dim, e_query, e_key, e_value, "norm_added_q", "norm_added_k")
 
-        hidden_states = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
+        hidden_states, encoder_hidden_states = self.attention(query, key, value, context)
         hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
         hidden_states = hidden_states.to(query.dtype)
 
         if encoder_hidden_states is not None:
-            hidden_states, encoder_hidden_states = (
-                hidden_states[:, : residual.shape[1]],
-                hidden_states[:, residual.shape[1]:],
-            )
+            encoder_hidden_states = encoder_hidden_states.transpose(1, 2).reshape(batch_size, -1,
+                                                                                  attn.heads * head_dim)
+            encoder_hidden_states = encoder_hidden_states.to(query.dtype)
             if not attn.context_pre_only:
                 encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
 
@@ -137,3 +144,19 @@ class FusedJointAttnProcessor:
         if encoder_hidden_states is not None:
             return hidden_states, encoder_hidden_states
         return hidden_states
+
+    def attention(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                  context: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+                  ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Joint attention over the image tokens and the ``context``'s (query, key, value), all ``(batch, heads,
+        tokens, head_dim)``: the image's and the context's outputs (None without a context). Overridden by the
+        sequence-parallel processor (:mod:`nexfort.diffusers.parallel_attention`)."""
+        tokens = query.shape[2]
+        if context is not None:
+            query = torch.cat([query, context[0]], dim=2)
+            key = torch.cat([key, context[1]], dim=2)
+            value = torch.cat([value, context[2]], dim=2)
+        out = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
+        if context is None:
+            return out, None
+        return out[:, :, :tokens], out[:, :, tokens:]
