@@ -119,7 +119,7 @@ def torch_matrix(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff's checks (ruff.toml) over everything with Python in it (CI runs it before the tests)."""
     session.install("ruff>=0.17,<0.18")  # pinned: a new ruff's new rules are a change of this repository, not of CI's
-    session.run("ruff", "check", "packages", "tests", "benchmarks", "examples", "tools", "conf", "noxfile.py")
+    session.run("ruff", "check", "packages", "tests", "benchmarks", "examples", "tools", "noxfile.py")
 
 
 @nox.session(python=PYTHON)
