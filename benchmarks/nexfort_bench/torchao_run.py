@@ -9,7 +9,7 @@ own) and is put back afterwards, untouched, for the runs that follow.
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Dict
+from typing import Any, Callable
 
 import torch
 
@@ -49,6 +49,3 @@ def swap_in_quantized(loaded: Any, type_name: str) -> Callable[[], None]:
 
     return restore
 
-
-def info(loaded: Any) -> Dict[str, str]:
-    return dict(loaded.info.get("torchao", {}))

@@ -24,7 +24,7 @@ import dataclasses
 import sys
 from typing import Any, ContextManager, Dict, Iterator, List, Mapping, Optional
 
-from nexfort.core.api import hookimpl
+from nexfort.core.api import hookimpl, options_of
 
 NAMESPACE = "reductions"
 _MAX = 1 << 16
@@ -74,9 +74,9 @@ def choices_class(limit: int) -> type:
     return cls
 
 
-def _options(config: Any) -> Optional[Mapping[str, Any]]:
-    opts = config.options.get(NAMESPACE) if hasattr(config.options, "get") else None
-    return opts
+def _limit(config: Any) -> int:
+    """``options.reductions.persistent_max`` of ``config`` (its default where the namespace is absent)."""
+    return int(options_of(config, NAMESPACE, ReductionOptions).persistent_max)
 
 
 @hookimpl
@@ -89,20 +89,16 @@ def nexfort_validate_config(config: Any) -> Optional[List[str]]:
     """``reductions.persistent_max`` is 0 (Inductor's threshold) or between 1024 and 65536."""
     from nexfort.core.api import shown
 
-    opts = _options(config)
-    if opts is None:
-        return None
-    value = int(opts.get("persistent_max", 0))
+    value = _limit(config)
     if value != 0 and not 1024 <= value <= _MAX:
         return [f"Option 'reductions.persistent_max' must be 0 (Inductor's own threshold, 1024) or between 1024 and "
-                f"{_MAX} (the widest row kept in registers), got {shown(opts.get('persistent_max'))}."]
+                f"{_MAX} (the widest row kept in registers), got {shown(value)}."]
     return None
 
 
 @hookimpl
 def nexfort_inductor_config(config: Any) -> Optional[Dict[str, Any]]:
-    opts = _options(config)
-    value = int(opts.get("persistent_max", 0)) if opts is not None else 0
+    value = _limit(config)
     if value <= 0:
         return None
     try:
@@ -120,8 +116,7 @@ def nexfort_inductor_config(config: Any) -> Optional[Dict[str, Any]]:
 
 @hookimpl
 def nexfort_compile_context(config: Any) -> Optional[ContextManager[None]]:
-    opts = _options(config)
-    value = int(opts.get("persistent_max", 0)) if opts is not None else 0
+    value = _limit(config)
     if value <= 0:
         return None
     try:
