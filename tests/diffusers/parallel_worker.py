@@ -161,3 +161,20 @@ def run(rank: int, world: int, port: int, outdir: str, cases: List[Dict[str, Any
                 json.dump(results, f, indent=1)
     finally:
         dist.destroy_process_group()
+
+
+def launch(world: int, port: int, outdir: str, cases_file: str) -> None:
+    """Fork ``world`` ranks from this fresh interpreter. The test process must not fork them itself: after an
+    earlier test compiled, it holds Inductor's compile thread pool, whose threads a forked child lacks, and the
+    child's first compile then waits forever on a future no thread will run (the hang of CI's stop 25)."""
+    import torch.multiprocessing as mp
+
+    import diffusers  # noqa: F401 - imported once here, before the fork, not once per rank
+
+    with open(cases_file) as f:
+        cases = json.load(f)
+    mp.start_processes(run, args=(world, port, outdir, cases), nprocs=world, start_method="fork")
+
+
+if __name__ == "__main__":
+    launch(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4])

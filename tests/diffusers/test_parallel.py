@@ -2,10 +2,11 @@
 process's eager output, compiled by nexfort (one graph, no graph break at a collective, a new resolution without
 recompiling), and the bad layouts and inputs with their errors.
 
-The ranks are forked from the test process (torch.multiprocessing, start method "fork"), which has diffusers
-imported already: a fresh interpreter per rank would spend ~10 s of CPU importing it. Each group of ranks runs a
-list of cases (tests/diffusers/parallel_worker.py) once per module and every test reads its results. In CI (2
-cores): the eager modes and errors on 2 and 4 ranks and one compiled case (PixArt, Ulysses-2, dynamic shapes).
+The ranks are forked (torch.multiprocessing, start method "fork") from a fresh interpreter that has imported
+diffusers once (parallel_worker.launch): a fresh interpreter per rank would spend ~10 s of CPU importing it, and
+forking from the test process hangs once an earlier test has compiled (Inductor's compile thread pool is not in the
+child). Each group of ranks runs a list of cases (tests/diffusers/parallel_worker.py) once per module and every
+test reads its results. In CI (2 cores): the eager modes and errors on 2 and 4 ranks and one compiled case (PixArt, Ulysses-2, dynamic shapes).
 NEXFORT_SLOW=1 adds the compiled runs of every model and mode, with 2 and 4 ranks (~20 min on 2 loaded cores).
 
 What gloo cannot show: speed (the GPU runs are benchmarks/gpu/parallel.sh), NCCL, and ring attention of models
@@ -19,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import sys
 import tempfile
 
@@ -31,13 +33,13 @@ try:
 except ImportError:  # diffusers < 0.36
     pytest.skip("this diffusers has no context parallelism (ContextParallelConfig, diffusers 0.36+), which "
                 "parallelize_pipe builds on", allow_module_level=True)
-import diffusers  # noqa: E402, F401 - imported before the ranks are forked
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import parallel_worker  # noqa: E402
 
 SLOW = os.environ.get("NEXFORT_SLOW") == "1"
 SLOW_REASON = "compiles every model and mode on 2 and 4 gloo ranks (~20 min on 2 cores); run with NEXFORT_SLOW=1"
+RANKS_TIMEOUT = 3600 if SLOW else 900
 TOL = 1e-5  # float32: only the order of the sums differs
 COMPILE = {"mode": "", "dynamic": True, "ignores": ["vae"]}
 
@@ -51,13 +53,23 @@ def _port() -> int:
 
 
 def run_ranks(world: int, cases: list) -> list:
-    """``cases`` on ``world`` forked gloo ranks; each rank's results."""
-    import torch.multiprocessing as mp
-
+    """``cases`` on ``world`` gloo ranks, forked from a fresh interpreter (parallel_worker.launch says why not from
+    this one); each rank's results. A group that does not finish within ``RANKS_TIMEOUT`` s is a failure, not a
+    hang."""
     if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
         pytest.skip("this torch has no torch.distributed with gloo")
     out = tempfile.mkdtemp(prefix="nexfort-parallel-")
-    mp.start_processes(parallel_worker.run, args=(world, _port(), out, cases), nprocs=world, start_method="fork")
+    cases_file = os.path.join(out, "cases.json")
+    with open(cases_file, "w") as f:
+        json.dump(cases, f)
+    cmd = [sys.executable, parallel_worker.__file__, str(world), str(_port()), out, cases_file]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=RANKS_TIMEOUT)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"{world} gloo ranks did not finish {len(cases)} cases within {RANKS_TIMEOUT} s; "
+                    f"stderr tail: {(e.stderr or b'')[-3000:]!r}")
+    if proc.returncode != 0:
+        pytest.fail(f"{world} gloo ranks exited {proc.returncode}; stderr tail:\n{proc.stderr[-3000:]}")
     results = []
     for r in range(world):
         with open(os.path.join(out, f"rank{r}.json")) as f:
