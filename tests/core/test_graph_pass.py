@@ -42,7 +42,7 @@ def test_name_and_stage_are_checked():
 
     with pytest.raises(TypeError, match="must set a non-empty 'name'"):
         NoName()
-    with pytest.raises(TypeError, match="'mid_grad'; valid stages: pre_grad, post_grad"):
+    with pytest.raises(TypeError, match="'mid_grad'; valid stages: pre_grad, post_grad_early, post_grad"):
         BadStage()
 
 

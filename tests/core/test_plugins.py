@@ -180,5 +180,5 @@ def test_graph_pass_checks_its_definition():
         def apply(self, target):
             return 0
 
-    with pytest.raises(TypeError, match="valid stages: pre_grad, post_grad"):
+    with pytest.raises(TypeError, match="valid stages: pre_grad, post_grad_early, post_grad"):
         BadStage()

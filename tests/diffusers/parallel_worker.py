@@ -167,9 +167,8 @@ def launch(world: int, port: int, outdir: str, cases_file: str) -> None:
     """Fork ``world`` ranks from this fresh interpreter. The test process must not fork them itself: after an
     earlier test compiled, it holds Inductor's compile thread pool, whose threads a forked child lacks, and the
     child's first compile then waits forever on a future no thread will run (the hang of CI's stop 25)."""
-    import torch.multiprocessing as mp
-
     import diffusers  # noqa: F401 - imported once here, before the fork, not once per rank
+    import torch.multiprocessing as mp
 
     with open(cases_file) as f:
         cases = json.load(f)

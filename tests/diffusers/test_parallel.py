@@ -6,8 +6,9 @@ The ranks are forked (torch.multiprocessing, start method "fork") from a fresh i
 diffusers once (parallel_worker.launch): a fresh interpreter per rank would spend ~10 s of CPU importing it, and
 forking from the test process hangs once an earlier test has compiled (Inductor's compile thread pool is not in the
 child). Each group of ranks runs a list of cases (tests/diffusers/parallel_worker.py) once per module and every
-test reads its results. In CI (2 cores): the eager modes and errors on 2 and 4 ranks and one compiled case (PixArt, Ulysses-2, dynamic shapes).
-NEXFORT_SLOW=1 adds the compiled runs of every model and mode, with 2 and 4 ranks (~20 min on 2 loaded cores).
+test reads its results. In CI (2 cores): the eager modes and errors on 2 and 4 ranks and one compiled case
+(PixArt, Ulysses-2, dynamic shapes). NEXFORT_SLOW=1 adds the compiled runs of every model and mode, with 2 and 4
+ranks (~20 min on 2 loaded cores).
 
 What gloo cannot show: speed (the GPU runs are benchmarks/gpu/parallel.sh), NCCL, and ring attention of models
 whose attention is diffusers' own (FLUX): diffusers' ring attention needs each chunk's log-sum-exp and none of its

@@ -1,4 +1,6 @@
-"""The ``linear_gelu`` pass (nexfort-passes): ``gelu(linear(x, W, b))`` -> ``torch._addmm_activation``.
+"""The ``linear_gelu`` pass (nexfort-passes): ``gelu(linear(x, W, b))`` -> ``torch._addmm_activation``, its
+hand-written form on the torch-level graph (``linear_gelu.implementation="fx"``; the pattern-matcher form is
+tests/passes/test_linear_gelu_matcher.py).
 
 On the CPU the fused op computes the exact GELU, so the CPU tests use ``approximate="none"`` (and check that the
 tanh form, which is CUDA's, is left alone there); the GPU test runs the tanh form in half precision.
@@ -143,7 +145,9 @@ def test_end_to_end_through_inductor_on_the_cpu(enabled, rewrites, captured, cou
     torch.manual_seed(0)
     model = FeedForward().eval()
     x = torch.randn(2, 16, 32)
-    options = {"mode": "max-optimize"} if enabled is None else {"mode": "max-optimize", "linear_gelu.enabled": enabled}
+    options = {"mode": "max-optimize", "linear_gelu.implementation": "fx"}  # this file's form (auto: the matcher's)
+    if enabled is not None:
+        options["linear_gelu.enabled"] = enabled
     with torch.no_grad():
         out = torch.compile(model, backend="nexfort", options=options)(x)
         assert_close(out, model(x), tol=1e-5)
@@ -180,7 +184,8 @@ def test_gpu_tanh_gelu_in_half_precision(dtype, captured, counters):
     with torch.no_grad():
         ref = model(x)
         eager = half(x.to(dtype))
-        out = torch.compile(half, backend="nexfort", options={"mode": "max-optimize"})(x.to(dtype))
+        out = torch.compile(half, backend="nexfort",
+                            options={"mode": "max-optimize", "linear_gelu.implementation": "fx"})(x.to(dtype))
 
     def err(t):
         return float((t.double() - ref.double()).norm() / ref.double().norm())

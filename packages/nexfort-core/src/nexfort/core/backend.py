@@ -296,6 +296,7 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], cfg: 
     patches = inductor_patches(cfg)
     passes = collect_passes(cfg)
     pre = [p for p in passes if p.stage == "pre_grad"]
+    early = [p for p in passes if p.stage == "post_grad_early"]
     post = [p for p in passes if p.stage == "post_grad"]
     pm = get_plugin_manager()
     try:
@@ -310,11 +311,13 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], cfg: 
                 work.graph.lint()
                 work.recompile()
         post_fn = (lambda graph: run_passes(post, graph)) if post else None
+        early_fn = (lambda graph: run_passes(early, graph)) if early else None
         with compat.backend_flags(scoped_flags), _while_fx_graph_cache(patches), contextlib.ExitStack() as contexts:
             for context in pm.hook.nexfort_compile_context(config=cfg):
                 if context is not None:
                     contexts.enter_context(context)
-            compiled = compat.compile_fx(work, example_inputs, patches, post_fn, combined_uuid(post))
+            compiled = compat.compile_fx(work, example_inputs, patches, post_fn, combined_uuid(post),
+                                         early=early_fn, early_uuid=combined_uuid(early))
         after_first = [f for f in pm.hook.nexfort_post_compile(gm=gm, example_inputs=example_inputs, config=cfg,
                                                                 compiled=compiled) if callable(f)]
         if after_first:

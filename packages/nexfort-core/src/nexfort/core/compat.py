@@ -80,7 +80,8 @@ def has_custom_graph_pass() -> bool:
 
 
 def make_post_grad_pass(run: Callable[[Any], None], uuid: str) -> Any:
-    """Wrap ``run(graph)`` as a value for ``post_grad_custom_post_pass`` that Inductor's caches key on ``uuid``.
+    """Wrap ``run(graph)`` as a value for ``post_grad_custom_post_pass`` (or ``post_grad_custom_pre_pass``) that
+    Inductor's caches key on ``uuid``.
 
     - torch 2.6+: a ``CustomGraphPass`` subclass whose ``uuid()`` enters the FX/AOTAutograd cache keys.
     - torch 2.2-2.5: the pass object is pickled into the cache key: ``__reduce__`` makes it pickle as its
@@ -108,18 +109,25 @@ def make_post_grad_pass(run: Callable[[Any], None], uuid: str) -> Any:
     return _NexfortPostGradPassLegacy()
 
 
+# Inductor's knob for each post-grad stage of nexfort's passes (graph_pass.STAGES)
+POST_GRAD_KNOBS = {"post_grad_early": "post_grad_custom_pre_pass", "post_grad": "post_grad_custom_post_pass"}
+
+
 def compile_fx(
     gm: torch.fx.GraphModule,
     example_inputs: Sequence[Any],
     config_patches: Dict[str, Any],
     post_grad: Optional[Callable[[Any], None]] = None,
     post_grad_uuid: Optional[str] = None,
+    early: Optional[Callable[[Any], None]] = None,
+    early_uuid: Optional[str] = None,
 ) -> Any:
-    """Lower through Inductor with ``config_patches``; run ``post_grad(graph)`` on the ATen graph.
+    """Lower through Inductor with ``config_patches``; run ``early(graph)`` on the ATen graph before Inductor's
+    own post-grad passes and ``post_grad(graph)`` after them.
 
-    Where Inductor has the ``post_grad_custom_post_pass`` hook (2.2+) the pass goes there (cache-safe, see
-    :func:`make_post_grad_pass`). On torch 2.1 (no hook, no FX graph cache) it runs inside a wrapper of
-    ``inner_compile``, which is safe there because no cache can skip it.
+    Where Inductor has the ``post_grad_custom_pre_pass``/``post_grad_custom_post_pass`` hooks (2.2+) the passes go
+    there (cache-safe, see :func:`make_post_grad_pass`). On torch 2.1 (no hooks, no FX graph cache) both run, early
+    first, inside a wrapper of ``inner_compile``, which is safe there because no cache can skip it.
     """
     from torch._inductor.compile_fx import compile_fx as _compile_fx
     from torch._inductor.compile_fx import compile_fx_inner
@@ -127,20 +135,24 @@ def compile_fx(
     patches = dict(config_patches)
     decomps = inductor_decompositions()
     kw: Dict[str, Any] = {} if decomps is None else {"decompositions": decomps}
-    if post_grad is None:
+    runs = {"post_grad_early": (early, early_uuid), "post_grad": (post_grad, post_grad_uuid)}
+    runs = {stage: ru for stage, ru in runs.items() if ru[0] is not None}
+    if not runs:
         return _compile_fx(gm, example_inputs, config_patches=patches, **kw)
     if has_inductor_knob("post_grad_custom_post_pass"):
-        existing = patches.get("post_grad_custom_post_pass")
-        if existing is not None:
-            raise ValueError(
-                "options.inductor.post_grad_custom_post_pass is owned by nexfort's pass plugins; "
-                "contribute a GraphPass with stage='post_grad' instead"
-            )
-        patches["post_grad_custom_post_pass"] = make_post_grad_pass(post_grad, post_grad_uuid or "")
+        for stage, (run, uuid) in runs.items():
+            knob = POST_GRAD_KNOBS[stage]
+            if patches.get(knob) is not None:
+                raise ValueError(
+                    f"options.inductor.{knob} is owned by nexfort's pass plugins; "
+                    f"contribute a GraphPass with stage={stage!r} instead"
+                )
+            patches[knob] = make_post_grad_pass(run, uuid or "")
         return _compile_fx(gm, example_inputs, config_patches=patches, **kw)
 
     def inner_compile(graph_module: torch.fx.GraphModule, *args: Any, **kwargs: Any) -> Any:
-        post_grad(graph_module.graph)
+        for run, _ in runs.values():  # early first (dicts keep their order)
+            run(graph_module.graph)
         graph_module.recompile()
         return compile_fx_inner(graph_module, *args, **kwargs)
 

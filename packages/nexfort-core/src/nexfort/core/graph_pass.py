@@ -12,7 +12,7 @@ import torch
 
 from nexfort.core.counters import counters
 
-STAGES = ("pre_grad", "post_grad")
+STAGES = ("pre_grad", "post_grad_early", "post_grad")
 
 
 class GraphPass(abc.ABC):
@@ -23,8 +23,13 @@ class GraphPass(abc.ABC):
 
     ``"pre_grad"`` passes get the ``torch.fx.GraphModule`` that Dynamo captured (torch-level ops) before it
     reaches Inductor, so Inductor's caches key on the rewritten graph. ``"post_grad"`` passes get the ATen
-    ``torch.fx.Graph`` inside Inductor; their :meth:`uuid` enters Inductor's cache key, so it hashes the source
-    files of the pass, its options and the torch version: any change is a cache miss, never stale code.
+    ``torch.fx.Graph`` inside Inductor after Inductor's own post-grad passes (``post_grad_custom_post_pass``);
+    ``"post_grad_early"`` passes get it before them (``post_grad_custom_pre_pass``: the decomposed graph as AOT
+    autograd traced it, before Inductor unfuses ``addmm`` biases into pointwise kernels and the like; the stage for
+    patterns of Inductor's pattern matcher, which are traced to that same graph). On torch 2.1 (neither hook)
+    both post-grad stages run before Inductor's passes. Their :meth:`uuid` enters Inductor's cache key, so it
+    hashes the source files of the pass, its options and the torch version: any change is a cache miss, never
+    stale code.
     """
 
     name: str = ""
@@ -40,7 +45,8 @@ class GraphPass(abc.ABC):
 
     @abc.abstractmethod
     def apply(self, target: Any) -> int:
-        """Rewrite ``target`` (a GraphModule for pre_grad, a Graph for post_grad); return the rewrite count."""
+        """Rewrite ``target`` (a GraphModule for pre_grad, a Graph for the post-grad stages); return the rewrite
+        count."""
 
     def source_files(self) -> Sequence[str]:
         """Files whose content defines the pass's behaviour (default: the modules of its class and of its bases

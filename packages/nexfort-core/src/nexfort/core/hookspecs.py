@@ -130,7 +130,9 @@ def nexfort_graph_passes(config: "NexfortConfig") -> Optional[Sequence["GraphPas
 
     Return the passes that this configuration enables (an empty sequence or ``None`` for none). Each is a
     :class:`nexfort.core.graph_pass.GraphPass` whose ``stage`` says where it runs (``"pre_grad"``: on the
-    torch-level FX graph Dynamo captured; ``"post_grad"``: on the ATen graph, inside Inductor) and whose
+    torch-level FX graph Dynamo captured; ``"post_grad_early"``: on the ATen graph inside Inductor, before
+    Inductor's own post-grad passes, where patterns of Inductor's pattern matcher match; ``"post_grad"``: on the
+    ATen graph after them) and whose
     ``uuid()`` changes whenever its behaviour can change, so that Inductor's caches never return code compiled
     with another version of the pass. Passes of one stage run in ascending ``priority``.
     """

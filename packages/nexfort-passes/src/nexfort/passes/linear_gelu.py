@@ -1,4 +1,9 @@
-"""GELU in the GEMM's epilogue: ``gelu(linear(x, W, b))`` -> ``torch._addmm_activation`` (a pre_grad pass, a plugin).
+"""GELU in the GEMM's epilogue: ``gelu(linear(x, W, b))`` -> ``torch._addmm_activation`` (a plugin).
+
+Two forms of one rewrite: where torch has it (2.2+), Inductor's pattern matcher on the ATen graph
+(:mod:`nexfort.passes.linear_gelu_matcher`, stage ``post_grad_early``); elsewhere, or with
+``options={"linear_gelu.implementation": "fx"}``, the hand-written walk of the torch-level graph below (stage
+``pre_grad``).
 
 The feed-forward of every diffusion transformer (PixArt, SD3, Flux: diffusers' ``GELU(approximate="tanh")``)
 computes ``fc1`` and then GELU over its output, the largest activation of the block (4 x hidden per token).
@@ -37,7 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch.fx import GraphModule, Node
 
-from nexfort.core.api import GraphPass, hookimpl
+from nexfort.core.api import GraphPass, hookimpl, options_of, unknown_message
+from nexfort.passes import linear_gelu_matcher
 from nexfort.passes._fx import arg, fake, is_op
 from nexfort.passes._options import pass_options
 
@@ -56,6 +62,13 @@ class LinearGeluOptions:
     # None: on with the max-optimize flag (CUDA graphs only: not measured on the CPU); True: on, CPU graphs too;
     # False: off
     enabled: Optional[bool] = None
+    # "auto": Inductor's pattern matcher on the ATen graph where this torch has it (2.2+,
+    # nexfort.passes.linear_gelu_matcher), else the hand-written walk of the torch-level graph; "matcher" or
+    # "fx": that form (an error where "matcher" is not available)
+    implementation: str = "auto"
+
+
+IMPLEMENTATIONS = ("auto", "matcher", "fx")
 
 
 def _module(gm: GraphModule, node: Node) -> Optional[torch.nn.Module]:
@@ -166,9 +179,25 @@ def nexfort_config_schema():
 
 
 @hookimpl
+def nexfort_validate_config(config):
+    options = options_of(config, NAME, LinearGeluOptions)
+    if str(options.implementation) not in IMPLEMENTATIONS:
+        return [unknown_message("linear_gelu.implementation", str(options.implementation), list(IMPLEMENTATIONS))]
+    if options.implementation == "matcher" and not linear_gelu_matcher.available():
+        return [f"Option 'linear_gelu.implementation' is 'matcher', which needs Inductor's pattern matcher and its "
+                f"post_grad_custom_pre_pass hook (torch >= 2.2); this is torch {torch.__version__}: use 'auto' or "
+                f"'fx'."]
+    return None
+
+
+@hookimpl
 def nexfort_graph_passes(config):
     options, on = pass_options(config, NAME, LinearGeluOptions)
-    return [LinearGeluPass(options)] if on else None
+    if not on:
+        return None
+    if options.implementation == "matcher" or (options.implementation == "auto" and linear_gelu_matcher.available()):
+        return [linear_gelu_matcher.LinearGeluMatcherPass(options)]
+    return [LinearGeluPass(options)]
 
 
 @hookimpl
