@@ -1,6 +1,6 @@
 """GELU in the GEMM's epilogue: ``gelu(linear(x, W, b))`` -> ``torch._addmm_activation`` (a plugin).
 
-Two forms of one rewrite: where torch has it (2.2+), Inductor's pattern matcher on the ATen graph
+Two forms of one rewrite: on torch 2.13+ (where it is tested), Inductor's pattern matcher on the ATen graph
 (:mod:`nexfort.passes.linear_gelu_matcher`, stage ``post_grad_early``); elsewhere, or with
 ``options={"linear_gelu.implementation": "fx"}``, the hand-written walk of the torch-level graph below (stage
 ``pre_grad``).
@@ -51,8 +51,8 @@ NAME = "linear_gelu"
 LINEAR_FUNCTIONS = tuple({F.linear, torch._C._nn.linear})
 GELU_FUNCTIONS = tuple({F.gelu, torch._C._nn.gelu})
 # the GELU that _addmm_activation(use_gelu=True) computes, per device type
-APPROXIMATE = {"cuda": "tanh", "cpu": "none"}
-DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+APPROXIMATE = linear_gelu_matcher.APPROXIMATE
+DTYPES = linear_gelu_matcher.DTYPES
 
 
 @dataclasses.dataclass
@@ -62,7 +62,7 @@ class LinearGeluOptions:
     # None: on with the max-optimize flag (CUDA graphs only: not measured on the CPU); True: on, CPU graphs too;
     # False: off
     enabled: Optional[bool] = None
-    # "auto": Inductor's pattern matcher on the ATen graph where this torch has it (2.2+,
+    # "auto": Inductor's pattern matcher on the ATen graph on torch 2.13+ (linear_gelu_matcher.available():
     # nexfort.passes.linear_gelu_matcher), else the hand-written walk of the torch-level graph; "matcher" or
     # "fx": that form (an error where "matcher" is not available)
     implementation: str = "auto"
@@ -185,8 +185,8 @@ def nexfort_validate_config(config):
         return [unknown_message("linear_gelu.implementation", str(options.implementation), list(IMPLEMENTATIONS))]
     if options.implementation == "matcher" and not linear_gelu_matcher.available():
         return [f"Option 'linear_gelu.implementation' is 'matcher', which needs Inductor's pattern matcher and its "
-                f"post_grad_custom_pre_pass hook (torch >= 2.2); this is torch {torch.__version__}: use 'auto' or "
-                f"'fx'."]
+                f"post_grad_custom_pre_pass hook, used from torch 2.13; this is torch {torch.__version__}: use "
+                f"'auto' or 'fx'."]
     return None
 
 

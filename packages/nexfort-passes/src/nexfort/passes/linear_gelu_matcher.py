@@ -1,6 +1,6 @@
 """``linear_gelu`` through Inductor's pattern matcher, on the ATen graph (the form ``linear_gelu`` uses where torch
-has the matcher and the ``post_grad_custom_pre_pass`` hook: 2.2+; the hand-written walk of the torch-level graph
-in :mod:`nexfort.passes.linear_gelu` stays for the others and on request).
+has the matcher and the ``post_grad_custom_pre_pass`` hook and it is tested: 2.13+; the hand-written walk of the
+torch-level graph in :mod:`nexfort.passes.linear_gelu` stays for the others and on request).
 
 The pattern and its replacement, side by side as plain torch functions; the matcher traces both to ATen with
 Inductor's own decompositions (``fwd_only``), so the pattern is what AOT autograd makes of ``F.linear`` + ``F.gelu``
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from nexfort.core.api import GraphPass, has_inductor_knob
 
 NAME = "linear_gelu"
-# the GELU that _addmm_activation(use_gelu=True) computes, per device type (as in nexfort.passes.linear_gelu)
+# the GELU that _addmm_activation(use_gelu=True) computes, per device type (both forms of linear_gelu read it)
 APPROXIMATE = {"cuda": "tanh", "cpu": "none"}
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MIN_TORCH = (2, 13)
