@@ -2,7 +2,9 @@
 # FlashAttention-4 on the GPU machine, whose calls carry at most 64 MiB (the working tree included). Its CuTe-DSL
 # library wheel nvidia-cutlass-dsl-libs-cu13 (92 MB) travels unpacked and xz-compressed (61 MB: .fa4x/cu13.tar.xz)
 # in a first call, which unpacks it to /tmp/cu13x (it lasts while the machine stays warm: call again within its
-# idle time); the other wheels (.fa4) travel with the next call, which installs them into /tmp/fa4site and merges the
+# idle time). When the working tree is too large for the 61 MB beside it, the archive travels split in two
+# (`split -b 45M cu13.tar.xz cu13.tar.xz.`: .fa4x/cu13.tar.xz.aa in the first call, .fa4x2/cu13.tar.xz.ab in the
+# second, which joins and unpacks them); the other wheels (.fa4) travel with the next call, which installs them into /tmp/fa4site and merges the
 # unpacked library into it (its folder nvidia_cutlass_dsl/ is shared with the other cutlass-dsl wheels: installing
 # it with pip --target after them would replace theirs). The older layout, the wheel in two halves
 # (.fa4big1/cu13part.aa, .fa4big2/cu13part.ab over two calls), still works.
@@ -14,10 +16,17 @@
 #   rm .fa4/nvidia_cutlass_dsl_libs_cu13-*.whl
 # Source it: `source benchmarks/gpu/fa4_stage.sh` (sets PYTHONPATH when FlashAttention-4 is installed).
 mkdir -p /tmp/parts
-if [ -f .fa4x/cu13.tar.xz ] && [ ! -d /tmp/cu13x ]; then
-  mkdir -p /tmp/cu13x.tmp && tar xJf .fa4x/cu13.tar.xz -C /tmp/cu13x.tmp && mv /tmp/cu13x.tmp /tmp/cu13x
+for d in .fa4big1 .fa4big2 .fa4x .fa4x2; do [ -d $d ] && cp $d/* /tmp/parts/; done
+if [ ! -d /tmp/cu13x ]; then
+  tarball=
+  if [ -f /tmp/parts/cu13.tar.xz ]; then tarball=/tmp/parts/cu13.tar.xz
+  elif [ -f /tmp/parts/cu13.tar.xz.aa ] && [ -f /tmp/parts/cu13.tar.xz.ab ]; then
+    cat /tmp/parts/cu13.tar.xz.a? > /tmp/parts/cu13.joined.tar.xz && tarball=/tmp/parts/cu13.joined.tar.xz
+  fi
+  if [ -n "$tarball" ]; then
+    mkdir -p /tmp/cu13x.tmp && tar xJf "$tarball" -C /tmp/cu13x.tmp && mv /tmp/cu13x.tmp /tmp/cu13x
+  fi
 fi
-for d in .fa4big1 .fa4big2; do [ -d $d ] && cp $d/* /tmp/parts/; done
 if [ ! -d /tmp/fa4site ] && [ -d .fa4 ]; then
   if [ -d /tmp/cu13x ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/fa4site.tmp .fa4/*.whl \

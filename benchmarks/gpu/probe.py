@@ -111,6 +111,55 @@ def profile(fn, iters: int = 5) -> dict:
             "top_kernels_ms": [[k, round(v / 1e3, 3)] for k, v in top]}
 
 
+def gaps(fn, iters: int = 5) -> dict:
+    """Where a forward's wall time goes on the GPU's timeline: ``iters`` forwards queued back to back as the benchmark
+    calls them (no synchronization between), profiled; the GPU span per forward (first kernel's start to last
+    kernel's end, over ``iters``), the busy time (the union of the kernels' intervals), what is left (idle gaps
+    between kernels), how the gaps are spread by size, and the largest with the kernels on either side. A few large
+    gaps point at the host (Python, a synchronization); many small ones at launch latency inside the stream or the
+    CUDA graph."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as tprofile
+
+    fn()
+    torch.cuda.synchronize()
+    with tprofile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    ks = [(e.time_range.start, e.time_range.end, e.name) for e in prof.events()
+          if e.device_type == torch.autograd.DeviceType.CUDA and e.time_range.end > e.time_range.start]
+    return timeline(ks, iters)
+
+
+def timeline(ks, iters: int) -> dict:
+    """:func:`gaps`' figures from the kernels' ``(start_us, end_us, name)`` over ``iters`` forwards."""
+    ks = sorted(ks, key=lambda t: t[0])
+    if not ks:
+        return {"error": "no GPU events recorded"}
+    busy, gap_list, end, prev = 0.0, [], ks[0][0], ks[0][2]
+    for s0, e0, name in ks:
+        if s0 > end:
+            gap_list.append((s0 - end, prev, name))
+        busy += max(0.0, e0 - max(s0, end))
+        if e0 > end:
+            end, prev = e0, name
+    span = end - ks[0][0]
+    buckets = {"<2us": 0.0, "2-5us": 0.0, "5-20us": 0.0, "20-100us": 0.0, ">=100us": 0.0}
+    counts = dict.fromkeys(buckets, 0)
+    for g, _, _ in gap_list:
+        b = "<2us" if g < 2 else "2-5us" if g < 5 else "5-20us" if g < 20 else "20-100us" if g < 100 else ">=100us"
+        buckets[b] += g
+        counts[b] += 1
+    top = sorted(gap_list, key=lambda t: -t[0])[:10]
+    return {"gpu_span_ms": round(span / iters / 1e3, 3), "busy_ms": round(busy / iters / 1e3, 3),
+            "idle_ms": round((span - busy) / iters / 1e3, 3), "kernels_per_forward": len(ks) // iters,
+            "gaps_per_forward": len(gap_list) // iters,
+            "idle_ms_by_gap_size": {k: round(v / iters / 1e3, 3) for k, v in buckets.items()},
+            "gaps_by_size": {k: v // iters for k, v in counts.items()},
+            "largest_gaps_us": [[round(g, 1), a[:60], b[:60]] for g, a, b in top]}
+
+
 def time_ms(fn, iters: int = 30) -> float:
     return one_call_ms(fn, iters, warmups=3)
 
@@ -170,6 +219,8 @@ def denoiser(args: argparse.Namespace) -> None:
                 res["compile_times"] = compile_times(repr="csv", aggregate=True)
             if args.profile:
                 res["profile"] = profile(lambda: den(**kw))
+            if args.gaps:
+                res["gaps"] = gaps(lambda: den(**kw))
             if args.profile_eager:
                 from nexfort.diffusers import uncompile_pipe
 
@@ -190,6 +241,10 @@ def summary(path: str) -> None:
               f"l2={r['rel_l2_vs_eager']:.2e}" + (f" l2_fp32={fp32:.2e}" if fp32 is not None else "") +
               f" mem={r['peak_mem_mb']} passes={counters.get('pass')}"
               + (f" gpu_ms={p['gpu_ms']} fam={p['families_ms']}" if p else ""))
+        g = r.get("gaps")
+        if g and "gpu_span_ms" in g:
+            print(f"   timeline: span={g['gpu_span_ms']} busy={g['busy_ms']} idle={g['idle_ms']} "
+                  f"kernels={g['kernels_per_forward']} idle_by_gap={g['idle_ms_by_gap_size']}")
         if r.get("compile_times"):
             keys, vals = r["compile_times"]
             top = sorted(zip(keys, vals), key=lambda kv: -float(kv[1]))[:8]
@@ -210,6 +265,7 @@ def main() -> None:
     p.add_argument("--compile-times", action="store_true", help="Dynamo's per-phase compile times")
     p.add_argument("--fp32-ref", action="store_true", help="relative L2 against a float32 copy too")
     p.add_argument("--profile-eager", action="store_true")
+    p.add_argument("--gaps", action="store_true", help="the GPU timeline of queued forwards: busy vs idle, gap sizes")
     args = p.parse_args()
     attention() if args.what == "attention" else denoiser(args)
 

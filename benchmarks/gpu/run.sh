@@ -27,12 +27,13 @@
 # Environment: FA4=1 stages FlashAttention-4 first (fa4_stage.sh; what `pip install "nexfort-passes[cuda]"` brings);
 # REDIS=1 starts the carried redis-server (.redis/, see archive/2026-11-26a-h100-profile-cache-grid/issues456.sh);
 # MODE (nexfort's mode string), INDUCTOR_MODES (default reduce-overhead), WARMUPS (3), ITERS (30), STEPS (20),
-# LIMIT (seconds per measurement, default 560), RES; DRY=1 prints each command instead of running it (no setup).
+# LIMIT (seconds per measurement, default 560), RES; DRY=1 prints each command instead of running it (no setup);
+# NEXFORT_GPU_READY=1 skips the setup (several runs in one call: source setup.sh and fa4_stage.sh once, export it).
 # Example (one device call): bash benchmarks/gpu/run.sh rows px1024 && bash benchmarks/gpu/run.sh probe px --hw
 # 1024x1024 --profile --compiler-config '{"mode": "max-optimize"}'
 set -uo pipefail
 KIND=${1:?usage: bash benchmarks/gpu/run.sh KIND [ARGS...] (see the header of this file)}; shift
-if [ "$KIND" != summary ] && [ "${DRY:-0}" != 1 ]; then
+if [ "$KIND" != summary ] && [ "${DRY:-0}" != 1 ] && [ "${NEXFORT_GPU_READY:-0}" != 1 ]; then
   source benchmarks/gpu/setup.sh
   [ "${FA4:-0}" = 1 ] && source benchmarks/gpu/fa4_stage.sh
 fi
