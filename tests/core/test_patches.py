@@ -132,15 +132,41 @@ def test_held_until_the_dynamo_compilation_ends(toy):
     def backend(gm, example_inputs):
         seen.append(patches.hold_until_compiled("test.toy"))
         seen.append(toy.value)
-        return gm.forward
+        let_go = patches.compilation_holds()  # None where torch's compile-end callback lets go
+        seen.append(let_go is None)
+        if let_go is None:
+            return gm.forward
+
+        def first_call(*args):  # what nexfort's backend does on torch < 2.3
+            seen.append(toy.value)  # Dynamo has built the guards by now, with the patch still in effect
+            out = gm.forward(*args)
+            let_go()
+            return out
+
+        return first_call
 
     fn = torch.compile(lambda x: x * 2, backend=backend)
     assert torch.equal(fn(torch.ones(3)), torch.full((3,), 2.0))
-    assert seen == [True, "patched"]
-    if hasattr(getattr(torch._dynamo, "callback_handler", None), "register_end_callback"):
-        assert toy.value == "original" and patches.leftovers() == []
-    else:  # pragma: no cover (a torch without compile-end callbacks keeps it until restore_all)
-        patches.restore_all()
+    callback = hasattr(getattr(torch._dynamo, "callback_handler", None), "register_end_callback")
+    assert seen == ([True, "patched", True] if callback else [True, "patched", False, "patched"])
+    assert toy.value == "original" and patches.leftovers() == []
+    assert torch.equal(fn(torch.ones(3)), torch.full((3,), 2.0)) and toy.value == "original"
+
+
+def test_compilation_holds_let_go_when_the_graph_is_never_called(toy, monkeypatch):
+    """On a torch without the compile-end callback, a hold whose graph is collected uncalled is let go of too."""
+    import gc
+    import types
+
+    monkeypatch.setattr(torch._dynamo, "callback_handler", types.SimpleNamespace(), raising=False)
+    monkeypatch.setattr(patches, "_in_dynamo_compilation", lambda: True)
+    assert patches.hold_until_compiled("test.toy") is True and toy.value == "patched"
+    assert "a Dynamo compilation (until its graph's first call)" in patches.leftovers()[0]
+    let_go = patches.compilation_holds()
+    assert let_go is not None and patches.compilation_holds() is None  # taken once
+    del let_go
+    gc.collect()
+    assert toy.value == "original" and patches.leftovers() == []
 
 
 def test_every_registered_patch_is_documented():

@@ -20,7 +20,7 @@ from nexfort.core.counters import counters
 from nexfort.core.errors import NexfortConfigError
 from nexfort.core.flags import check_features  # noqa: F401 - re-exported (its former home)
 from nexfort.core.graph_pass import GraphPass, combined_uuid, fingerprint, run_passes
-from nexfort.core.patches import applied, hold_until_compiled
+from nexfort.core.patches import applied, compilation_holds, hold_until_compiled
 from nexfort.core.plugins import get_plugin_manager
 from nexfort.core.torch_patches import GUARD_NAMESPACE, RECHECK_AUTOTUNE_CACHE
 
@@ -320,6 +320,9 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], cfg: 
                                          early=early_fn, early_uuid=combined_uuid(early))
         after_first = [f for f in pm.hook.nexfort_post_compile(gm=gm, example_inputs=example_inputs, config=cfg,
                                                                 compiled=compiled) if callable(f)]
+        let_go = compilation_holds()  # torch < 2.3: the guard namespace until the first call (guards built by then)
+        if let_go is not None:
+            after_first.append(let_go)
         if after_first:
             compiled = _after_first_call(compiled, after_first)
         if patches.get("triton.cudagraphs"):
@@ -331,6 +334,9 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], cfg: 
             counters["backend"]["dynamic_graphs"] += 1
         return compiled
     except (NexfortConfigError, *compat.dynamo_control_flow_exceptions()):
+        let_go = compilation_holds()  # no graph: nothing of this call needs them (a restart holds them again)
+        if let_go is not None:
+            let_go()
         raise  # configuration errors are the user's to fix; Dynamo's restart signals are not failures
     except Exception as e:  # noqa: BLE001 - any compiler failure
         if cfg.options.compiler.on_error == "raise":
@@ -342,4 +348,5 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], cfg: 
                    "running that graph eagerly. Set options={'compiler.on_error': 'raise'} to raise instead.",
                    once=bool(cfg.options.compiler.warn_once))
         logger.debug("nexfort: compile failure", exc_info=True)
-        return gm.forward
+        let_go = compilation_holds()
+        return gm.forward if let_go is None else _after_first_call(gm.forward, [let_go])

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Hashable, Iterator, List, Optional, Tuple
 
 __all__ = ["Patch", "register", "registered", "get", "hold", "release", "applied", "hold_until_compiled",
+           "compilation_holds",
            "is_applied", "set_attr", "on_restore", "restore", "patches_of", "leftovers", "restore_all"]
 
 Undo = Callable[[], None]
@@ -130,7 +131,8 @@ def hold(name: str, holder: Hashable) -> bool:
 
 
 def _describe(holder: Any) -> str:
-    text = holder if isinstance(holder, str) else f"{type(holder).__name__} at {id(holder):#x}"
+    text = holder if isinstance(holder, str) else repr(holder) if isinstance(holder, _CompilationHold) else \
+        f"{type(holder).__name__} at {id(holder):#x}"
     return str(text)[:120]
 
 
@@ -172,30 +174,54 @@ _COMPILATION = "the Dynamo compilation running now"
 _end_callback: List[Callable[..., None]] = []
 
 
-def _in_dynamo_compilation() -> bool:
+def _tracing_context() -> Any:
+    """The TracingContext of the Dynamo compilation running now, or None outside one."""
     try:
         from torch._guards import TracingContext
     except ImportError:  # pragma: no cover
-        return False
+        return None
     get_ctx = getattr(TracingContext, "try_get", None)
     try:
-        return (get_ctx() if get_ctx is not None else TracingContext.get()) is not None
+        return get_ctx() if get_ctx is not None else TracingContext.get()
     except Exception:  # noqa: BLE001 - TracingContext.get() raises outside a compilation on some torch
-        return False
+        return None
+
+
+def _in_dynamo_compilation() -> bool:
+    return _tracing_context() is not None
+
+
+class _CompilationHold:
+    """Holds a patch for one Dynamo compilation on a torch without a compile-end callback (see
+    :func:`compilation_holds`)."""
+
+    def __repr__(self) -> str:
+        return "a Dynamo compilation (until its graph's first call)"
+
+
+_pending: List[_CompilationHold] = []  # taken by compilation_holds()
 
 
 def hold_until_compiled(name: str) -> bool:
     """Hold ``name`` until the Dynamo compilation now running ends (Dynamo builds a frame's guards after the
     backend returned: a patch that guards need must outlive the backend's call). Outside a Dynamo compilation
-    nothing is applied (False). Where torch has no compile-end callback (``torch._dynamo.callback_handler``) the
-    patch stays held until :func:`restore_all`."""
+    nothing is applied (False). Where torch has no compile-end callback (``torch._dynamo.callback_handler``,
+    torch < 2.3), the backend takes the hold with :func:`compilation_holds` and lets go of it at the first call of
+    the graph it returns (Dynamo has built the frame's guards by then), or when that graph is collected uncalled."""
     if not _in_dynamo_compilation():
         return False
     import torch
 
-    needed = hold(name, _COMPILATION)
     handler = getattr(torch._dynamo, "callback_handler", None)
-    if not needed or handler is None or not hasattr(handler, "register_end_callback"):
+    if handler is None or not hasattr(handler, "register_end_callback"):
+        token = _CompilationHold()
+        needed = hold(name, token)
+        if needed:
+            with _lock:
+                _pending.append(token)
+        return needed
+    needed = hold(name, _COMPILATION)
+    if not needed:
         return needed
     with _lock:
         if _end_callback and any(cb is _end_callback[0] for cb in getattr(handler, "end_callbacks", ())):
@@ -210,6 +236,25 @@ def hold_until_compiled(name: str) -> bool:
         _end_callback[:] = [compilation_ended]
         handler.register_end_callback(compilation_ended)
     return needed
+
+
+def compilation_holds() -> Optional[Callable[[], None]]:
+    """The holds :func:`hold_until_compiled` took in the compilation now running, where torch has no compile-end
+    callback, as one function that lets go of them (idempotent); None where there are none (every torch with the
+    callback). The backend calls it before returning a graph and calls the function at that graph's first call,
+    after Dynamo built the frame's guards; the function keeps the holds alive, so a graph collected uncalled lets
+    go of them too."""
+    with _lock:
+        tokens = _pending[:]
+        _pending.clear()
+    if not tokens:
+        return None
+
+    def let_go() -> None:
+        while tokens:
+            release(tokens.pop())
+
+    return let_go
 
 
 # ------------------------------------------------------------------------------------------ instance patches
