@@ -71,6 +71,28 @@ def _fresh_state():
     _check_nothing_left_patched()
 
 
+def _drop_old_dynamo_guard_finalizers() -> int:
+    """Torch < 2.3 leaks every module it compiled: its guards register ``weakref.finalize(module,
+    CheckFunctionManager.invalidate)``, and that manager reaches the module again (through its OutputGraph), so the
+    finalizer registry keeps the module alive for good, ``torch._dynamo.reset()`` or not. After a reset (the cache
+    entries those finalizers would invalidate are gone) detach them, so that what the test built can be collected
+    and the check below sees what nexfort itself left. Returns how many were detached (0 on newer torch)."""
+    import weakref
+
+    try:
+        from torch._dynamo.guards import CheckFunctionManager
+    except ImportError:  # pragma: no cover
+        return 0
+    dropped = 0
+    for fin in list(getattr(weakref.finalize, "_registry", {})):
+        info = weakref.finalize._registry.get(fin)
+        func = getattr(info, "func", None)
+        if getattr(func, "__func__", None) is CheckFunctionManager.invalidate:
+            fin.detach()
+            dropped += 1
+    return dropped
+
+
 def _check_nothing_left_patched():
     from nexfort.core import patches
 
@@ -78,6 +100,7 @@ def _check_nothing_left_patched():
     if left:  # objects of the test that reference cycles still keep alive: collect them first
         import gc
 
+        _drop_old_dynamo_guard_finalizers()
         gc.collect()
         left = patches.leftovers()
     if left:

@@ -98,8 +98,9 @@ def test_what_a_backend_cannot_apply_is_explained_once(options, words, no_induct
 def test_dynamic_true_in_options_says_when_dynamo_will_not_listen(no_inductor):
     """With Dynamo's automatic dynamic shapes off, no backend can make a recompile dynamic: said precisely.
     (torch's own config.patch: pytest's monkeypatch deletes a torch config entry when it undoes.)"""
-    fn = torch.compile(lambda x: x.sin() + 1, backend="nexfort", options={"dynamic": True})
+    # (created inside the patch too: torch < 2.3 compiles under the config saved when torch.compile was called)
     with torch._dynamo.config.patch(automatic_dynamic_shapes=False):
+        fn = torch.compile(lambda x: x.sin() + 1, backend="nexfort", options={"dynamic": True})
         with pytest.warns(UserWarning, match="automatic_dynamic_shapes is off") as record:
             fn(torch.randn(3))
     assert torch._dynamo.config.automatic_dynamic_shapes is True

@@ -17,7 +17,27 @@ import torch
 from nexfort.core import compat
 from nexfort.passes import reductions
 
+MISSING = reductions.missing_pieces()
+needs_choices = pytest.mark.skipif(bool(MISSING), reason=f"torch {torch.__version__} lacks {', '.join(MISSING)} "
+                                   "(Inductor's choices handler, torch 2.6+): the option is refused there")
 
+
+def test_option_refused_where_torch_lacks_the_choices_handler(monkeypatch):
+    """On a torch without the pieces the option is a configuration error naming them, before anything compiles;
+    where they exist it is accepted."""
+    model, x = torch.nn.LayerNorm(8), torch.randn(2, 8)
+    opts = {"options": {"reductions": {"persistent_max": 4096}}}
+    monkeypatch.setattr(reductions, "missing_pieces", lambda: ["torch._inductor.choices.InductorChoices"])
+    with pytest.raises(Exception, match=r"persistent_max' \(4096\) needs Inductor's choices handler .*lacks "
+                                        r"torch._inductor.choices.InductorChoices"):
+        torch.compile(model, backend="nexfort", options=opts)(x)
+    monkeypatch.undo()
+    torch._dynamo.reset()
+    if not MISSING:
+        assert torch.allclose(torch.compile(model, backend="nexfort", options=opts)(x), model(x), atol=1e-5)
+
+
+@needs_choices
 def test_one_class_per_limit_picklable_by_name():
     a, b = reductions.choices_class(4096), reductions.choices_class(8192)
     assert a is reductions.choices_class(4096) and a is not b
@@ -31,6 +51,7 @@ def test_bad_limit_is_an_error_naming_the_range():
                       options={"options": {"reductions": {"persistent_max": 7}}})(torch.randn(2, 8))
 
 
+@needs_choices
 def test_heuristic_on_stand_in_features(monkeypatch):
     from torch._inductor.runtime.hints import ReductionHint
     from torch._inductor.virtualized import V
@@ -54,6 +75,7 @@ def test_heuristic_on_stand_in_features(monkeypatch):
         assert calls == [16384, 1152] and base is not None
 
 
+@needs_choices
 def test_installed_only_while_nexfort_compiles(monkeypatch):
     from torch._inductor import config as inductor_config
     from torch._inductor.virtualized import V
@@ -80,6 +102,7 @@ def test_installed_only_while_nexfort_compiles(monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (Triton reductions)")
+@needs_choices
 @pytest.mark.parametrize("width,persistent", [(1152, True), (16384, False)])
 def test_gpu_layer_norm_kernel_kind(width, persistent):
     from torch._inductor.utils import run_and_get_code

@@ -340,6 +340,9 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], cfg: 
         raise  # configuration errors are the user's to fix; Dynamo's restart signals are not failures
     except Exception as e:  # noqa: BLE001 - any compiler failure
         if cfg.options.compiler.on_error == "raise":
+            let_go = compilation_holds()  # no graph: the compilation ends with this error
+            if let_go is not None:
+                let_go()
             raise
         counters["backend"]["fallbacks"] += 1
         n = len(gm.graph.nodes)

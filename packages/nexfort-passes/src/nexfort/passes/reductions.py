@@ -39,6 +39,33 @@ class ReductionOptions:
     persistent_max: int = 0
 
 
+def missing_pieces() -> List[str]:
+    """What this torch lacks for the option (empty: it has everything): Inductor's choices handler
+    (``torch._inductor.choices.InductorChoices.should_use_persistent_reduction``, ``V.set_choices_handler``),
+    its reduction hints and ``config.inductor_choices_class`` (torch 2.6+)."""
+    missing = []
+    try:
+        from torch._inductor.choices import InductorChoices
+    except ImportError:
+        InductorChoices = None
+    if not hasattr(InductorChoices, "should_use_persistent_reduction"):
+        missing.append("torch._inductor.choices.InductorChoices.should_use_persistent_reduction")
+    try:
+        from torch._inductor.runtime.hints import ReductionHint  # noqa: F401
+    except ImportError:
+        missing.append("torch._inductor.runtime.hints.ReductionHint")
+    try:
+        from torch._inductor import config as inductor_config
+        from torch._inductor.virtualized import V
+    except ImportError:  # pragma: no cover - torch without Inductor
+        return missing + ["torch._inductor"]
+    if not hasattr(V, "set_choices_handler"):
+        missing.append("torch._inductor.virtualized.V.set_choices_handler")
+    if not hasattr(inductor_config, "inductor_choices_class"):
+        missing.append("torch._inductor.config.inductor_choices_class")
+    return missing
+
+
 def choices_class(limit: int) -> type:
     """The ``InductorChoices`` subclass whose inner reductions are persistent up to ``limit`` elements (one class per
     limit, a module attribute so that it pickles by name)."""
@@ -93,6 +120,12 @@ def nexfort_validate_config(config: Any) -> Optional[List[str]]:
     if value != 0 and not 1024 <= value <= _MAX:
         return [f"Option 'reductions.persistent_max' must be 0 (Inductor's own threshold, 1024) or between 1024 and "
                 f"{_MAX} (the widest row kept in registers), got {shown(value)}."]
+    missing = missing_pieces() if value != 0 else []
+    if missing:
+        import torch
+
+        return [f"Option 'reductions.persistent_max' ({value}) needs Inductor's choices handler (torch 2.6+); torch "
+                f"{torch.__version__} lacks {', '.join(missing)}. Leave it at 0 on this torch."]
     return None
 
 
@@ -105,11 +138,7 @@ def nexfort_inductor_config(config: Any) -> Optional[Dict[str, Any]]:
         from torch._inductor import config as inductor_config
     except ImportError:  # pragma: no cover - torch without Inductor
         return None
-    if not hasattr(inductor_config, "inductor_choices_class"):
-        import warnings
-
-        warnings.warn("nexfort: options.reductions.persistent_max needs torch._inductor.config.inductor_choices_class "
-                      "(torch >= 2.6); ignored on this torch", stacklevel=2)
+    if not hasattr(inductor_config, "inductor_choices_class"):  # pragma: no cover - refused by validation
         return None
     return {"inductor_choices_class": choices_class(value)}
 
