@@ -28,6 +28,8 @@ ROWS: Tuple[Tuple[str, str], ...] = (
     ("PixArt-α 1024²", "issue17_pixart_1024_h200_fa4_vs_reduce_overhead.json"),
     ("PixArt-α 512x768", "issue17_pixart_512x768_h200_fa4_vs_reduce_overhead.json"),
     ("SD3-medium 1024²", "issue17_sd3_1024_h200_fa4.json"),
+    ("PixArt-Σ 1024²", "issue17_sigma_1024_h200_fa4.json"),
+    ("FLUX.1-dev 1024²", "issue17_flux_1024_h200_fa4.json"),
 )
 #: runs whose torch.compile CUDA-graph timing predates the benchmark's fix (outputs kept alive: no replay)
 UNFAIR_RUNS = {("issue17_sd3_1024_h200_fa4.json", "inductor:reduce-overhead")}

@@ -46,8 +46,11 @@ def compile_for(loaded: models.Loaded, compiler: str, cfg: Dict[str, Any], pipe_
 def run_one(loaded: models.Loaded, compiler: str, args: argparse.Namespace, cfg: Dict[str, Any],
             pipe_kw: Dict[str, Any], resolutions: Sequence[Tuple[int, int]]) -> Dict[str, Any]:
     """Compile (unless eager), warm up, time; then each extra resolution. Returns result and outputs."""
+    from nexfort.core.counters import reset as reset_counters
+
     label = "eager" if compiler == "none" else compiler
     torch._dynamo.reset()
+    reset_counters()  # each run's nexfort_counters are its own
     with timing.inductor_cache(args.inductor_cache == "fresh" and compiler != "none", args.cache_dirs):
         return _run_one(loaded, compiler, args, cfg, pipe_kw, resolutions, label)
 
@@ -101,6 +104,10 @@ def _timed_run(loaded: models.Loaded, compiler: str, args: argparse.Namespace, c
     res["compiled_total"] = timing.counts_delta(c0, timing.compile_counts())
     if compiler == "nexfort":
         res["nexfort_mode"] = (getattr(loaded.pipe, "_nexfort_compiled", None) or {}).get("mode")
+        from nexfort.core import counters
+
+        # what fired: pass rewrites, the attention kernel each shape chose, fallbacks (which must be 0)
+        res["nexfort_counters"] = {k: dict(v) for k, v in counters.items() if v}
     if extra:
         res["sweep"] = sweep_summary(res["resolutions"])
     if compiler != "none":

@@ -72,6 +72,9 @@ def test_compiler(bench, saved_pipe, tmp_path, compiler):
     if compiler == "nexfort":
         assert r["compiled_in_warmup"]["nexfort_graphs"] >= 2
         assert r["compiled_in_warmup"]["nexfort_fallbacks"] == 0
+        # the run's own counters (reset per run): its graphs, no fallback
+        counted = r["nexfort_counters"]["backend"]
+        assert counted["graphs"] >= 2 and counted.get("fallbacks", 0) == 0
     else:
         assert r["compiled_in_warmup"]["nexfort_graphs"] == 0
 
