@@ -25,6 +25,10 @@ SHAPES = [
     ("pixart-512x768-self", 2, 1536, 1536, 16, 72),
     ("sd3-1024-joint", 2, 4429, 4429, 24, 64),
     ("sdxl-1024-self-64x64", 2, 4096, 4096, 10, 64),
+    # PixArt's cross-attention over the valid text tokens of a 30-token prompt, unmasked (the masked 32-key form,
+    # which SDPA alone takes: benchmarks/gpu/probe.py attention)
+    ("pixart-1024-cross-30", 2, 4096, 30, 16, 72),
+    ("flux-1024-joint", 1, 4608, 4608, 24, 128),
 ]
 
 

@@ -61,16 +61,23 @@ def attention() -> None:
                 ms = do_bench(padded, warmup=50, rep=200)
             emit(probe="attention", kind="self-padded", n=4096, d=72, pad_to=pad_to, backend=name,
                  us=round(ms * 1e3, 1))
-    kc, vc = (torch.randn(2, 16, 120, 72, device=dev, dtype=dt) for _ in range(2))
-    mask = torch.zeros(2, 1, 1, 120, device=dev, dtype=dt)
-    mask[:, :, :, 100:] = -10000.0
-    for name, be in names.items():
-        try:
-            with sdpa_kernel([be]):
-                ms = do_bench(lambda: F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask), warmup=50, rep=200)
-            emit(probe="attention", kind="cross-masked", n=4096, d=72, backend=name, us=round(ms * 1e3, 1))
-        except RuntimeError as e:
-            emit(probe="attention", kind="cross-masked", n=4096, d=72, backend=name, error=str(e)[:120])
+    # PixArt's cross-attention: 120 padded T5 tokens, or the 32 that text trimming keeps for a 30-token prompt (two
+    # still masked), or exactly the 30 valid ones without a mask; SDPA's backends and the math form
+    for keys, valid in ((120, 100), (32, 30), (30, None)):
+        kc, vc = (torch.randn(2, 16, keys, 72, device=dev, dtype=dt) for _ in range(2))
+        mask = None
+        if valid is not None:
+            mask = torch.zeros(2, 1, 1, keys, device=dev, dtype=dt)
+            mask[:, :, :, valid:] = -10000.0
+        kind = f"cross-{keys}" + ("-masked" if mask is not None else "")
+        for name, be in (*names.items(), ("math", SDPBackend.MATH)):
+            try:
+                with sdpa_kernel([be]):
+                    ms = do_bench(lambda kc=kc, vc=vc, mask=mask: F.scaled_dot_product_attention(
+                        q, kc, vc, attn_mask=mask), warmup=50, rep=200)
+                emit(probe="attention", kind=kind, n=4096, d=72, backend=name, us=round(ms * 1e3, 1))
+            except RuntimeError as e:
+                emit(probe="attention", kind=kind, n=4096, d=72, backend=name, error=str(e)[:120])
 
 
 # Inductor's generated kernels first: their names list the ops fused into them (``triton_red_fused__scaled_mm_...``,
