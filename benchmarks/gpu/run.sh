@@ -8,7 +8,7 @@
 #   rows [ROW...]                 the headline rows (the README's table): --denoiser-only --compiler all, eager,
 #                                 torch.compile, its $INDUCTOR_MODES and nexfort in $MODE (default: compile_pipe's
 #                                 recommended mode). ROW: px1024 px512x768 sigma1024 sd3 sdxl flux (default: the
-#                                 first three, the table's)
+#                                 table's five: px1024 px512x768 sd3 sigma1024 flux)
 #   bench NAME MODEL HxW [-- BENCHMARK ARGS]
 #                                 one such row of any built-in model (--model of benchmarks/text_to_image.py)
 #   pipeline NAME MODEL HxW [-- BENCHMARK ARGS]
@@ -79,7 +79,7 @@ split_args() { ARGS=(); while [ $# -gt 0 ] && [ "$1" != -- ]; do ARGS+=("$1"); s
 
 case $KIND in
   rows)
-    for ROW in ${@:-px1024 px512x768 sd3}; do
+    for ROW in ${@:-px1024 px512x768 sd3 sigma1024 flux}; do
       echo "== $ROW $(date +%T)"
       case $ROW in
         px1024) bench px1024 pixart-alpha 1024 1024 ;;

@@ -137,12 +137,27 @@ def build_pixart(variant: str = "pixart-alpha", seed: int = 0) -> Any:
     return cls(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer, scheduler=scheduler)
 
 
+def known_config(cls: type, cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """``cfg`` without the keys that ``cls`` (an older diffusers) does not take and that only restate the newer
+    default (None); any other unknown key is an error, as diffusers would raise."""
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return dict(cfg)
+    unknown = {k: v for k, v in cfg.items() if k not in params}
+    bad = {k: v for k, v in unknown.items() if v is not None}
+    if bad:
+        raise TypeError(f"{cls.__name__} of this diffusers takes none of {sorted(bad)}")
+    return {k: v for k, v in cfg.items() if k in params}
+
+
 def build_flux(variant: str = "flux-dev", seed: int = 0) -> Any:
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
     tcfg, vcfg = {"flux-dev": (FLUX_DEV, FLUX_VAE), "tiny-flux": (FLUX_TINY, FLUX_VAE_TINY)}[variant]
     torch.manual_seed(seed)
-    transformer = FluxTransformer2DModel(**tcfg)
+    transformer = FluxTransformer2DModel(**known_config(FluxTransformer2DModel, tcfg))
     vae = AutoencoderKL(**vcfg)
     scheduler = FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER)
     return FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None, text_encoder_2=None,

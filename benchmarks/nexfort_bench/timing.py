@@ -37,9 +37,8 @@ def _temporary_cache_dir(directory: str) -> Iterator[None]:
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = directory
     try:
         from torch._inductor.utils import clear_caches as clear
-    except ImportError:  # pragma: no cover
-        clear = None
-    try:
+    except ImportError:  # torch < 2.2: its memoized paths (below)
+        clear = _clear_memoized_paths
         if clear:
             clear()
         yield
@@ -50,6 +49,20 @@ def _temporary_cache_dir(directory: str) -> Iterator[None]:
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = old
         if clear:
             clear()
+
+
+def _clear_memoized_paths() -> None:
+    """torch 2.1 memoizes Inductor's cache directory and the path of the C++ prefix header it writes there
+    (``codecache.cache_dir``, ``cpp_prefix_path``: ``functools.lru_cache``): without clearing them a new cache
+    directory is ignored, and a removed one's header is still #included (a C++ compile error)."""
+    try:
+        from torch._inductor import codecache
+    except ImportError:  # pragma: no cover
+        return
+    for name in ("cache_dir", "cpp_prefix_path"):
+        fn = getattr(codecache, name, None)
+        if hasattr(fn, "cache_clear"):
+            fn.cache_clear()
 
 
 def progress(iterable: Any = None, total: Optional[int] = None, desc: str = "") -> Any:

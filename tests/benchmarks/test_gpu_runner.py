@@ -31,13 +31,16 @@ def _opt(cmd, name):
 def test_default_rows_are_the_readme_tables(tmp_path):
     cmds = _dry(tmp_path, "rows")
     table = load_script("tools/results_table.py").ROWS
-    assert len(cmds) == len(table) == 3
-    expected = [("pixart-alpha", "1024", "1024"), ("pixart-alpha", "512", "768"), ("sd3-medium", "1024", "1024")]
+    assert len(cmds) == len(table) == 5
+    expected = [("pixart-alpha", "1024", "1024"), ("pixart-alpha", "512", "768"), ("sd3-medium", "1024", "1024"),
+                ("pixart-sigma", "1024", "1024"), ("flux-dev", "1024", "1024")]
     for cmd, (model, h, w) in zip(cmds, expected):
         assert cmd[:2] == ["python3", "benchmarks/text_to_image.py"]
         assert (_opt(cmd, "--model"), _opt(cmd, "--height"), _opt(cmd, "--width")) == (model, h, w)
         assert {"--denoiser-only", "--compiler"} <= set(cmd) and _opt(cmd, "--compiler") == "all"
         assert "--compiler-config" not in cmd  # nexfort in compile_pipe's recommended mode
+        # FLUX.1-dev in its published dtype
+        assert ("--dtype" in cmd and _opt(cmd, "--dtype") == "bf16") == (model == "flux-dev")
         assert _opt(cmd, "--output-json").startswith(str(tmp_path))
 
 
