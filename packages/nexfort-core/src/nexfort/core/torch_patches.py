@@ -79,8 +79,10 @@ register(Patch(
            "(the guards built then copy the namespace); else a shape guard with 2 ** n or an explicit upsample size "
            "raises NameError and the frame recompiles on every call",
     undo="the added names are deleted from SYMPY_INTERP when the compilation ends (Dynamo's compile-end callback; "
-         "a torch without one keeps them until restore_all())",
-    versions="torch 2.4+ (the functions appear with torch 2.4's sympy layer; torch 2.1-2.3 lack them: nothing added)",
+         "on a torch without one, < 2.3, at the compiled graph's first call, its collection, or the compile's "
+         "error: patches.compilation_holds)",
+    versions="every torch whose sympy layer has functions the namespace lacks (2.2: CeilDiv, CleanDiv, LShift, "
+             "RShift, Where; 2.4+: PowByNatural, ToFloat, ...)",
     apply=complete_guard_namespace,
 ))
 
