@@ -16,11 +16,14 @@ diffusers = pytest.importorskip("diffusers")
 
 
 _run = run_bench
-#: diffusers 0.30 (tests-torch21's), FLUX's first release, takes RoPE ids with a batch dimension (0.31 changed it);
-#: the benchmark's FLUX inputs and tiny pipeline follow 0.31+ (on 0.30: a broadcast error in the RoPE, 516 vs 528)
-old_flux = pytest.mark.skipif(tuple(int(p) for p in diffusers.__version__.split(".")[:2]) < (0, 31),
-                              reason=f"diffusers {diffusers.__version__}'s FLUX (its first release) takes RoPE ids "
-                                     "with a batch dimension; the benchmark's FLUX inputs follow diffusers 0.31+")
+#: before diffusers 0.32 FLUX differs from what the benchmark's FLUX inputs and tiny pipeline follow: 0.30 (its first
+#: release, tests-torch21's) takes RoPE ids with a batch dimension (a broadcast error in the RoPE, 516 vs 528); 0.31
+#: (tests-torch23's) sets FluxPipeline.vae_scale_factor to 2 ** len(block_out_channels), the 2x2 packing included
+#: (0.32: 2 ** (len - 1)), so the latents have a quarter of the tokens (6 instead of 24 at 64x96)
+old_flux = pytest.mark.skipif(tuple(int(p) for p in diffusers.__version__.split(".")[:2]) < (0, 32),
+                              reason=f"diffusers {diffusers.__version__}'s FLUX takes RoPE ids with a batch dimension "
+                                     "(0.30) or counts the 2x2 packing in vae_scale_factor (0.31); the benchmark's "
+                                     "FLUX inputs follow diffusers 0.32+")
 
 
 def _close(x, tol=1e-4):

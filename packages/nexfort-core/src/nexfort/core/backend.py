@@ -333,10 +333,16 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], cfg: 
         if _has_symbolic_inputs(example_inputs):
             counters["backend"]["dynamic_graphs"] += 1
         return compiled
-    except (NexfortConfigError, *compat.dynamo_control_flow_exceptions()):
+    except (NexfortConfigError, *compat.dynamo_control_flow_exceptions()) as e:
         let_go = compilation_holds()  # no graph: nothing of this call needs them (a restart holds them again)
         if let_go is not None:
             let_go()
+        if type(e).__name__ == "SkipFrame" and not compat.dynamo_passes_skip_frame():
+            # torch 2.1 wraps a backend's SkipFrame as a compiler failure of the caller's call: run the graph
+            # eagerly instead, which is what Dynamo does with the frame on newer torch (not a failure: no fallback)
+            counters["backend"]["eager_graphs"] += 1
+            logger.info("nexfort: a graph asked to run eagerly (%s); this torch's Dynamo cannot skip the frame", e)
+            return gm.forward
         raise  # configuration errors are the user's to fix; Dynamo's restart signals are not failures
     except Exception as e:  # noqa: BLE001 - any compiler failure
         if cfg.options.compiler.on_error == "raise":

@@ -261,6 +261,27 @@ def dynamo_control_flow_exceptions() -> tuple:
     )
 
 
+@functools.lru_cache(maxsize=None)
+def dynamo_passes_skip_frame() -> bool:
+    """Whether Dynamo lets a ``SkipFrame`` raised by a backend through (torch 2.2+: the frame runs eagerly) rather
+    than wrapping it as ``BackendCompilerFailed`` (torch 2.1, which fails the caller's call). Told from the names its
+    ``OutputGraph.call_user_compiler`` (or ``_call_user_compiler``) refers to; True where neither can be read."""
+    try:
+        from torch._dynamo.output_graph import OutputGraph
+    except ImportError:  # pragma: no cover
+        return True
+    found = False
+    for name in ("call_user_compiler", "_call_user_compiler"):
+        fn = getattr(OutputGraph, name, None)
+        code = getattr(inspect.unwrap(fn), "__code__", None) if fn is not None else None
+        if code is None:
+            continue
+        found = True
+        if "SkipFrame" in code.co_names:
+            return True
+    return not found
+
+
 def _source_name(source: Any) -> Optional[str]:
     name = getattr(source, "name", None)  # a property on newer torch, a method on older
     if callable(name):
