@@ -88,7 +88,13 @@ def _skip_reason(el: ET.Element) -> str:
         m = re.search(r"Skipped: (.*?)['\"]\)\s*$", el.text or "")
         msg = m.group(1) if m else msg
     msg = re.sub(r"^(Skipped|skipped):\s*", "", msg.strip())
-    return msg.splitlines()[0][:300] if msg else "skipped"
+    return _local_paths(msg.splitlines()[0])[:300] if msg else "skipped"
+
+
+def _local_paths(text: str) -> str:
+    """``text`` without the machine's own paths: ``.../site-packages/x`` -> ``site-packages/x`` (an ImportError's
+    message names the installed file)."""
+    return re.sub(r"/\S*?/site-packages/", "site-packages/", text)
 
 
 def read_session(path: str) -> Dict:
@@ -118,7 +124,7 @@ def read_session(path: str) -> Dict:
                 counts["failed" if failure is not None else "errors"] += 1
                 feat["failed"] += 1
                 msg = (bad.get("message") or "").strip().splitlines()
-                feat["failed_tests"].append(tid + (f": {msg[0][:200]}" if msg else ""))
+                feat["failed_tests"].append(tid + (f": {_local_paths(msg[0])[:200]}" if msg else ""))
             elif skipped is not None:
                 if skipped.get("type") == "pytest.xfail":
                     counts["xfailed"] += 1

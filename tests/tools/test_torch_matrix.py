@@ -31,3 +31,9 @@ def test_feature_grouping_first_match_wins():
     assert tm.feature_of("tests/diffusers/test_masks.py::test_x").startswith("Diffusers: any resolution")
     assert tm.feature_of("tests/diffusers/test_compile_pipe.py::test_x") == "Diffusers pipelines (`compile_pipe`)"
     assert tm.feature_of("tests/somewhere/else.py::test_x") == tm.OTHER
+
+
+def test_skip_reasons_lose_the_machines_paths():
+    tm = _tool()
+    text = "cannot import name 'X' from 'diffusers' (/home/ci/repo/.nox/t/lib/python3.11/site-packages/diffusers/a.py)"
+    assert tm._local_paths(text) == "cannot import name 'X' from 'diffusers' (site-packages/diffusers/a.py)"
