@@ -288,6 +288,13 @@ def _while_fx_graph_cache(patches: Dict[str, Any]) -> contextlib.AbstractContext
     return applied(RECHECK_AUTOTUNE_CACHE) if on else contextlib.nullcontext()
 
 
+def _let_go_of_compilation_holds() -> None:
+    """Now, not at a first call: the compilation returns no graph (torch < 2.3; a no-op elsewhere)."""
+    let_go = compilation_holds()
+    if let_go is not None:
+        let_go()
+
+
 def compile_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], cfg: Any) -> Callable:
     """Compile one Dynamo graph under a resolved configuration."""
     check_features(cfg)  # configuration errors are never "fallen back" from
@@ -334,9 +341,7 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], cfg: 
             counters["backend"]["dynamic_graphs"] += 1
         return compiled
     except (NexfortConfigError, *compat.dynamo_control_flow_exceptions()) as e:
-        let_go = compilation_holds()  # no graph: nothing of this call needs them (a restart holds them again)
-        if let_go is not None:
-            let_go()
+        _let_go_of_compilation_holds()  # no graph: nothing of this call needs them (a restart holds them again)
         if type(e).__name__ == "SkipFrame" and not compat.dynamo_passes_skip_frame():
             # torch 2.1 wraps a backend's SkipFrame as a compiler failure of the caller's call: run the graph
             # eagerly instead, which is what Dynamo does with the frame on newer torch (not a failure: no fallback)
@@ -346,9 +351,7 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], cfg: 
         raise  # configuration errors are the user's to fix; Dynamo's restart signals are not failures
     except Exception as e:  # noqa: BLE001 - any compiler failure
         if cfg.options.compiler.on_error == "raise":
-            let_go = compilation_holds()  # no graph: the compilation ends with this error
-            if let_go is not None:
-                let_go()
+            _let_go_of_compilation_holds()  # no graph: the compilation ends with this error
             raise
         counters["backend"]["fallbacks"] += 1
         n = len(gm.graph.nodes)

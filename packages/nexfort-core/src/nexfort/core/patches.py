@@ -174,21 +174,16 @@ _COMPILATION = "the Dynamo compilation running now"
 _end_callback: List[Callable[..., None]] = []
 
 
-def _tracing_context() -> Any:
-    """The TracingContext of the Dynamo compilation running now, or None outside one."""
+def _in_dynamo_compilation() -> bool:
     try:
         from torch._guards import TracingContext
     except ImportError:  # pragma: no cover
-        return None
+        return False
     get_ctx = getattr(TracingContext, "try_get", None)
     try:
-        return get_ctx() if get_ctx is not None else TracingContext.get()
+        return (get_ctx() if get_ctx is not None else TracingContext.get()) is not None
     except Exception:  # noqa: BLE001 - TracingContext.get() raises outside a compilation on some torch
-        return None
-
-
-def _in_dynamo_compilation() -> bool:
-    return _tracing_context() is not None
+        return False
 
 
 class _CompilationHold:
