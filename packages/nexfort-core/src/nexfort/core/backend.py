@@ -295,6 +295,13 @@ def _let_go_of_compilation_holds() -> None:
         let_go()
 
 
+def _eager(gm: torch.fx.GraphModule) -> Callable:
+    """``gm`` run eagerly as the compiled graph: Dynamo still builds the frame's guards after this returns, so the
+    compilation's holds last until its first call (torch < 2.3; elsewhere plain ``gm.forward``)."""
+    let_go = compilation_holds()
+    return gm.forward if let_go is None else _after_first_call(gm.forward, [let_go])
+
+
 def compile_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], cfg: Any) -> Callable:
     """Compile one Dynamo graph under a resolved configuration."""
     check_features(cfg)  # configuration errors are never "fallen back" from
@@ -341,13 +348,13 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], cfg: 
             counters["backend"]["dynamic_graphs"] += 1
         return compiled
     except (NexfortConfigError, *compat.dynamo_control_flow_exceptions()) as e:
-        _let_go_of_compilation_holds()  # no graph: nothing of this call needs them (a restart holds them again)
         if type(e).__name__ == "SkipFrame" and not compat.dynamo_passes_skip_frame():
             # torch 2.1 wraps a backend's SkipFrame as a compiler failure of the caller's call: run the graph
             # eagerly instead, which is what Dynamo does with the frame on newer torch (not a failure: no fallback)
             counters["backend"]["eager_graphs"] += 1
             logger.info("nexfort: a graph asked to run eagerly (%s); this torch's Dynamo cannot skip the frame", e)
-            return gm.forward
+            return _eager(gm)
+        _let_go_of_compilation_holds()  # no graph: nothing of this call needs them (a restart holds them again)
         raise  # configuration errors are the user's to fix; Dynamo's restart signals are not failures
     except Exception as e:  # noqa: BLE001 - any compiler failure
         if cfg.options.compiler.on_error == "raise":
@@ -360,5 +367,4 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], cfg: 
                    "running that graph eagerly. Set options={'compiler.on_error': 'raise'} to raise instead.",
                    once=bool(cfg.options.compiler.warn_once))
         logger.debug("nexfort: compile failure", exc_info=True)
-        let_go = compilation_holds()
-        return gm.forward if let_go is None else _after_first_call(gm.forward, [let_go])
+        return _eager(gm)
