@@ -54,6 +54,9 @@ def parser(description: str, default_model_help: str) -> argparse.ArgumentParser
                    help="with --compiler all: also a run named torchao:TYPE, torchao's quantization of the layers that "
                         "nexfort's quantization type TYPE takes (fp8_e4m3_e4m3_dynamic, int8_dynamic, ...), then "
                         "torch.compile's default mode (pip install torchao)")
+    p.add_argument("--skip", default="", metavar="RUNS",
+                   help="with --compiler all: leave out these references, comma-separated (inductor: torch.compile's "
+                        "default), to fit a long compile into a time limit; eager and nexfort always run")
     p.add_argument("--compiler-config", default=None,
                    help='JSON for compile_pipe: {"mode": ..., "options": {...}, "dynamic": ..., '
                         '"memory_format": "channels_last", "ignores": [...], "fuse_qkv_projections": ...}; without '

@@ -27,6 +27,8 @@ from nexfort_bench.args import (  # noqa: F401 - the command line, importable fr
     str2bool,
 )
 
+SKIPPABLE = ("inductor",)  # --skip: the references of --compiler all that a run may leave out
+
 
 def compile_for(loaded: models.Loaded, compiler: str, cfg: Dict[str, Any], pipe_kw: Dict[str, Any],
                 denoiser_only: bool) -> None:
@@ -189,6 +191,12 @@ def setup(args: argparse.Namespace, family: str) -> None:
     bad = [m for m in args.inductor_mode_list if m not in valid]
     if bad:
         raise SystemExit(f"--inductor-modes: unknown torch.compile mode(s) {bad}; valid: {', '.join(valid)}")
+    args.skip_list = [r.strip() for r in args.skip.split(",") if r.strip()]
+    bad = [r for r in args.skip_list if r not in SKIPPABLE]
+    if bad or (args.skip_list and args.compiler != "all"):
+        raise SystemExit(f"--skip {args.skip}: only with --compiler all, and only these runs: {', '.join(SKIPPABLE)}"
+                         f" (eager is every run's reference, nexfort the subject; leave an --inductor-modes mode "
+                         f"out of that list instead)")
 
 
 def main(argv: Optional[Sequence[str]] = None, *, family: str = "pixart", description: str = "",
@@ -239,7 +247,8 @@ def main(argv: Optional[Sequence[str]] = None, *, family: str = "pixart", descri
     jobs: List[Tuple[int, ...]] = list(resolutions)
     if jobs:  # the batch sweep: the base resolution at another batch size (1 -> 4)
         jobs.append((args.height, args.width, 4 if args.batch_size != 4 else 1))
-    compilers = (["none", "inductor", *(f"inductor:{m}" for m in args.inductor_mode_list),
+    compilers = (["none", *(["inductor"] if "inductor" not in args.skip_list else []),
+                  *(f"inductor:{m}" for m in args.inductor_mode_list),
                   *([torchao_run.PREFIX + args.torchao] if args.torchao else []), "nexfort"]
                  if args.compiler == "all" else [args.compiler])
     if jobs and "none" not in compilers:

@@ -149,3 +149,21 @@ def test_summary_ratios(bench):
     assert s["torch_compile_best_run"] == "inductor:reduce-overhead" and s["torch_compile_best"] == 33.0
     assert "1.179x torch.compile best (inductor:reduce-overhead)" in summary_line(s)
     assert summary({"eager": {"step_ms_median": 1.0}}) == {}
+
+
+def test_skip_flag(bench, tmp_path, one_thread):
+    """--skip inductor leaves torch.compile's default run out of --compiler all (eager and nexfort still run, the
+    summary then has no torch.compile ratio); anything else, or --skip without --compiler all, is an error before a
+    model is built."""
+    cli = bench.cli
+    for argv, msg in ((["--compiler", "all", "--skip", "eager"], "only these runs: inductor"),
+                      (["--compiler", "all", "--skip", "nexfort"], "only these runs: inductor"),
+                      (["--compiler", "nexfort", "--skip", "inductor"], "only with --compiler all")):
+        args = cli.parser("", "").parse_args([*argv, "--device", "cpu"])
+        with pytest.raises(SystemExit, match=msg):
+            cli.setup(args, "pixart")
+    rc, data = _run(bench, tmp_path, "--model", "tiny-pixart-sigma", "--denoiser-only", "--compiler", "all",
+                    "--skip", "inductor", *SIZE[:4], "--warmups", "1", "--iters", "1")
+    assert rc == 0 and list(data["runs"]) == ["eager", "nexfort"]
+    assert "speedup_vs_torch_compile" not in data["summary"] and "speedup_vs_eager" in data["summary"]
+    assert _close(data["runs"]["nexfort"]["rel_l2_vs_eager"])

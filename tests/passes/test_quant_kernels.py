@@ -108,3 +108,33 @@ def test_gpu_strided_input_and_linear_uses_the_op():
     assert float((out.float() - by_torch_ops).norm() / by_torch_ops.norm()) < 2e-2
     err, err_ops = (float((t - ref).norm() / ref.norm()) for t in (out.float(), by_torch_ops))
     assert err <= 1.1 * err_ops + 2e-3, (err, err_ops)
+
+
+def test_fast_accum_option_reaches_the_fp8_gemm(monkeypatch):
+    """quant.fast_accum (default on) is the fp8 layers' use_fast_accum on CUDA; the CPU's kernel has one mode, so
+    there it is never asked for; a non-bool, or false for a type without an fp8 GEMM, is an error before compiling."""
+    from nexfort.compilers import nexfort_compile
+    from nexfort.passes.quant import fp8
+
+    assert Float8DynamicConfig().fast_accum is True and config_for("fp8", fast_accum=False).fast_accum is False
+    with pytest.raises(QuantizationError, match="fast_accum must be True or False.*got 'yes'"):
+        Float8DynamicConfig(fast_accum="yes")
+    with pytest.raises(Exception, match="quant.fast_accum' applies to the fp8 dynamic types"):
+        nexfort_compile(torch.nn.Linear(256, 256), mode="quant",
+                        options={"quant.type": "int8_dynamic", "quant.fast_accum": False})
+    with pytest.raises(Exception, match="quant.fast_accum' applies to the fp8 dynamic types"):
+        nexfort_compile(torch.nn.Linear(256, 256), mode="quant",
+                        options={"quant.type": "fp8_e4m3_e4m3_weightonly", "quant.fast_accum": False})
+    for type_name, flag in (("fp8", False), ("fp8_e4m3_e4m3_dynamic_per_tensor", True)):
+        model = torch.nn.Sequential(torch.nn.Linear(256, 256))
+        quantize_(model, config_for(type_name, fast_accum=flag, min_features=16))
+        assert model[0].fast_accum is flag
+    if not fp8.cpu_fp8_gemm():
+        pytest.skip(f"torch {torch.__version__} has no row-wise fp8 GEMM on the CPU (the forward below)")
+    seen = []
+    real = torch._scaled_mm
+    monkeypatch.setattr(torch, "_scaled_mm", lambda *a, **k: seen.append(k["use_fast_accum"]) or real(*a, **k))
+    model = torch.nn.Sequential(torch.nn.Linear(256, 256))
+    quantize_(model, config_for("fp8", min_features=16))
+    x = torch.randn(8, 256)
+    assert model[0].fast_accum is True and torch.isfinite(model(x)).all() and seen == [False]  # CPU: one mode

@@ -40,3 +40,23 @@ def test_row_ratios_and_unfair_runs(tmp_path):
     readme = f"a\n{rt.BEGIN}\nold\n{rt.END}\nb\n"
     once = rt.embed(readme, table)
     assert rt.embed(once, table) == once and "old" not in once
+
+
+def test_quant_row_names_the_mode_torchao_and_torch_compiles_drift(tmp_path):
+    rt = _tool()
+    runs = {"eager": {"step_ms_median": 40.0, "peak_memory_mb": 100.0},
+            "inductor": {"step_ms_median": 30.0, "rel_l2_vs_eager": 2e-3},
+            "nexfort": {"step_ms_median": 20.0, "peak_memory_mb": 50.0, "rel_l2_vs_eager": 2e-2,
+                        "nexfort_mode": "max-optimize:quant"}}
+    data = {"args": {"dtype": "bf16"}, "env": {"gpu": "G", "torch": "t"}, "runs": dict(runs)}
+    r = rt.quant_row("X", "q.json", data)
+    assert r["nexfort"] == "20.00 ms (`max-optimize:quant`)" and r["vs torch.compile"] == "1.50x"
+    assert r["torchao + torch.compile"] == "not run" and r["vs torchao"] == "—"
+    assert r["rel L2 vs eager (torch.compile's)"] == "2.0e-02 (2.0e-03)" and r["peak memory vs eager"] == "0.50x"
+    data["runs"]["torchao:fp8"] = {"step_ms_median": 25.0}
+    r = rt.quant_row("X", "q.json", data)
+    assert r["torchao + torch.compile"] == "25.00 ms" and r["vs torchao"] == "1.25x"
+    data["runs"]["torchao:fp8"] = {"error": "TimeoutError"}
+    assert rt.quant_row("X", "q.json", data)["torchao + torch.compile"] == "failed"
+    (tmp_path / "q.json").write_text(json.dumps(data))
+    assert "no FlashAttention-4" in rt.render([("X", "q.json")], str(tmp_path), make_row=rt.quant_row)

@@ -83,11 +83,18 @@ class Float8DynamicConfig(QuantConfig):
     # how activations are quantized on CUDA: "triton" (one pass, nexfort.passes.quant.kernels), "inductor" (torch
     # ops that Inductor fuses into the producing kernel), "auto" (triton where available)
     activation_kernel: str = "auto"
+    # CUDA: let the fp8 tensor cores accumulate in their fast mode (``torch._scaled_mm(use_fast_accum=True)``,
+    # torchao's inference default; Hopper promotes the partial sums to float32 periodically). False: full-precision
+    # accumulation, a slower GEMM. The CPU's kernel has one mode.
+    fast_accum: bool = True
 
     def __post_init__(self) -> None:
         if self.activation_kernel not in ACTIVATION_KERNELS:
             raise api.QuantizationError(f"Unknown activation_kernel {self.activation_kernel!r} for {self.name}; "
                                         f"valid: {', '.join(ACTIVATION_KERNELS)}.")
+        if not isinstance(self.fast_accum, bool):
+            raise api.QuantizationError(f"fast_accum must be True or False for {self.name}, got "
+                                        f"{self.fast_accum!r}.")
 
     @classmethod
     def unsupported(cls, device: torch.device) -> Optional[str]:
@@ -144,6 +151,7 @@ class Float8Linear(QuantizedLinear):
 
     kind = "fp8"
     activation_kernel = "auto"  # Float8DynamicConfig.activation_kernel
+    fast_accum = True  # Float8DynamicConfig.fast_accum
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear) -> "Float8Linear":
@@ -168,7 +176,7 @@ class Float8Linear(QuantizedLinear):
         # row-wise scaled fp8 GEMMs on CUDA produce bf16 (fp16 is not offered); the CPU gives any float dtype
         mm_dtype = torch.bfloat16 if x.is_cuda and self.weight_scale.dim() else x.dtype
         y = torch._scaled_mm(xq, self.weight.t(), scale_a=xs, scale_b=self._weight_scale_for_mm(),
-                             out_dtype=mm_dtype)
+                             out_dtype=mm_dtype, use_fast_accum=bool(self.fast_accum and x.is_cuda))
         y = y.to(x.dtype)
         if self.bias is not None:
             y = y + self.bias.to(x.dtype)
@@ -206,7 +214,8 @@ class Float8WeightOnlyLinear(Float8Linear):
 def _quantize_fp8(model: torch.nn.Module, layers: List[Any], config: Float8DynamicConfig) -> int:
     n = replace_rowwise(model, layers, Float8Linear)
     for fqn, _ in layers:
-        model.get_submodule(fqn).activation_kernel = config.activation_kernel
+        layer = model.get_submodule(fqn)
+        layer.activation_kernel, layer.fast_accum = config.activation_kernel, config.fast_accum
     return n
 
 
@@ -219,5 +228,7 @@ def _quantize_fp8_weightonly(model: torch.nn.Module, layers: List[Any], config: 
 def _quantize_fp8_per_tensor(model: torch.nn.Module, layers: List[Any], config: QuantConfig) -> int:
     # one scale per weight: a row view of a fused weight gets its own scale (no sharing of the fused fp8 rows)
     for fqn, linear in layers:
-        set_submodule(model, fqn, Float8PerTensorLinear.from_linear(linear))
+        layer = Float8PerTensorLinear.from_linear(linear)
+        layer.fast_accum = config.fast_accum
+        set_submodule(model, fqn, layer)
     return len(layers)

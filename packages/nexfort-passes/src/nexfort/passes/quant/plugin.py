@@ -37,6 +37,9 @@ class QuantOptions:
     # fp8 dynamic types on CUDA: "triton" (one-pass activation quantization), "inductor" (torch ops fused by
     # Inductor into the producing kernel), "auto" (triton where available)
     activation_kernel: str = "auto"
+    # fp8 dynamic types on CUDA: the fp8 GEMM's fast accumulation (torch._scaled_mm use_fast_accum; torchao's
+    # inference default); False: full-precision accumulation, slower
+    fast_accum: bool = True
     # who quantizes: "nexfort" (its own layers and kernels) or "torchao" (torchao's config for the same type on the
     # same layers: nexfort.passes.quant.torchao_engine; pip install torchao)
     engine: str = "nexfort"
@@ -92,6 +95,13 @@ def nexfort_validate_config(config: Any) -> Optional[List[str]]:
             api._BY_NAME[str(opts.type)], "activation_kernel"):
         problems.append(f"Option 'quant.activation_kernel' applies to the fp8 types; quant.type "
                         f"{shown(opts.type)} has no activation kernel to choose (leave it 'auto').")
+    from nexfort.passes.quant.fp8 import Float8DynamicConfig, Float8WeightOnlyConfig
+
+    qcls = api._BY_NAME.get(str(opts.type))
+    if not bool(opts.fast_accum) and qcls is not None and (
+            not issubclass(qcls, Float8DynamicConfig) or issubclass(qcls, Float8WeightOnlyConfig)):
+        problems.append(f"Option 'quant.fast_accum' applies to the fp8 dynamic types; quant.type {shown(opts.type)} "
+                        f"has no fp8 GEMM accumulation to choose (leave it true).")
     if any(str(name) == "" for name in opts.exclude):
         problems.append(f"Option 'quant.exclude' has an empty name, which every layer's name contains (it would "
                         f"exclude all of them): {shown(list(opts.exclude))}.")
@@ -121,6 +131,8 @@ def nexfort_transform_module(module: Any, config: Any) -> Optional[str]:
     kwargs = {"min_features": int(opts.min_features)}
     if str(opts.activation_kernel) != "auto":
         kwargs["activation_kernel"] = str(opts.activation_kernel)
+    if not bool(opts.fast_accum):
+        kwargs["fast_accum"] = False
     qcfg = config_for(str(opts.type), **kwargs)
     if str(opts.engine) == "torchao":
         from nexfort.passes.quant.torchao_engine import quantize_with_torchao
