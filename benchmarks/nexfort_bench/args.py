@@ -57,6 +57,12 @@ def parser(description: str, default_model_help: str) -> argparse.ArgumentParser
     p.add_argument("--skip", default="", metavar="RUNS",
                    help="with --compiler all: leave out these references, comma-separated (inductor: torch.compile's "
                         "default), to fit a long compile into a time limit; eager and nexfort always run")
+    p.add_argument("--drift-seeds", type=int, default=0, metavar="N",
+                   help="with --compiler all, whole pipeline: after timing, each run calls the pipeline once per seed "
+                        "(--seed, --seed+1, ...) and the latents after every step are compared with eager's (mean "
+                        "relative L2 over the seeds, per step, every run side by side; nexfort_bench.drift)")
+    p.add_argument("--drift-bound", type=float, default=None,
+                   help="with --drift-seeds: the verdict's bound on the final step's mean drift (issue 18: 0.05)")
     p.add_argument("--compiler-config", default=None,
                    help='JSON for compile_pipe: {"mode": ..., "options": {...}, "dynamic": ..., '
                         '"memory_format": "channels_last", "ignores": [...], "fuse_qkv_projections": ...}; without '

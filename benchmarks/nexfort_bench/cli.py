@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import shutil
 import sys
@@ -12,7 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from nexfort_bench import inputs, models, parallel, report, timing, torchao_run
+from nexfort_bench import drift, inputs, models, parallel, report, timing, torchao_run
 from nexfort_bench.args import (  # noqa: F401 - the command line, importable from here as before
     COMPILERS,
     CONFIG_KEYS,
@@ -103,6 +104,11 @@ def _timed_run(loaded: models.Loaded, compiler: str, args: argparse.Namespace, c
             batch = job[2] if len(job) > 2 else args.batch_size
             extra.append(_one_resolution(loaded, args, h, w, {**common, "batch": batch}))
         res["resolutions"] = [e["result"] for e in extra]
+        latents = None
+        if args.drift_seeds:  # the whole run per seed, latents after each step (compared in main)
+            hw = dict(height=args.height, width=args.width, steps=args.steps, guidance_scale=args.guidance_scale)
+            latents = drift.collect(loaded.pipe, lambda seed: inputs.pipeline_kwargs(
+                loaded, **hw, **{**common, "seed": seed}), drift.seeds(args.seed, args.drift_seeds))
     res["compiled_total"] = timing.counts_delta(c0, timing.compile_counts())
     if compiler == "nexfort":
         res["nexfort_mode"] = (getattr(loaded.pipe, "_nexfort_compiled", None) or {}).get("mode")
@@ -114,7 +120,8 @@ def _timed_run(loaded: models.Loaded, compiler: str, args: argparse.Namespace, c
         res["sweep"] = sweep_summary(res["resolutions"])
     if compiler != "none":
         uncompile_pipe(loaded.pipe)
-    return {"result": res, "output": out["output"], "extra_outputs": [e["output"] for e in extra]}
+    return {"result": res, "output": out["output"], "extra_outputs": [e["output"] for e in extra],
+            "drift_latents": latents}
 
 
 def _uses_cudagraphs(compiler: str) -> bool:
@@ -197,6 +204,12 @@ def setup(args: argparse.Namespace, family: str) -> None:
         raise SystemExit(f"--skip {args.skip}: only with --compiler all, and only these runs: {', '.join(SKIPPABLE)}"
                          f" (eager is every run's reference, nexfort the subject; leave an --inductor-modes mode "
                          f"out of that list instead)")
+    if args.drift_seeds < 0 or (args.drift_seeds and (args.compiler != "all" or args.denoiser_only)):
+        raise SystemExit(f"--drift-seeds {args.drift_seeds}: a number of seeds >= 0, with --compiler all (eager is "
+                         f"the reference) and the whole pipeline (not --denoiser-only)")
+    if args.drift_bound is not None and not (args.drift_seeds and math.isfinite(args.drift_bound)
+                                             and args.drift_bound > 0):
+        raise SystemExit(f"--drift-bound {args.drift_bound}: a positive number, with --drift-seeds")
 
 
 def main(argv: Optional[Sequence[str]] = None, *, family: str = "pixart", description: str = "",
@@ -283,6 +296,8 @@ def main(argv: Optional[Sequence[str]] = None, *, family: str = "pixart", descri
             "model": loaded.info,
             "args": {k: v for k, v in vars(args).items() if k not in ("torch_dtype", "cache_dirs")},
             "compiler_config": {**cfg, **pipe_kw}, "runs": runs, "summary": report.summary(runs)}
+    if args.drift_seeds and "eager" in outputs:
+        data["drift"] = drift.compare({n: r["drift_latents"] for n, r in outputs.items()}, args.drift_bound)
     if par is not None:
         data["parallel"] = par
     rc = _report(args, loaded, env, data, runs, outputs) if parallel.is_main(par) else _exit_code(runs)
@@ -300,6 +315,8 @@ def _report(args: argparse.Namespace, loaded: models.Loaded, env: Dict[str, Any]
     print(report.table(runs))
     if data["summary"]:
         print(report.summary_line(data["summary"]))
+    if data.get("drift"):
+        print(drift.table(data["drift"]))
     chart_path = args.output_chart
     if chart_path is None and args.compiler == "all":
         chart_path = (args.output_json[:-5] if args.output_json and args.output_json.endswith(".json")
