@@ -57,7 +57,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
-def _fresh_state():
+def _fresh_state(request):
     """Reset nexfort's counters and Dynamo's caches around every test; fail a test that leaves a patch of torch's or
     diffusers' internals applied (:mod:`nexfort.core.patches`: every patch is undone when the feature that needs it
     is done, or with the objects it was made on)."""
@@ -68,7 +68,7 @@ def _fresh_state():
     torch._dynamo.reset()
     yield counters
     torch._dynamo.reset()
-    _check_nothing_left_patched()
+    _check_nothing_left_patched(request.node)
 
 
 def _drop_old_dynamo_guard_finalizers() -> int:
@@ -93,7 +93,56 @@ def _drop_old_dynamo_guard_finalizers() -> int:
     return dropped
 
 
-def _check_nothing_left_patched():
+def _print_holders(patches):  # debugging aid: what keeps a patched object alive (NEXFORT_DEBUG_LEFTOVERS=1)
+    import gc
+    import sys
+    import types
+
+    for record in list(patches._objects.values()):
+        peek = record.finalizer.peek()
+        if peek is None:
+            continue
+        obj = peek[0]
+        chain, seen = [obj], {id(obj)}
+        mine = {id(chain)}
+        for _ in range(10):
+            found = gc.get_referrers(chain[-1])
+            mine.add(id(found))
+            refs = [r for r in found if id(r) not in seen and id(r) not in mine
+                    and not isinstance(r, types.FrameType) and r is not peek]
+            mine.add(id(refs))
+            if not refs:
+                break
+            r = refs[0]
+            seen.add(id(r))
+            chain.append(r)
+        print("HOLDERS:", " <- ".join(f"{type(c).__name__}:{str(c)[:80]!r}" for c in chain), file=sys.stderr)
+        break
+
+
+def _drop_log_record_arguments(item) -> int:
+    """pytest keeps every log record of a test until its report is made, arguments and all: torch 2.1's Inductor logs
+    ``"example value absent for node: %s"`` with the FX node itself (torch/_inductor/fx_passes/split_cat.py), and
+    that node reaches its graph module and every compiled submodule. Format those records now (their text stays,
+    for the report) and drop the arguments, so the objects they named can be collected. Returns how many."""
+    import logging
+
+    try:
+        from _pytest.logging import LogCaptureHandler, caplog_records_key
+    except ImportError:  # pragma: no cover - another pytest
+        return 0
+    lists = list(item.stash.get(caplog_records_key, {}).values())
+    lists += [h.records for h in logging.getLogger().handlers if isinstance(h, LogCaptureHandler)]
+    dropped = 0
+    for records in lists:
+        for record in records:
+            if record.args:
+                record.msg, record.args = record.getMessage(), None
+                dropped += 1
+    return dropped
+
+
+def _check_nothing_left_patched(item=None):
     from nexfort.core import patches
 
     left = patches.leftovers()
@@ -101,8 +150,12 @@ def _check_nothing_left_patched():
         import gc
 
         _drop_old_dynamo_guard_finalizers()
+        if item is not None:
+            _drop_log_record_arguments(item)
         gc.collect()
         left = patches.leftovers()
+    if left and os.environ.get("NEXFORT_DEBUG_LEFTOVERS"):
+        _print_holders(patches)
     if left:
         patches.restore_all()  # the next test starts clean
         pytest.fail("the test left patches of torch/diffusers internals applied (nexfort.core.patches): "
