@@ -54,7 +54,8 @@ class AttentionKernel:
     ``dtypes`` are the ones it takes at all (the pass rewrites no graph of another dtype); ``install`` is the command
     that installs it (for the error when one is asked for by name); ``suits(device)`` says whether the hardware is
     one it is made for (installed or not: where it suits and is missing, the backend says how to install it);
-    ``describe()`` names it and its version for the one-line report."""
+    ``describe()`` names it and its version for the one-line report. A ``lossy`` kernel (quantized arithmetic,
+    :mod:`.int8_qk`) is a candidate only where the options name it, never among "every registered kernel"."""
 
     name: str
     run: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Optional[float]], torch.Tensor]
@@ -64,6 +65,7 @@ class AttentionKernel:
     install: str = ""
     suits: Optional[Callable[[torch.device], bool]] = None
     describe: Optional[Callable[[], str]] = None
+    lossy: bool = False
 
 
 _KERNELS: Dict[str, AttentionKernel] = {}
@@ -274,7 +276,8 @@ def _recalled_or_benchmarked(key: tuple, q, k, v, scale, policy) -> str:
 
 def _benchmark(q, k, v, scale, kernels: str, min_speedup: float, max_rel_l2: float) -> str:
     reps = 10 if q.is_cuda else 3
-    names = tuple(_KERNELS) if kernels == ALL else tuple(n for n in kernels.split(",") if n)
+    names = (tuple(n for n, k in _KERNELS.items() if not k.lossy) if kernels == ALL
+             else tuple(n for n in kernels.split(",") if n))
     candidates = [_KERNELS[n] for n in names if n in _KERNELS and n != SDPA]
     candidates = [c for c in candidates if c.available(q.device.type) and c.supports(q, k, v)]
     if not candidates:
@@ -350,8 +353,9 @@ def op() -> Callable[..., torch.Tensor]:
 
 
 def available_kernels(device_type: str, names: Optional[Sequence[str]] = None) -> List[str]:
-    """The registered kernels (of ``names``, if given) installed and usable for ``device_type``."""
-    pool = names if names is not None else list(_KERNELS)
+    """The registered kernels (of ``names``, if given; else every lossless one) installed and usable for
+    ``device_type``."""
+    pool = names if names is not None else [n for n, k in _KERNELS.items() if not k.lossy]
     return [n for n in pool if n in _KERNELS and _KERNELS[n].available(device_type)]
 
 
@@ -359,7 +363,8 @@ def kernel_report(device: torch.device) -> str:
     """One line: the attention kernels found for ``device`` and, where a kernel made for it is missing, how to
     install it."""
     found = [k.describe() if k.describe else k.name for n, k in _KERNELS.items() if k.available(device.type)
-             and (k.suits is None or k.suits(device))]
+             and (k.suits is None or k.suits(device)) and not k.lossy]
+    opt_in = [n for n, k in _KERNELS.items() if k.lossy and k.available(device.type)]
     missing = [k for n, k in _KERNELS.items() if k.suits is not None and k.suits(device)
                and not k.available(device.type)]
     where = str(device)
@@ -370,6 +375,8 @@ def kernel_report(device: torch.device) -> str:
     line += "; each attention shape keeps the fastest on its first call" if found else ""
     for k in missing:
         line += f"; {k.name} is made for this GPU and not installed: {k.install}"
+    if opt_in:
+        line += f"; lossy, where options.attention_kernel.kernels names them: {', '.join(opt_in)}"
     return line
 
 
@@ -391,3 +398,7 @@ def report_kernels(device: torch.device) -> Optional[str]:
 register_kernel(AttentionKernel("fa4", _fa4_run, _fa4_supports, _fa4_available,
                                 install='pip install "nexfort-passes[cuda]" (FlashAttention-4: flash-attn-4)',
                                 suits=_fa4_suits, describe=_fa4_describe))
+
+from nexfort.passes.attention_kernel import int8_qk as _int8_qk  # noqa: E402 - its kernel needs the registry above
+
+_int8_qk.register()
