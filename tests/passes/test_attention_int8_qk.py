@@ -16,8 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nexfort.passes.attention_kernel import AttentionKernel, register_kernel
-from nexfort.passes.attention_kernel import int8_qk
+from nexfort.passes.attention_kernel import AttentionKernel, int8_qk, register_kernel
 from nexfort.passes.attention_kernel import kernels as K
 
 
@@ -104,7 +103,8 @@ for b, h, sq, sk, d in ((1, 2, 130, 70, 40), (2, 1, 200, 30, 72)):  # rows and k
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(b, h, s, d, generator=g).half() for s in (sq, sk, sk))
     out = int8_qk.run(q, k, v, None)
-    res.append({"shape": list(out.shape), "stride": list(out.stride()), "vs_reference": rel(out, int8_qk.reference(q, k, v)),
+    ref = int8_qk.reference(q, k, v)
+    res.append({"shape": list(out.shape), "stride": list(out.stride()), "vs_reference": rel(out, ref),
                 "vs_sdpa": rel(out, F.scaled_dot_product_attention(q.float(), k.float(), v.float()))})
 print(json.dumps(res))
 """

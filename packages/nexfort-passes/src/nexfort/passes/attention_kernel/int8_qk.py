@@ -75,7 +75,7 @@ def _triton_kernel():
     import triton.language as tl
 
     @triton.jit
-    def int8_qk_attention(Q, K, V, SQ, SK, O, H, NQ, NK, D, DV,
+    def int8_qk_attention(Q, K, V, SQ, SK, Out, H, NQ, NK, D, DV,
                           sqb, sqh, sqs, skb, skh, sks, svb, svh, svs, sob, soh, sos,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                           BLOCK_DV: tl.constexpr):
@@ -109,7 +109,7 @@ def _triton_kernel():
             acc = acc * alpha[:, None] + tl.dot(p.to(vals.dtype), vals)
             m_i = m_new
         acc = acc / l_i[:, None]
-        tl.store(O + b * sob + h * soh + rows[:, None] * sos + dv[None, :], acc.to(O.dtype.element_ty),
+        tl.store(Out + b * sob + h * soh + rows[:, None] * sos + dv[None, :], acc.to(Out.dtype.element_ty),
                  mask=(rows[:, None] < NQ) & (dv[None, :] < DV))
 
     return int8_qk_attention, triton
