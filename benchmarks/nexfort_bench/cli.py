@@ -111,7 +111,10 @@ def _timed_run(loaded: models.Loaded, compiler: str, args: argparse.Namespace, c
                 loaded, **hw, **{**common, "seed": seed}), drift.seeds(args.seed, args.drift_seeds))
     res["compiled_total"] = timing.counts_delta(c0, timing.compile_counts())
     if compiler == "nexfort":
-        res["nexfort_mode"] = (getattr(loaded.pipe, "_nexfort_compiled", None) or {}).get("mode")
+        compiled = getattr(loaded.pipe, "_nexfort_compiled", None) or {}
+        res["nexfort_mode"] = compiled.get("mode")
+        # what the module transforms did per component: QKV fusion, quantization with its weight memory
+        res["nexfort_prepared"] = compiled.get("prepared") or {}
         from nexfort.core import counters
 
         # what fired: pass rewrites, the attention kernel each shape chose, fallbacks (which must be 0)
@@ -315,6 +318,8 @@ def _report(args: argparse.Namespace, loaded: models.Loaded, env: Dict[str, Any]
     print(report.table(runs))
     if data["summary"]:
         print(report.summary_line(data["summary"]))
+    for comp, done in (runs.get("nexfort", {}).get("nexfort_prepared") or {}).items():
+        print(f"nexfort prepared {comp}: {'; '.join(done)}")  # e.g. the quantized layers' weight memory
     if data.get("drift"):
         print(drift.table(data["drift"]))
     chart_path = args.output_chart

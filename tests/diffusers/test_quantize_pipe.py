@@ -57,6 +57,12 @@ def test_compile_pipe_quant_flag_matches_the_eager_quantized_pipeline(counters):
     compile_pipe(pipe, mode="max-optimize:quant", options={"quant.min_features": 16})
     assert isinstance(pipe.transformer.transformer_blocks[0].attn1.to_qkv, Float8Linear)
     assert type(pipe.vae.decoder.probe) is torch.nn.Linear  # the flag quantizes the denoisers only
+    # what compile_pipe did to each component, the quantized layers' weight memory before and after included
+    prepared = pipe._nexfort_compiled["prepared"]
+    n = counters["quant"]["fp8_e4m3_e4m3_dynamic"] // 2  # the eager pipeline's quantize_pipe counted the same layers
+    assert f"quantized {n} linear layers in fp8_e4m3_e4m3_dynamic: weights 0.04 MiB -> 0.01 MiB" in \
+        prepared["transformer"], prepared
+    assert not any("quantized" in line for comp, lines in prepared.items() if comp != "transformer" for line in lines)
     out = _image(pipe, seed=3)
     assert rel_l2(out, ref) < 2e-3
 

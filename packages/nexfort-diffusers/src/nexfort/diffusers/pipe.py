@@ -175,15 +175,19 @@ def _check_regions(regions: bool) -> None:
 
 
 def compile_module(module: torch.nn.Module, cfg: Any, backend: str = "nexfort",
-                   regions: bool = False, inductor_mode: Optional[str] = None) -> torch.nn.Module:
+                   regions: bool = False, inductor_mode: Optional[str] = None,
+                   prepared: Optional[List[str]] = None) -> torch.nn.Module:
     """Compile ``module`` in place (``nn.Module.compile``) so that it keeps its type, its ``state_dict`` keys and
     its parameters; where torch lacks ``nn.Module.compile`` return ``torch.compile``'s wrapper (which shares the
     parameters too). ``backend="nexfort"`` is what ``nexfort_compile`` does: memory format and the plugins'
     module transforms (``prepare_module``), then the nexfort backend bound to ``cfg``. ``regions=True`` compiles
     the module's repeated blocks instead of the whole (:mod:`nexfort.diffusers.regional`; the whole module where it
-    has none). ``inductor_mode`` is torch.compile's own ``mode`` for ``backend="inductor"``."""
+    has none). ``inductor_mode`` is torch.compile's own ``mode`` for ``backend="inductor"``. ``prepared``, where
+    given, gets what the module transforms did (one line each: QKV fusion, quantization with its weight memory)."""
     if backend == "nexfort":
-        api.prepare_module(module, cfg)
+        done = api.prepare_module(module, cfg)
+        if prepared is not None:
+            prepared.extend(done)
         be: Any = api.backend_for(cfg)
     else:
         _apply_memory_format(module, cfg)
@@ -290,6 +294,7 @@ def compile_pipe(pipe: Any, mode: Optional[str] = None, options: Any = None, *, 
     if "vae" not in skipped:
         upcast_vae_once(pipe)
     done: List[Tuple[str, str]] = []
+    prepared: Dict[str, List[str]] = {}
     comps = _components(pipe)
     vae_scale = int(getattr(pipe, "vae_scale_factor", None) or 8)
     # video VAEs that decode chunk by chunk with a cache are not split per sample (nexfort.diffusers.video)
@@ -309,7 +314,8 @@ def compile_pipe(pipe: Any, mode: Optional[str] = None, options: Any = None, *, 
         # their accuracy for nothing measurable); quantize_pipe(components=...) reaches the others
         ccfg = cfg if name in DENOISERS or backend != "nexfort" else _without_quant(cfg)
         regions = backend == "nexfort" and name in DENOISERS and regional(cfg)
-        compiled = compile_module(module, ccfg, backend, regions=regions, inductor_mode=inductor_mode)
+        compiled = compile_module(module, ccfg, backend, regions=regions, inductor_mode=inductor_mode,
+                                  prepared=prepared.setdefault(name, []))
         if compiled is not module:  # pragma: no cover (torch < 2.2)
             setattr(owner, attr, compiled)
         # dynamic shapes without the duck-sizing trap (nexfort only: backend="inductor" stays plain
@@ -320,7 +326,8 @@ def compile_pipe(pipe: Any, mode: Optional[str] = None, options: Any = None, *, 
         wrap_compiled_call(compiled, dynamic=backend == "nexfort" and cfg.dynamic is True, check=check,
                            denoiser=name in DENOISERS, per_sample=per_sample, prepare=trim)
         done.append((name, type(comps[name.split(".")[0]]).__name__))
-    pipe._nexfort_compiled = {"backend": backend, "mode": cfg.mode, "components": [n for n, _ in done]}
+    pipe._nexfort_compiled = {"backend": backend, "mode": cfg.mode, "components": [n for n, _ in done],
+                              "prepared": {n: p for n, p in prepared.items() if p}}
     logger.info("nexfort: compile_pipe(%s) compiled %s", type(pipe).__name__, ", ".join(n for n, _ in done))
     return pipe
 

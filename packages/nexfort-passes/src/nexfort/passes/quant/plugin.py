@@ -144,7 +144,7 @@ def nexfort_transform_module(module: Any, config: Any) -> Optional[str]:
         _applied[id(config)] = weakref.ref(config, lambda _, key=id(config): _applied.pop(key, None))
     except TypeError:  # a config that cannot be weakly referenced: the warning below may then show once
         pass
-    return f"quantized {n} linear layers ({n.type})"
+    return f"quantized {n.summary()}"  # "N linear layers in TYPE: weights X MiB -> Y MiB"
 
 
 @hookimpl
