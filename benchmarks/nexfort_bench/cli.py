@@ -108,7 +108,7 @@ def _timed_run(loaded: models.Loaded, compiler: str, args: argparse.Namespace, c
         if args.drift_seeds:  # the whole run per seed, latents after each step (compared in main)
             hw = dict(height=args.height, width=args.width, steps=args.steps, guidance_scale=args.guidance_scale)
             latents = drift.collect(loaded.pipe, lambda seed: inputs.pipeline_kwargs(
-                loaded, **hw, **{**common, "seed": seed}), drift.seeds(args.seed, args.drift_seeds))
+                loaded, **hw, **{**common, "seed": seed}), range(args.seed, args.seed + args.drift_seeds))
     res["compiled_total"] = timing.counts_delta(c0, timing.compile_counts())
     if compiler == "nexfort":
         compiled = getattr(loaded.pipe, "_nexfort_compiled", None) or {}

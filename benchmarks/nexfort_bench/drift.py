@@ -14,31 +14,26 @@ side by side, so a lossy mode's drift reads against torch.compile's own. NaN or 
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-
-def seeds(first: int, n: int) -> List[int]:
-    return [first + i for i in range(n)]
+from nexfort_bench import report, timing
 
 
 def _latents_kwargs(pipe: Any, store: List[torch.Tensor]) -> Dict[str, Any]:
     """Pipeline arguments that append a float32 CPU copy of the latents after each step to ``store``."""
-    params = inspect.signature(type(pipe).__call__).parameters
-    if "callback_on_step_end" in params:
-        def on_step_end(_pipe: Any, _i: int, _t: Any, kwargs: Dict[str, Any]) -> Dict[str, Any]:
-            store.append(kwargs["latents"].detach().float().cpu())
-            return kwargs
+    def keep(latents: Any) -> None:
+        if latents is None:
+            raise SystemExit(f"--drift-seeds: {type(pipe).__name__}'s step callback gets no latents")
+        store.append(latents.detach().float().cpu())
 
-        return {"callback_on_step_end": on_step_end, "callback_on_step_end_tensor_inputs": ["latents"]}
-    if "callback" in params and "callback_steps" in params:
-        return {"callback": lambda _i, _t, latents: store.append(latents.detach().float().cpu()),
-                "callback_steps": 1}
-    raise SystemExit(f"--drift-seeds: {type(pipe).__name__} offers no step callback (callback_on_step_end or "
-                     f"callback/callback_steps), so its latents per step cannot be read")
+    kw = timing.step_end_kwargs(pipe, keep)
+    if kw is None:
+        raise SystemExit(f"--drift-seeds: {type(pipe).__name__} offers no step callback (callback_on_step_end or "
+                         f"callback/callback_steps), so its latents per step cannot be read")
+    return kw
 
 
 def collect(pipe: Any, kwargs_for_seed: Any, seed_list: Sequence[int]) -> List[List[torch.Tensor]]:
@@ -54,15 +49,6 @@ def collect(pipe: Any, kwargs_for_seed: Any, seed_list: Sequence[int]) -> List[L
     return runs
 
 
-def rel_l2(a: torch.Tensor, ref: torch.Tensor) -> float:
-    """``||a - ref|| / ||ref||``; ``inf`` where either holds a NaN/inf (so a broken run never passes a bound)."""
-    a, ref = a.double(), ref.double()
-    if not (torch.isfinite(a).all() and torch.isfinite(ref).all()):
-        return math.inf
-    den = float(ref.norm())
-    return float((a - ref).norm()) / den if den else (0.0 if float(a.norm()) == 0 else math.inf)
-
-
 def compare(runs: Dict[str, List[List[torch.Tensor]]], bound: Optional[float] = None,
             reference: str = "eager") -> Dict[str, Any]:
     """Per-step drift of every run against ``reference`` (same seeds, same steps), averaged over the seeds."""
@@ -76,7 +62,7 @@ def compare(runs: Dict[str, List[List[torch.Tensor]]], bound: Optional[float] = 
             out["runs"][name] = {"error": f"{sum(map(len, per_seed))} step latents against the reference's "
                                           f"{sum(map(len, ref))}"}
             continue
-        steps = [[rel_l2(a, r) for a, r in zip(seed_a, seed_r)] for seed_a, seed_r in zip(per_seed, ref)]
+        steps = [[report.rel_l2(a, r) for a, r in zip(seed_a, seed_r)] for seed_a, seed_r in zip(per_seed, ref)]
         mean = [sum(col) / len(col) for col in zip(*steps)]
         final = mean[-1] if mean else math.inf
         entry = {"per_step_mean": mean, "final_per_seed": [s[-1] for s in steps], "final_mean": final}

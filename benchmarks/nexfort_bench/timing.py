@@ -109,18 +109,24 @@ class Clock:
         return [(b - a) * 1e3 for a, b in zip(self.marks, self.marks[1:])]
 
 
-def step_callback_kwargs(pipe: Any, clock: Clock) -> Dict[str, Any]:
-    """Pipeline arguments that mark the clock at the end of each denoising step (both callback APIs)."""
+def step_end_kwargs(pipe: Any, on_step: Callable[[Any], None]) -> Optional[Dict[str, Any]]:
+    """Pipeline arguments that call ``on_step(latents)`` at the end of each denoising step, through whichever of
+    diffusers' two callback APIs the pipeline has (``None``: it has neither)."""
     params = inspect.signature(type(pipe).__call__).parameters
     if "callback_on_step_end" in params:
         def on_step_end(_pipe: Any, _i: int, _t: Any, kwargs: Dict[str, Any]) -> Dict[str, Any]:
-            clock.mark()
+            on_step(kwargs.get("latents"))
             return kwargs
 
         return {"callback_on_step_end": on_step_end}
     if "callback" in params and "callback_steps" in params:
-        return {"callback": lambda *_: clock.mark(), "callback_steps": 1}
-    return {}
+        return {"callback": lambda _i, _t, latents: on_step(latents), "callback_steps": 1}
+    return None
+
+
+def step_callback_kwargs(pipe: Any, clock: Clock) -> Dict[str, Any]:
+    """Pipeline arguments that mark the clock at the end of each denoising step (both callback APIs)."""
+    return step_end_kwargs(pipe, lambda _latents: clock.mark()) or {}
 
 
 def median(xs: List[float]) -> Optional[float]:

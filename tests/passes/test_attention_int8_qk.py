@@ -127,7 +127,10 @@ def _interpreter_missing():
     return None
 
 
-@pytest.mark.skipif(_interpreter_missing() is not None, reason=str(_interpreter_missing()))
+_NO_INTERPRETER = _interpreter_missing()
+
+
+@pytest.mark.skipif(_NO_INTERPRETER is not None, reason=str(_NO_INTERPRETER))
 def test_triton_kernel_in_the_interpreter_matches_the_reference():
     """The Triton kernel itself, run by Triton's interpreter on the CPU (a process of its own: the interpreter is
     chosen when triton.language is first imported). fp16 only: Triton 3.6's interpreter computes bf16 dots wrongly
