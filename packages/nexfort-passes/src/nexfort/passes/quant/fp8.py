@@ -81,7 +81,8 @@ class Float8DynamicConfig(QuantConfig):
     # a pass over them that a small GEMM does not repay)
     min_features: int = 256
     # how activations are quantized on CUDA: "triton" (one pass, nexfort.passes.quant.kernels), "inductor" (torch
-    # ops that Inductor fuses into the producing kernel), "auto" (triton where available)
+    # ops that Inductor fuses into the producing kernel), "auto" (triton where available); on the CPU "triton" is the
+    # op with its torch-ops implementation (the GPU's graph, for tests), "auto" the torch ops
     activation_kernel: str = "auto"
     # CUDA: let the fp8 tensor cores accumulate in their fast mode (``torch._scaled_mm(use_fast_accum=True)``,
     # torchao's inference default; Hopper promotes the partial sums to float32 periodically). False: full-precision
@@ -159,9 +160,12 @@ class Float8Linear(QuantizedLinear):
         return cls(q, scale, linear.bias)
 
     def _quantize_input(self, x2: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        if self.activation_kernel != "inductor" and kernels.available(x2.device):
+        kernel = self.activation_kernel
+        # "triton" on the CPU: the op with its torch-ops implementation (what the prologue pass fuses, as on the GPU)
+        if (kernel != "inductor" and kernels.available(x2.device)) or \
+                (kernel == "triton" and kernels.REGISTERED and not x2.is_cuda):
             return kernels.quantize_rows(x2)
-        if self.activation_kernel == "triton" and x2.is_cuda:
+        if kernel == "triton" and x2.is_cuda:
             raise api.QuantizationError("activation_kernel='triton' needs Triton and torch >= 2.4 "
                                         "(pip install triton); use 'auto' or 'inductor'")
         return quantize_rows(x2)
@@ -173,12 +177,15 @@ class Float8Linear(QuantizedLinear):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         xq, xs = self._quantize_input(x2)
-        # row-wise scaled fp8 GEMMs on CUDA produce bf16 (fp16 is not offered); the CPU gives any float dtype
-        mm_dtype = torch.bfloat16 if x.is_cuda and self.weight_scale.dim() else x.dtype
-        y = torch._scaled_mm(xq, self.weight.t(), scale_a=xs, scale_b=self._weight_scale_for_mm(),
+        # row-wise scaled fp8 GEMMs on CUDA produce bf16 (fp16 is not offered) and add a bf16 bias in their epilogue
+        # (no pass over the output for it); the CPU gives any float dtype, the bias added after
+        rowwise_cuda = bool(x.is_cuda and self.weight_scale.dim())
+        mm_dtype = torch.bfloat16 if rowwise_cuda else x.dtype
+        epilogue_bias = self.bias.to(mm_dtype) if rowwise_cuda and self.bias is not None else None
+        y = torch._scaled_mm(xq, self.weight.t(), scale_a=xs, scale_b=self._weight_scale_for_mm(), bias=epilogue_bias,
                              out_dtype=mm_dtype, use_fast_accum=bool(self.fast_accum and x.is_cuda))
         y = y.to(x.dtype)
-        if self.bias is not None:
+        if self.bias is not None and epilogue_bias is None:
             y = y + self.bias.to(x.dtype)
         return y.reshape(*shape[:-1], self.out_features)
 

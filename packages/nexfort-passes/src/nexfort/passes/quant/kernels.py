@@ -13,6 +13,12 @@ fp16 kernel it is without ``quant``:
 On CUDA it is a Triton kernel; elsewhere (and as the reference the tests compare with) the same formula in torch
 ops. Registered with ``torch.library.custom_op`` (torch 2.4+) with a fake implementation, so Dynamo and Inductor
 keep it as one call; :func:`available` says whether this torch/device has it.
+
+``torch.ops.nexfort.fp8_quantize_rows_fused(a, b, act_a, act_b)`` quantizes the row-wise concatenation
+``cat([act_a(a), act_b(b)], 1)`` (``b`` may be ``None``; ``act``: ``"none"`` or ``"gelu_tanh"``) in the same one
+pass, computing the activation in float32 in registers: what the producer of a GEMM's input would otherwise write
+to memory for this op to read back (GELU over fc1's output before fc2; Flux's single blocks, whose ``proj_out``
+reads ``cat([attention, gelu(mlp)])``). :mod:`nexfort.passes.quant.prologue` rewrites those graphs to it.
 """
 
 from __future__ import annotations
@@ -25,12 +31,93 @@ import torch
 
 FP8_MAX = 448.0
 _OP = "nexfort::fp8_quantize_rows"
+_FUSED_OP = "nexfort::fp8_quantize_rows_fused"
+#: the activations the fused op applies to a part before quantizing it
+ACTIVATIONS = ("none", "gelu_tanh")
 
 
 def reference(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """The formula in torch ops: ``(q, scale)`` with ``scale`` float32 of shape ``(rows, 1)``."""
     scale = x.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / FP8_MAX
     q = (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    return q, scale
+
+
+def _activation(x: torch.Tensor, act: str) -> torch.Tensor:
+    """``act`` applied to ``x`` in float32 (:data:`ACTIVATIONS`)."""
+    x = x.float()
+    if act == "gelu_tanh":
+        return torch.nn.functional.gelu(x, approximate="tanh")
+    if act != "none":
+        raise ValueError(f"Unknown activation {act!r} for {_FUSED_OP}; valid: {', '.join(ACTIVATIONS)}")
+    return x
+
+
+def reference_fused(a: torch.Tensor, b, act_a: str = "none", act_b: str = "none") -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`reference` of ``cat([act_a(a), act_b(b)], 1)`` with the activations in float32 (``b``: ``None`` for
+    ``act_a(a)`` alone)."""
+    parts = [_activation(a, act_a)] + ([] if b is None else [_activation(b, act_b)])
+    return reference(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0])
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_fused_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def quantize_rows_fused(a_ptr, b_ptr, q_ptr, s_ptr, n_rows, n_a, n_b, stride_a, stride_b, stride_q,
+                            ACT_A: tl.constexpr, ACT_B: tl.constexpr, HAS_B: tl.constexpr,
+                            ROWS: tl.constexpr, BLOCK: tl.constexpr):
+        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)[:, None]
+        cols = tl.arange(0, BLOCK)[None, :]
+        in_rows = rows < n_rows
+        in_a = cols < n_a
+        # GELU (tanh approximation) written out: x * sigmoid(2 * sqrt(2/pi) * (x + 0.044715 x^3)) (one kernel body:
+        # the interpreter does not see jit helpers defined beside it in this function)
+        x = tl.load(a_ptr + rows * stride_a + cols, mask=in_rows & in_a, other=0.0).to(tl.float32)
+        if ACT_A == 1:
+            x = x * tl.sigmoid(1.5957691216057308 * (x + 0.044715 * x * x * x))
+        n_cols = n_a
+        if HAS_B:
+            n_cols = n_a + n_b
+            in_b = (cols >= n_a) & (cols < n_cols)
+            xb = tl.load(b_ptr + rows * stride_b + (cols - n_a), mask=in_rows & in_b, other=0.0).to(tl.float32)
+            if ACT_B == 1:
+                xb = xb * tl.sigmoid(1.5957691216057308 * (xb + 0.044715 * xb * xb * xb))
+            x = tl.where(in_a, x, xb)
+        x = tl.where(in_rows & (cols < n_cols), x, 0.0)  # padding columns: 0 whatever the activation makes of it
+        amax = tl.max(tl.abs(x), axis=1)[:, None]
+        scale = tl.maximum(amax, 1e-12) / 448.0
+        q = tl.clamp(x / scale, -448.0, 448.0)
+        tl.store(q_ptr + rows * stride_q + cols, q.to(q_ptr.dtype.element_ty), mask=in_rows & (cols < n_cols))
+        tl.store(s_ptr + rows, scale, mask=in_rows)
+
+    return quantize_rows_fused, triton
+
+
+def _grid_shape(triton, n_cols: int) -> Tuple[int, int, int]:
+    """``(BLOCK, ROWS, num_warps)`` for rows of ``n_cols``: about 4-8K elements per program (several short rows,
+    or one long row over more warps)."""
+    block = triton.next_power_of_2(n_cols)
+    rows = max(1, min(16, 4096 // block))
+    warps = 4 if block * rows <= 2048 else 8 if block * rows <= 8192 else 16
+    return block, rows, warps
+
+
+def _launch_fused(a: torch.Tensor, b, act_a: str, act_b: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    kernel, triton = _triton_fused_kernel()
+    a = a if a.stride(-1) == 1 else a.contiguous()
+    b = None if b is None else b if b.stride(-1) == 1 else b.contiguous()
+    n_rows, n_a = a.shape
+    n_b = 0 if b is None else b.shape[1]
+    q = torch.empty((n_rows, n_a + n_b), device=a.device, dtype=torch.float8_e4m3fn)
+    scale = torch.empty((n_rows, 1), device=a.device, dtype=torch.float32)
+    block, rows, warps = _grid_shape(triton, n_a + n_b)
+    kernel[(triton.cdiv(n_rows, rows),)](
+        a, a if b is None else b, q, scale, n_rows, n_a, n_b, a.stride(0), a.stride(0) if b is None else b.stride(0),
+        q.stride(0), ACT_A=ACTIVATIONS.index(act_a), ACT_B=ACTIVATIONS.index(act_b), HAS_B=b is not None,
+        ROWS=rows, BLOCK=block, num_warps=warps)
     return q, scale
 
 
@@ -61,10 +148,7 @@ def _launch(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     n_rows, n_cols = x.shape
     q = torch.empty((n_rows, n_cols), device=x.device, dtype=torch.float8_e4m3fn)
     scale = torch.empty((n_rows, 1), device=x.device, dtype=torch.float32)
-    block = triton.next_power_of_2(n_cols)
-    # about 4-8K elements per program: several short rows, or one long row over more warps
-    rows = max(1, min(16, 4096 // block))
-    warps = 4 if block * rows <= 2048 else 8 if block * rows <= 8192 else 16
+    block, rows, warps = _grid_shape(triton, n_cols)
     grid = (triton.cdiv(n_rows, rows),)
     kernel[grid](x, q, scale, n_rows, n_cols, x.stride(0), q.stride(0), ROWS=rows, BLOCK=block, num_warps=warps)
     return q, scale
@@ -87,7 +171,31 @@ def _register() -> bool:
         return (x.new_empty(x.shape, dtype=torch.float8_e4m3fn),
                 x.new_empty((x.shape[0], 1), dtype=torch.float32))
 
+    @torch.library.custom_op(_FUSED_OP, mutates_args=(),
+                             schema="(Tensor a, Tensor? b, str act_a, str act_b) -> (Tensor, Tensor)")
+    def fp8_quantize_rows_fused(a: torch.Tensor, b, act_a: str, act_b: str) -> Tuple[torch.Tensor, torch.Tensor]:
+        _check_fused(a, b, act_a, act_b)
+        if a.is_cuda and HAS_TRITON:
+            return _launch_fused(a, b, act_a, act_b)
+        return reference_fused(a, b, act_a, act_b)
+
+    @fp8_quantize_rows_fused.register_fake
+    def _(a: torch.Tensor, b, act_a: str, act_b: str) -> Tuple[torch.Tensor, torch.Tensor]:
+        _check_fused(a, b, act_a, act_b)
+        cols = a.shape[1] + (0 if b is None else b.shape[1])
+        return (a.new_empty((a.shape[0], cols), dtype=torch.float8_e4m3fn),
+                a.new_empty((a.shape[0], 1), dtype=torch.float32))
+
     return True
+
+
+def _check_fused(a: torch.Tensor, b, act_a: str, act_b: str) -> None:
+    for name, act in (("act_a", act_a), ("act_b", act_b)):
+        if act not in ACTIVATIONS:
+            raise ValueError(f"Unknown {name} {act!r} for {_FUSED_OP}; valid: {', '.join(ACTIVATIONS)}")
+    if a.dim() != 2 or (b is not None and (b.dim() != 2 or b.shape[0] != a.shape[0] or b.device != a.device)):
+        raise ValueError(f"{_FUSED_OP} takes 2-D parts with the same rows on one device, got "
+                         f"{tuple(a.shape)} and {None if b is None else tuple(b.shape)}")
 
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -104,3 +212,12 @@ def quantize_rows(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     if not REGISTERED:
         return reference(x)
     return torch.ops.nexfort.fp8_quantize_rows(x)
+
+
+def quantize_rows_fused(a: torch.Tensor, b=None, act_a: str = "none",
+                        act_b: str = "none") -> Tuple[torch.Tensor, torch.Tensor]:
+    """``cat([act_a(a), act_b(b)], 1)`` in float8 e4m3 with a float32 scale per row, in one pass
+    (``torch.ops.nexfort.fp8_quantize_rows_fused``; ``b`` may be ``None``)."""
+    if not REGISTERED:
+        return reference_fused(a, b, act_a, act_b)
+    return torch.ops.nexfort.fp8_quantize_rows_fused(a, b, act_a, act_b)

@@ -35,7 +35,8 @@ class QuantOptions:
     # layers whose qualified name contains one of these strings are left alone (e.g. "proj_out")
     exclude: List[str] = field(default_factory=list)
     # fp8 dynamic types on CUDA: "triton" (one-pass activation quantization), "inductor" (torch ops fused by
-    # Inductor into the producing kernel), "auto" (triton where available)
+    # Inductor into the producing kernel), "auto" (triton where available); on the CPU "triton" is the same op with
+    # its torch-ops implementation (as the GPU's graph, for tests), "auto" the torch ops
     activation_kernel: str = "auto"
     # fp8 dynamic types on CUDA: the fp8 GEMM's fast accumulation (torch._scaled_mm use_fast_accum; torchao's
     # inference default); False: full-precision accumulation, slower
@@ -43,6 +44,9 @@ class QuantOptions:
     # who quantizes: "nexfort" (its own layers and kernels) or "torchao" (torchao's config for the same type on the
     # same layers: nexfort.passes.quant.torchao_engine; pip install torchao)
     engine: str = "nexfort"
+    # fp8 dynamic types: hand GELU and Flux's concatenation before a quantized linear to its activation quantization
+    # (one pass instead of two: nexfort.passes.quant.prologue); False: leave the graph as Inductor fuses it
+    fuse_prologue: bool = True
 
 
 #: The mode flag this plugin brings (and implements).
@@ -106,6 +110,21 @@ def nexfort_validate_config(config: Any) -> Optional[List[str]]:
         problems.append(f"Option 'quant.exclude' has an empty name, which every layer's name contains (it would "
                         f"exclude all of them): {shown(list(opts.exclude))}.")
     return problems or None
+
+
+@hookimpl
+def nexfort_graph_passes(config: Any) -> Optional[Sequence[Any]]:
+    """The prologue pass (:mod:`nexfort.passes.quant.prologue`) while ``quant.fuse_prologue`` is on: it matches only
+    nexfort's fp8 quantize op, so it changes the graphs of quantized modules alone, with or without the flag."""
+    from nexfort.core.api import options_of
+
+    opts = options_of(config, NAMESPACE, QuantOptions)
+    if not bool(opts.fuse_prologue):
+        return None
+    from nexfort.passes.quant import kernels
+    from nexfort.passes.quant.prologue import QuantProloguePass
+
+    return [QuantProloguePass(opts)] if kernels.REGISTERED else None
 
 
 @hookimpl

@@ -1,0 +1,199 @@
+"""The fp8 linears' activation quantization takes in the work of its producer (a pre_grad pass of the ``quant`` plugin).
+
+A quantized linear (:class:`nexfort.passes.quant.Float8Linear`) quantizes its input in one pass
+(``torch.ops.nexfort.fp8_quantize_rows``). Where that input is GELU over the previous GEMM's output (fc2 of every
+feed-forward), or the concatenation Flux's single blocks feed ``proj_out`` (``cat([attention, gelu(mlp)], -1)``),
+Inductor writes the GELU (and the concatenation: 126 MB per Flux block at 1024²) to memory for the quantize op to
+read back. This pass hands the GELU and the concatenation to the quantize op itself, which computes them in
+registers (``torch.ops.nexfort.fp8_quantize_rows_fused``, :mod:`nexfort.passes.quant.kernels`). The pattern and
+its replacement, as plain torch functions:
+
+    def pattern(a, u):                   # u: fc1's output before GELU, a: the attention output (or absent)
+        x = torch.cat([a, F.gelu(u, approximate="tanh")], -1)
+        return fp8_quantize_rows(x.reshape(-1, x.shape[-1]))
+
+    def replacement(a, u):
+        return fp8_quantize_rows_fused(a.reshape(-1, a.shape[-1]), u.reshape(-1, u.shape[-1]), "none", "gelu_tanh")
+
+A part that is an exact cast of a ``torch._scaled_mm`` output (bf16 -> fp16/fp32, fp16 -> fp32: the fp16 models'
+cast after the row-scaled GEMM, which produces bf16) is read before the cast: the op computes in float32, so the
+cast's pass over memory goes too, and nothing is rounded that the cast would not have kept.
+
+Left alone (the guard returns None, never raises): a quantize op whose input is neither GELU nor a concatenation
+(nothing to take in; an identity dropout between is looked through), a GELU of another approximation, a
+concatenation of other than two parts or along another dimension, any intermediate with another user (it must be
+written anyway), and nodes without Dynamo's metadata. On whenever ``options.quant.fuse_prologue`` is (the default):
+it only matches nexfort's own quantize op, which only a quantized module's graph has. Tested in
+tests/passes/test_quant_prologue.py (rewrites counted, output against the unfused graph, near misses).
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch.fx import GraphModule, Node
+
+from nexfort.core.api import GraphPass
+from nexfort.passes._fx import arg, dropout_source, fake, is_op, last_dim, only_user
+
+NAME = "quant_prologue"
+GELU_FUNCTIONS = tuple({F.gelu, torch._C._nn.gelu})
+CAT_FUNCTIONS = tuple({torch.cat, getattr(torch, "concat", torch.cat), getattr(torch, "concatenate", torch.cat)})
+# the casts the op may skip: exact (every value of the source dtype is one of the target's, but for fp16's range,
+# which float32 arithmetic does not need)
+EXACT_CASTS = {(torch.bfloat16, torch.float16), (torch.bfloat16, torch.float32), (torch.float16, torch.float32),
+               (torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16), (torch.float32, torch.float32)}
+
+
+def _ops(name: str) -> Tuple[Any, ...]:
+    ns = getattr(torch.ops, "nexfort", None)
+    packet = getattr(ns, name, None) if ns is not None else None
+    if packet is None:
+        return ()
+    return tuple(t for t in (packet, getattr(packet, "default", None)) if t is not None)
+
+
+def _reshape_source(node: Any) -> Optional[Node]:
+    """If ``node`` is ``t.reshape(...)``/``t.view(...)``, ``t``; else ``None``."""
+    if is_op(node, (torch.reshape,), ("reshape", "view")) and node.args and isinstance(node.args[0], Node):
+        return node.args[0]
+    return None
+
+
+def _gelu_source(node: Any) -> Optional[Node]:
+    """The input of a tanh-approximated GELU (a function call, or an ``nn.GELU`` module on torch 2.1-2.4)."""
+    if is_op(node, GELU_FUNCTIONS):
+        if len(node.args) == 1 and set(node.kwargs) <= {"approximate"} and \
+                node.kwargs.get("approximate", "none") == "tanh":
+            return node.args[0]
+        return None
+    if isinstance(node, Node) and node.op == "call_module" and len(node.args) == 1 and not node.kwargs:
+        try:
+            mod = node.graph.owning_module.get_submodule(node.target)
+        except AttributeError:
+            return None
+        if type(mod) is torch.nn.GELU and mod.approximate == "tanh":
+            return node.args[0]
+    return None
+
+
+def _before_cast(node: Node) -> Node:
+    """``node``, or where ``node`` is ``reshape(cast(g))`` / ``cast(g)`` of a ``torch._scaled_mm`` output ``g`` with
+    an exact cast and no other users in between, ``g`` (the op reads the GEMM's own output)."""
+    src = _reshape_source(node)
+    inner = src if src is not None and only_user(src) is node else node
+    if not (inner.op == "call_method" and inner.target == "to" and inner.args and isinstance(inner.args[0], Node)):
+        return node
+    mm = inner.args[0]
+    if inner is not node and only_user(inner) is None:
+        return node
+    f_in, f_out = fake(mm), fake(inner)
+    if mm.op != "call_function" or mm.target is not getattr(torch, "_scaled_mm", None) or f_in is None or \
+            f_out is None or (f_in.dtype, f_out.dtype) not in EXACT_CASTS or f_in.device != f_out.device:
+        return node
+    if len(inner.args) != 2 or inner.kwargs or inner.args[1] != f_out.dtype or only_user(mm) is not inner:
+        return node
+    return mm
+
+
+class QuantProloguePass(GraphPass):
+    """``fp8_quantize_rows(reshape(gelu(u) | cat([a, b])))`` -> ``fp8_quantize_rows_fused(...)`` (see the module)."""
+
+    name = NAME
+    stage = "pre_grad"
+    priority = 70  # after linear_gelu (60), whose GELUs are fp16 GEMM epilogues and never reach this op
+
+    def apply(self, gm: GraphModule) -> int:
+        quantize, fused = _ops("fp8_quantize_rows"), _ops("fp8_quantize_rows_fused")
+        if not quantize or not fused:
+            return 0
+        count = 0
+        for node in list(gm.graph.nodes):
+            if node.op == "call_function" and node.target in quantize:
+                found = self.match(node)
+                if found is not None:
+                    self.replace(gm, node, *found)
+                    count += 1
+        if count:
+            gm.graph.lint()
+            gm.recompile()
+        return count
+
+    def match(self, q: Node) -> Optional[Tuple[List[Tuple[Node, str]], List[Node]]]:
+        """``(parts, replaced)``: the parts (node, activation) to quantize side by side, and the nodes between them
+        and the op (unused after the rewrite but for other users)."""
+        if len(q.args) != 1 or q.kwargs or not isinstance(q.args[0], Node):
+            return None
+        x = q.args[0]
+        fx_ = fake(x)
+        if fx_ is None or fx_.dim() != 2:
+            return None
+        t = _reshape_source(x)
+        if t is None or only_user(t) is not x:
+            t = x  # the producer's output is 2-D already
+        dropped = []
+        while True:  # an identity dropout between (eval mode, p=0: diffusers' FeedForward has one before fc2)
+            d = dropout_source(t, t.graph.owning_module)
+            if not isinstance(d, Node) or only_user(d) is not t:
+                break
+            dropped.append(t)
+            t = d
+        ft = fake(t)
+        if ft is None or ft.dim() < 2:
+            return None
+        parts: List[Tuple[Node, str]] = []
+        if is_op(t, CAT_FUNCTIONS):
+            tensors = arg(t, 0, "tensors")
+            dim = arg(t, 1, "dim", 0)
+            if not isinstance(tensors, (list, tuple)) or len(tensors) != 2 or not isinstance(dim, int) or \
+                    not last_dim(dim, ft.dim()) or len(t.args) + len(t.kwargs) > 2:
+                return None
+            for p in tensors:
+                fp = fake(p)
+                if fp is None or fp.dim() != ft.dim():
+                    return None
+                g = _gelu_source(p)
+                parts.append((g, "gelu_tanh") if g is not None and only_user(p) is t else (p, "none"))
+        else:
+            g = _gelu_source(t)
+            if g is None:
+                return None  # nothing to take in
+            parts.append((g, "gelu_tanh"))
+        if t is not x and only_user(t) is not (dropped[-1] if dropped else x):
+            return None
+        for p, _ in parts:
+            fp = fake(p)
+            if not isinstance(p, Node) or fp is None or fp.device != fx_.device or not fp.is_floating_point():
+                return None
+        replaced = [x, t, *dropped] + ([p for p in arg(t, 0, "tensors") if isinstance(p, Node)]
+                                       if is_op(t, CAT_FUNCTIONS) else [])
+        out = []
+        for p, act in parts:
+            src = _before_cast(p)
+            if src is not p:  # the reshape/cast between the GEMM's output and the part
+                chain, n = [], p
+                while n is not src:
+                    chain.append(n)
+                    n = n.args[0]
+                replaced += chain
+            out.append((src, act))
+        return out, replaced
+
+    def replace(self, gm: GraphModule, q: Node, parts: List[Tuple[Node, str]], replaced: List[Node]) -> None:
+        graph = gm.graph
+        with graph.inserting_before(q):
+            flat = []
+            for p, _ in parts:
+                flat.append(graph.call_method("reshape", (p, -1, graph.call_method("size", (p, -1)))))
+            a, b = flat[0], (flat[1] if len(flat) > 1 else None)
+            acts = [act for _, act in parts] + ["none"] * (2 - len(parts))
+            new = graph.call_function(torch.ops.nexfort.fp8_quantize_rows_fused.default, (a, b, acts[0], acts[1]))
+        new.meta.update({k: v for k, v in q.meta.items() if k in ("example_value", "val", "stack_trace")})
+        q.replace_all_uses_with(new)
+        graph.erase_node(q)
+        order = {n: i for i, n in enumerate(graph.nodes)}
+        for n in sorted(set(replaced), key=lambda n: -order.get(n, -1)):  # users before their inputs
+            if n in order and not n.users:
+                graph.erase_node(n)
