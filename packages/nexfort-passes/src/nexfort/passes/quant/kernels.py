@@ -18,7 +18,10 @@ keep it as one call; :func:`available` says whether this torch/device has it.
 ``cat([act_a(a), act_b(b)], 1)`` (``b`` may be ``None``; ``act``: ``"none"`` or ``"gelu_tanh"``) in the same one
 pass, computing the activation in float32 in registers: what the producer of a GEMM's input would otherwise write
 to memory for this op to read back (GELU over fc1's output before fc2; Flux's single blocks, whose ``proj_out``
-reads ``cat([attention, gelu(mlp)])``). :mod:`nexfort.passes.quant.prologue` rewrites those graphs to it.
+reads ``cat([attention, gelu(mlp)])``). ``torch.ops.nexfort.fp8_quantize_rows_ln_modulate(x, scale, shift, tokens,
+eps)`` does the same for adaLN's ``layer_norm(x) * (1 + scale) + shift`` (the input of every attention and
+feed-forward of PixArt, SD3 and Flux; ``scale``/``shift`` one row per sample of ``tokens`` rows, or one for all).
+:mod:`nexfort.passes.quant.prologue` rewrites those graphs to them.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import torch
 FP8_MAX = 448.0
 _OP = "nexfort::fp8_quantize_rows"
 _FUSED_OP = "nexfort::fp8_quantize_rows_fused"
+_LN_OP = "nexfort::fp8_quantize_rows_ln_modulate"
 #: the activations the fused op applies to a part before quantizing it
 ACTIVATIONS = ("none", "gelu_tanh")
 
@@ -58,6 +62,64 @@ def reference_fused(a: torch.Tensor, b, act_a: str = "none", act_b: str = "none"
     ``act_a(a)`` alone)."""
     parts = [_activation(a, act_a)] + ([] if b is None else [_activation(b, act_b)])
     return reference(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0])
+
+
+def _per_row(t: torch.Tensor, rows: int, tokens: int) -> torch.Tensor:
+    """``t`` (one row per sample, or one row) repeated for each of the samples' ``tokens`` rows."""
+    return t.float().expand(rows, -1) if t.shape[0] == 1 else t.float().repeat_interleave(tokens, dim=0)
+
+
+def reference_ln_modulate(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, tokens: int,
+                          eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`reference` of ``layer_norm(x) * (1 + scale) + shift`` in float32 (``x``: ``(samples * tokens, D)``;
+    ``scale``, ``shift``: ``(samples, D)`` or ``(1, D)``)."""
+    rows = x.shape[0]
+    y = torch.nn.functional.layer_norm(x.float(), (x.shape[1],), eps=eps)
+    return reference(y * (1 + _per_row(scale, rows, tokens)) + _per_row(shift, rows, tokens))
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_ln_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def quantize_rows_ln_modulate(x_ptr, sc_ptr, sh_ptr, q_ptr, s_ptr, n_rows, n_cols, tokens, eps, stride_x,
+                                  stride_sc, stride_sh, stride_q, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)[:, None]
+        cols = tl.arange(0, BLOCK)[None, :]
+        in_rows = rows < n_rows
+        mask = in_rows & (cols < n_cols)
+        x = tl.load(x_ptr + rows * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+        mean = tl.sum(x, axis=1)[:, None] / n_cols
+        xc = tl.where(mask, x - mean, 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=1)[:, None] / n_cols + eps)
+        sample = rows // tokens  # the strides are 0 for one row of scale/shift shared by all
+        sc = tl.load(sc_ptr + sample * stride_sc + cols, mask=mask, other=0.0).to(tl.float32)
+        sh = tl.load(sh_ptr + sample * stride_sh + cols, mask=mask, other=0.0).to(tl.float32)
+        y = tl.where(mask, xc * rstd * (1.0 + sc) + sh, 0.0)
+        amax = tl.max(tl.abs(y), axis=1)[:, None]
+        scale = tl.maximum(amax, 1e-12) / 448.0
+        q = tl.clamp(y / scale, -448.0, 448.0)
+        tl.store(q_ptr + rows * stride_q + cols, q.to(q_ptr.dtype.element_ty), mask=mask)
+        tl.store(s_ptr + rows, scale, mask=in_rows)
+
+    return quantize_rows_ln_modulate, triton
+
+
+def _launch_ln(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, tokens: int,
+               eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    kernel, triton = _triton_ln_kernel()
+    x, scale, shift = (t if t.stride(-1) == 1 else t.contiguous() for t in (x, scale, shift))
+    n_rows, n_cols = x.shape
+    q = torch.empty((n_rows, n_cols), device=x.device, dtype=torch.float8_e4m3fn)
+    s = torch.empty((n_rows, 1), device=x.device, dtype=torch.float32)
+    block, rows, warps = _grid_shape(triton, n_cols)
+    kernel[(triton.cdiv(n_rows, rows),)](
+        x, scale, shift, q, s, n_rows, n_cols, max(int(tokens), 1), float(eps), x.stride(0),
+        0 if scale.shape[0] == 1 else scale.stride(0), 0 if shift.shape[0] == 1 else shift.stride(0), q.stride(0),
+        ROWS=rows, BLOCK=block, num_warps=warps)
+    return q, s
 
 
 @functools.lru_cache(maxsize=None)
@@ -186,7 +248,33 @@ def _register() -> bool:
         return (a.new_empty((a.shape[0], cols), dtype=torch.float8_e4m3fn),
                 a.new_empty((a.shape[0], 1), dtype=torch.float32))
 
+    ln_schema = "(Tensor x, Tensor scale, Tensor shift, SymInt tokens, float eps) -> (Tensor, Tensor)"
+
+    @torch.library.custom_op(_LN_OP, mutates_args=(), schema=ln_schema)
+    def fp8_quantize_rows_ln_modulate(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, tokens: int,
+                                      eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
+        _check_ln(x, scale, shift, tokens)
+        if x.is_cuda and HAS_TRITON:
+            return _launch_ln(x, scale, shift, tokens, eps)
+        return reference_ln_modulate(x, scale, shift, tokens, eps)
+
+    @fp8_quantize_rows_ln_modulate.register_fake
+    def _(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, tokens: int,
+          eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
+        return (x.new_empty(x.shape, dtype=torch.float8_e4m3fn), x.new_empty((x.shape[0], 1), dtype=torch.float32))
+
     return True
+
+
+def _check_ln(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, tokens: int) -> None:
+    for name, t in (("scale", scale), ("shift", shift)):
+        if t.dim() != 2 or t.shape[1] != x.shape[1] or t.shape[0] not in (1, x.shape[0] // max(int(tokens), 1)) or \
+                t.device != x.device:
+            raise ValueError(f"{_LN_OP}: {name} must be (samples, {x.shape[1]}) or (1, {x.shape[1]}) on {x.device} "
+                             f"for x {tuple(x.shape)} of {tokens} rows per sample, got {tuple(t.shape)}")
+    if x.dim() != 2 or int(tokens) < 1 or x.shape[0] % int(tokens):
+        raise ValueError(f"{_LN_OP}: x must be 2-D with a whole number of samples of {tokens} rows, got "
+                         f"{tuple(x.shape)}")
 
 
 def _check_fused(a: torch.Tensor, b, act_a: str, act_b: str) -> None:
@@ -221,3 +309,12 @@ def quantize_rows_fused(a: torch.Tensor, b=None, act_a: str = "none",
     if not REGISTERED:
         return reference_fused(a, b, act_a, act_b)
     return torch.ops.nexfort.fp8_quantize_rows_fused(a, b, act_a, act_b)
+
+
+def quantize_rows_ln_modulate(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, tokens: int,
+                              eps: float = 1e-6) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``layer_norm(x) * (1 + scale) + shift`` (per sample of ``tokens`` rows) in float8 e4m3 with a float32 scale
+    per row, in one pass (``torch.ops.nexfort.fp8_quantize_rows_ln_modulate``)."""
+    if not REGISTERED:
+        return reference_ln_modulate(x, scale, shift, tokens, eps)
+    return torch.ops.nexfort.fp8_quantize_rows_ln_modulate(x, scale, shift, tokens, eps)

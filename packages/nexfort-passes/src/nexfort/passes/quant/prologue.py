@@ -15,6 +15,11 @@ its replacement, as plain torch functions:
     def replacement(a, u):
         return fp8_quantize_rows_fused(a.reshape(-1, a.shape[-1]), u.reshape(-1, u.shape[-1]), "none", "gelu_tanh")
 
+adaLN's ``layer_norm(x) * (1 + scale) + shift`` (every attention's and feed-forward's input in PixArt, SD3 and Flux)
+read only by quantize ops (through reshapes/squeezes) goes the same way: each reader quantizes from ``x`` itself
+(``torch.ops.nexfort.fp8_quantize_rows_ln_modulate``, the norm's sums in registers), so the normalized activation is
+never written; AOT autograd's CSE merges readers of the same input (Q/K/V and Flux's single-block MLP).
+
 A part that is an exact cast of a ``torch._scaled_mm`` output (bf16 -> fp16/fp32, fp16 -> fp32: the fp16 models'
 cast after the row-scaled GEMM, which produces bf16) is read before the cast: the op computes in float32, so the
 cast's pass over memory goes too, and nothing is rounded that the cast would not have kept.
@@ -22,13 +27,15 @@ cast's pass over memory goes too, and nothing is rounded that the cast would not
 Left alone (the guard returns None, never raises): a quantize op whose input is neither GELU nor a concatenation
 (nothing to take in; an identity dropout between is looked through), a GELU of another approximation, a
 concatenation of other than two parts or along another dimension, any intermediate with another user (it must be
-written anyway), and nodes without Dynamo's metadata. On whenever ``options.quant.fuse_prologue`` is (the default):
+written anyway), a LayerNorm with weight or bias, a modulation without the ``1 +``, scale/shift not of shape
+``(B, 1, D)``/``(1, 1, D)``, and nodes without Dynamo's metadata. On whenever ``options.quant.fuse_prologue`` is (the default):
 it only matches nexfort's own quantize op, which only a quantized module's graph has. Tested in
 tests/passes/test_quant_prologue.py (rewrites counted, output against the unfused graph, near misses).
 """
 
 from __future__ import annotations
 
+import operator
 from typing import Any, List, Optional, Tuple
 
 import torch
@@ -36,10 +43,12 @@ import torch.nn.functional as F
 from torch.fx import GraphModule, Node
 
 from nexfort.core.api import GraphPass
-from nexfort.passes._fx import arg, dropout_source, fake, is_op, last_dim, only_user
+from nexfort.passes._fx import arg, dropout_source, fake, is_op, last_dim, only_user, same_size, scalar_constant
 
 NAME = "quant_prologue"
 GELU_FUNCTIONS = tuple({F.gelu, torch._C._nn.gelu})
+LAYER_NORM_FUNCTIONS = tuple({F.layer_norm, torch.layer_norm})
+VIEW_METHODS = ("reshape", "view", "squeeze")
 CAT_FUNCTIONS = tuple({torch.cat, getattr(torch, "concat", torch.cat), getattr(torch, "concatenate", torch.cat)})
 # the casts the op may skip: exact (every value of the source dtype is one of the target's, but for fp16's range,
 # which float32 arithmetic does not need)
@@ -98,6 +107,89 @@ def _before_cast(node: Node) -> Node:
     return mm
 
 
+def _binary(node: Any, functions: Tuple[Any, ...], methods: Tuple[str, ...]) -> Optional[Tuple[Any, Any]]:
+    if is_op(node, functions, methods) and len(node.args) == 2 and not node.kwargs:
+        return node.args[0], node.args[1]
+    return None
+
+
+def _one_plus(node: Any) -> Optional[Node]:
+    """``s`` where ``node`` is ``1 + s`` or ``s + 1``."""
+    ops = _binary(node, (operator.add, torch.add), ("add", "__add__", "__radd__"))
+    if ops is None:
+        return None
+    a, b = ops
+    if scalar_constant(a) == 1 and isinstance(b, Node):
+        return b
+    if scalar_constant(b) == 1 and isinstance(a, Node):
+        return a
+    return None
+
+
+def _layer_norm(node: Any) -> Optional[Tuple[Node, float]]:
+    """``(x, eps)`` of a LayerNorm over the last dimension without weight and bias (adaLN's)."""
+    if is_op(node, LAYER_NORM_FUNCTIONS):
+        x, shape = arg(node, 0, "input"), arg(node, 1, "normalized_shape")
+        weight, bias, eps = arg(node, 2, "weight"), arg(node, 3, "bias"), arg(node, 4, "eps", 1e-5)
+        fx_ = fake(x)
+        if fx_ is None or weight is not None or bias is not None or scalar_constant(eps) is None or \
+                not isinstance(shape, (tuple, list)) or len(shape) != 1 or not same_size(shape[0], fx_.shape[-1]):
+            return None
+        return x, float(eps)
+    if isinstance(node, Node) and node.op == "call_module" and len(node.args) == 1 and not node.kwargs:
+        try:
+            mod = node.graph.owning_module.get_submodule(node.target)
+        except AttributeError:
+            return None
+        if type(mod) is torch.nn.LayerNorm and not mod.elementwise_affine and len(mod.normalized_shape) == 1:
+            return node.args[0], float(mod.eps)
+    return None
+
+
+def _ln_modulate(node: Any) -> Optional[Tuple[Node, Node, Node, float, List[Node]]]:
+    """``(x, scale, shift, eps, nodes)`` where ``node`` is ``layer_norm(x) * (1 + scale) + shift`` (either operand
+    order; ``x`` of shape ``(B, N, D)``, ``scale``/``shift`` ``(B, 1, D)`` or ``(1, 1, D)``); ``nodes``: the
+    intermediates, each used only by the next."""
+    add = _binary(node, (operator.add, torch.add), ("add", "__add__"))
+    if add is None:
+        return None
+    for m, shift in (add, add[::-1]):
+        mul = _binary(m, (operator.mul, torch.mul), ("mul", "__mul__"))
+        if mul is None or only_user(m) is not node or not isinstance(shift, Node):
+            continue
+        for ln, one_plus in (mul, mul[::-1]):
+            found, scale = _layer_norm(ln), _one_plus(one_plus)
+            if found is None or scale is None or only_user(ln) is not m or only_user(one_plus) is not m:
+                continue
+            x, eps = found
+            fx_, fs, fh = fake(x), fake(scale), fake(shift)
+            if fx_ is None or fs is None or fh is None or fx_.dim() != 3:
+                continue
+            ok = all(t.dim() == 3 and same_size(t.shape[1], 1) and same_size(t.shape[2], fx_.shape[2]) and
+                     (same_size(t.shape[0], fx_.shape[0]) or same_size(t.shape[0], 1)) and t.is_floating_point() and
+                     t.device == fx_.device for t in (fs, fh))
+            if ok and fx_.is_floating_point():
+                return x, scale, shift, eps, [node, m, ln, one_plus]
+    return None
+
+
+def _quantize_users(node: Node, quantize: Tuple[Any, ...], depth: int = 0) -> Optional[List[Tuple[Node, List[Node]]]]:
+    """Every quantize op that reads ``node`` through views (reshape/view/squeeze), with the views between; ``None``
+    when ``node`` has any other user (it must then be written anyway)."""
+    found = []
+    for user in node.users:
+        if user.op == "call_function" and user.target in quantize and user.args == (node,) and not user.kwargs:
+            found.append((user, []))
+        elif depth < 3 and is_op(user, (torch.reshape,), VIEW_METHODS) and user.args[0] is node:
+            below = _quantize_users(user, quantize, depth + 1)
+            if below is None:
+                return None
+            found.extend((q, [user] + views) for q, views in below)
+        else:
+            return None
+    return found
+
+
 class QuantProloguePass(GraphPass):
     """``fp8_quantize_rows(reshape(gelu(u) | cat([a, b])))`` -> ``fp8_quantize_rows_fused(...)`` (see the module)."""
 
@@ -116,6 +208,13 @@ class QuantProloguePass(GraphPass):
                 if found is not None:
                     self.replace(gm, node, *found)
                     count += 1
+        for node in list(gm.graph.nodes):  # adaLN's norm + modulation, read by quantize ops only
+            if node.op == "call_function":
+                found = _ln_modulate(node)
+                users = _quantize_users(node, quantize) if found is not None else None
+                if users:
+                    self.replace_ln(gm, users, *found)
+                    count += len(users)
         if count:
             gm.graph.lint()
             gm.recompile()
@@ -180,6 +279,26 @@ class QuantProloguePass(GraphPass):
                 replaced += chain
             out.append((src, act))
         return out, replaced
+
+    def replace_ln(self, gm: GraphModule, users: List[Tuple[Node, List[Node]]], x: Node, scale: Node, shift: Node,
+                   eps: float, nodes: List[Node]) -> None:
+        graph = gm.graph
+        op = torch.ops.nexfort.fp8_quantize_rows_ln_modulate.default
+        dead = list(nodes)
+        for q, views in users:
+            with graph.inserting_before(q):
+                d, tokens = graph.call_method("size", (x, -1)), graph.call_method("size", (x, 1))
+                x2 = graph.call_method("reshape", (x, -1, d))
+                sc2, sh2 = graph.call_method("reshape", (scale, -1, d)), graph.call_method("reshape", (shift, -1, d))
+                new = graph.call_function(op, (x2, sc2, sh2, tokens, eps))
+            new.meta.update({k: v for k, v in q.meta.items() if k in ("example_value", "val", "stack_trace")})
+            q.replace_all_uses_with(new)
+            graph.erase_node(q)
+            dead += views
+        order = {n: i for i, n in enumerate(graph.nodes)}
+        for n in sorted(set(dead), key=lambda n: -order.get(n, -1)):
+            if n in order and not n.users:
+                graph.erase_node(n)
 
     def replace(self, gm: GraphModule, q: Node, parts: List[Tuple[Node, str]], replaced: List[Node]) -> None:
         graph = gm.graph
