@@ -28,8 +28,8 @@ Left alone (the guard returns None, never raises): a quantize op whose input is 
 (nothing to take in; an identity dropout between is looked through), a GELU of another approximation, a
 concatenation of other than two parts or along another dimension, any intermediate with another user (it must be
 written anyway), a LayerNorm with weight or bias, a modulation without the ``1 +``, scale/shift not of shape
-``(B, 1, D)``/``(1, 1, D)``, and nodes without Dynamo's metadata. On whenever ``options.quant.fuse_prologue`` is (the default):
-it only matches nexfort's own quantize op, which only a quantized module's graph has. Tested in
+``(B, 1, D)``/``(1, 1, D)``, and nodes without Dynamo's metadata. On whenever ``options.quant.fuse_prologue`` is
+(the default): it only matches nexfort's own quantize op, which only a quantized module's graph has. Tested in
 tests/passes/test_quant_prologue.py (rewrites counted, output against the unfused graph, near misses).
 """
 
