@@ -54,9 +54,9 @@ def cpu_kernel():
 class Attention(torch.nn.Module):
     """diffusers' ``AttnProcessor2_0`` shape: projections, ``view/transpose`` to heads, SDPA, back."""
 
-    def __init__(self, dim=32, heads=4, **sdpa_kwargs):
+    def __init__(self, dim=32, heads=4, keywords=False, **sdpa_kwargs):
         super().__init__()
-        self.heads = heads
+        self.heads, self.keywords = heads, keywords
         self.to_q, self.to_k, self.to_v = (torch.nn.Linear(dim, dim) for _ in range(3))
         self.to_out = torch.nn.Linear(dim, dim)
         self.sdpa_kwargs = sdpa_kwargs
@@ -69,7 +69,11 @@ class Attention(torch.nn.Module):
         q = q.view(b, -1, self.heads, d // self.heads).transpose(1, 2)
         k = k.view(b, -1, self.heads, d // self.heads).transpose(1, 2)
         v = v.view(b, -1, self.heads, d // self.heads).transpose(1, 2)
-        out = SDPA(q, k, v, **self.sdpa_kwargs)
+        if self.keywords:  # diffusers' attention dispatcher (Flux, Wan, Qwen-Image): every argument by keyword
+            kw = {"attn_mask": None, "dropout_p": 0.0, "is_causal": False, "scale": None, **self.sdpa_kwargs}
+            out = SDPA(query=q, key=k, value=v, **kw)
+        else:
+            out = SDPA(q, k, v, **self.sdpa_kwargs)
         return self.to_out(out.transpose(1, 2).reshape(b, -1, d))
 
 
@@ -106,6 +110,36 @@ def test_rewrites_sdpa_and_runs_the_chosen_kernel(cpu_kernel, counters, assert_c
         out2, _ = run_pass(model, x)  # a new graph: the choice is per process and shape, not per graph
     assert cpu_kernel.n == timed + 1, "a chosen shape runs its kernel once per call, without timing again"
     assert torch.equal(out, out2)
+
+
+def test_rewrites_the_dispatchers_keyword_call(cpu_kernel, counters, assert_close):
+    """Flux's attention reaches SDPA as ``F.scaled_dot_product_attention(query=..., key=..., value=..., ...)``."""
+    torch.manual_seed(0)
+    model = Attention(keywords=True).eval()
+    x = torch.randn(2, 24, 32)
+    with torch.no_grad():
+        out, graphs = run_pass(model, x)
+        assert_close(out, model(x), tol=1e-5)
+    assert counters["pass"]["attention_kernel"] == 1 and count(graphs, OP) == 1 and count(graphs, SDPA) == 0
+
+
+def test_flux_attention_reaches_the_op(cpu_kernel, counters, assert_close):
+    """diffusers' Flux block (its attention through the dispatcher's keyword call): the joint attention is rewritten."""
+    pytest.importorskip("diffusers")
+    try:
+        from diffusers.models.transformers.transformer_flux import FluxTransformerBlock
+    except ImportError:
+        pytest.skip("this diffusers has no Flux transformer")
+    torch.manual_seed(0)
+    block = FluxTransformerBlock(dim=64, num_attention_heads=2, attention_head_dim=32).eval()
+    hs, enc, temb = torch.randn(1, 16, 64), torch.randn(1, 8, 64), torch.randn(1, 64)
+    rot = (torch.randn(24, 32), torch.randn(24, 32))
+    with torch.no_grad():
+        out, graphs = run_pass(block, hs, enc, temb, rot)
+        ref = block(hs, enc, temb, rot)
+    assert counters["pass"]["attention_kernel"] == 1 and count(graphs, OP) == 1
+    for o, r in zip(out, ref):
+        assert_close(o, r, tol=1e-5)
 
 
 def test_sdpa_stays_where_no_kernel_is_faster(cpu_kernel, counters, assert_close):
@@ -189,6 +223,7 @@ def test_a_chosen_kernel_that_fails_later_falls_back_to_sdpa(counters, caplog):
 NEAR_MISSES = {
     "attn-mask": lambda: (Attention(attn_mask=torch.zeros(24, 24)), True),
     "causal": lambda: (Attention(is_causal=True), True),
+    "keyword-mask": lambda: (Attention(keywords=True, attn_mask=torch.zeros(24, 24)), True),
     "live-dropout": lambda: (Attention(dropout_p=0.1).train(), True),
     "needs-grad": lambda: (Attention(), False),  # outside no_grad: the projections' outputs need gradients
     "float64": lambda: (Attention().double(), True),  # no installed kernel takes it

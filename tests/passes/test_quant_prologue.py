@@ -382,6 +382,8 @@ def test_gpu_ln_modulate_kernel_matches_reference(samples, tokens, dim, dtype):
     sh = torch.randn(samples, dim, device="cuda").to(dtype)
     q, s = kernels.quantize_rows_ln_modulate(x, sc, sh, tokens, 1e-6)
     rq, rs = kernels.reference_ln_modulate(x, sc, sh, tokens, 1e-6)
+    # the norm's sums in another order: scales equal to the last bits, an fp8 code off where a value sits on a
+    # rounding boundary (the codes compared: a scale's last bit moves every dequantized value of its row)
     assert torch.allclose(s, rs, rtol=1e-4, atol=0)
-    diff = (dequant(q, s) - dequant(rq, rs)).abs()
-    assert (diff > 0).float().mean() < 1e-2 and torch.isfinite(q.float()).all()
+    assert (q.float() != rq.float()).float().mean() < 1e-2 and torch.isfinite(q.float()).all()
+    assert rel_l2(dequant(q, s), dequant(rq, rs)) < 1e-3

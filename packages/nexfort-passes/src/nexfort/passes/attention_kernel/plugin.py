@@ -3,7 +3,7 @@
 A pre_grad pass. The pattern and its replacement, as plain torch functions:
 
     def pattern(q, k, v, scale):
-        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)   # or query=q, key=k, value=v
 
     def replacement(q, k, v, scale):
         return torch.ops.nexfort.attention(q, k, v, scale)   # SDPA or a faster kernel, chosen per shape
@@ -121,18 +121,22 @@ class AttentionKernelPass(GraphPass):
         """Say once per process and GPU which attention kernels were found (:func:`.kernels.report_kernels`), on
         the first graph with an SDPA call on that GPU."""
         for node in gm.graph.nodes:
-            if is_op(node, SDPA_FUNCTIONS) and node.args:
-                fq = fake(node.args[0])
+            if is_op(node, SDPA_FUNCTIONS) and (node.args or "query" in node.kwargs):
+                fq = fake(arg(node, 0, "query"))
                 if fq is not None and fq.device.type == "cuda":
                     K.report_kernels(fq.device)
                     return
 
     def match(self, node: Node) -> Optional[Tuple[Node, Node, Node, Optional[float]]]:
-        if not is_op(node, SDPA_FUNCTIONS) or len(node.args) < 3 or len(node.args) > 3 + len(_ARGS):
+        # q, k, v positional or by keyword (diffusers' attention dispatcher, Flux/Wan/Qwen-Image: query=, key=, ...)
+        if not is_op(node, SDPA_FUNCTIONS) or len(node.args) > 3 + len(_ARGS):
             return None
-        if set(node.kwargs) - {name for name, _ in _ARGS}:
+        operands = ("query", "key", "value")
+        if set(node.kwargs) - {name for name, _ in _ARGS} - set(operands[len(node.args):]):
             return None
-        q, k, v = node.args[:3]
+        q, k, v = (arg(node, i, name) for i, name in enumerate(operands))
+        if not all(isinstance(t, Node) for t in (q, k, v)):
+            return None
         values = {name: arg(node, 3 + i, name, default) for i, (name, default) in enumerate(_ARGS)}
         if values["attn_mask"] is not None or values["is_causal"] is not False or values["enable_gqa"] is not False:
             return None
