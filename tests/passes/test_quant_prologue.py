@@ -263,12 +263,14 @@ def test_ln_modulate_fires_for_every_quantized_reader(style, counters):
     assert torch.isfinite(out).all() and rel_l2(out, ref) < 1e-5 and rel_l2(out, eager) < 1e-5
 
 
-@pytest.mark.parametrize("case", ["affine", "no_plus_one", "extra_user"])
+@pytest.mark.parametrize("case", ["affine", "no_plus_one", "extra_user", "broadcast_rows"])
 def test_ln_modulate_near_misses_are_left_alone(case):
     torch.manual_seed(0)
-    kwargs = {"affine": {"affine": True}, "no_plus_one": {"plus_one": False}, "extra_user": {"extra_user": True}}[case]
+    kwargs = {"affine": {"affine": True}, "no_plus_one": {"plus_one": False}, "extra_user": {"extra_user": True},
+              "broadcast_rows": {}}[case]
     m = quantized(AdaLN(**kwargs))
-    x, t = torch.randn(2, 24, 64), torch.randn(2, 64)
+    # broadcast_rows: one sample of x modulated by two samples' scale/shift (the modulation has more rows than x)
+    x, t = torch.randn(1 if case == "broadcast_rows" else 2, 24, 64), torch.randn(2, 64)
     out, n, graphs = run_pass(m, x, t)
     with torch.no_grad():
         ref = m(x, t)

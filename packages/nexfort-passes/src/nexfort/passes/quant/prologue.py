@@ -168,6 +168,8 @@ def _ln_modulate(node: Any) -> Optional[Tuple[Node, Node, Node, float, List[Node
             ok = all(t.dim() == 3 and same_size(t.shape[1], 1) and same_size(t.shape[2], fx_.shape[2]) and
                      (same_size(t.shape[0], fx_.shape[0]) or same_size(t.shape[0], 1)) and t.is_floating_point() and
                      t.device == fx_.device for t in (fs, fh))
+            fo = fake(node)  # the modulation broadcasts nothing into x: its rows are x's rows
+            ok = ok and fo is not None and fo.dim() == 3 and all(same_size(a, b) for a, b in zip(fo.shape, fx_.shape))
             if ok and fx_.is_floating_point():
                 return x, scale, shift, eps, [node, m, ln, one_plus]
     return None
