@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import re
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -68,6 +69,11 @@ def parser(description: str, default_model_help: str) -> argparse.ArgumentParser
                         '"memory_format": "channels_last", "ignores": [...], "fuse_qkv_projections": ...}; without '
                         '"mode", nexfort compiles in compile_pipe\'s recommended mode for the device '
                         '(max-optimize:max-autotune:low-precision:cudagraphs on a GPU)')
+    p.add_argument("--also-nexfort", action="append", default=[], metavar="LABEL=JSON",
+                   help="with --compiler all: one more nexfort run, named nexfort:LABEL, compiled with JSON (the "
+                        "form of --compiler-config) after the main one, on the model built again (a run before may "
+                        "have changed it in place: quant); repeatable. Compares nexfort's own variants in the "
+                        "process and on the inputs of the references")
     p.add_argument("--run_multiple_resolutions", type=str2bool, default=False)
     p.add_argument("--run_rare_resolutions", type=str2bool, default=False)
     p.add_argument("--denoiser-only", action="store_true",
@@ -104,6 +110,21 @@ def parse_compiler_config(text: Optional[str]) -> Tuple[Dict[str, Any], Dict[str
     if "ignores" in pipe_kw and isinstance(pipe_kw["ignores"], str):
         pipe_kw["ignores"] = [pipe_kw["ignores"]]
     return spec, pipe_kw
+
+
+def parse_also_nexfort(items: List[str]) -> List[Tuple[str, Dict[str, Any], Dict[str, Any]]]:
+    """``--also-nexfort LABEL=JSON`` items as ``(label, configuration keys, compile_pipe keyword arguments)``."""
+    out: List[Tuple[str, Dict[str, Any], Dict[str, Any]]] = []
+    for item in items:
+        label, sep, text = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z0-9_.+-]+", label) or label in {x[0] for x in out}:
+            raise SystemExit(f"--also-nexfort {item!r}: LABEL=JSON with a new label of letters, digits and _.+- "
+                             f"(e.g. 'noprologue={{\"mode\": \"quant\"}}')")
+        cfg, pipe_kw = parse_compiler_config(text)
+        if not text.strip():
+            raise SystemExit(f"--also-nexfort {item!r}: the JSON after '=' is empty")
+        out.append((label, cfg, pipe_kw))
+    return out
 
 
 def multiple_resolutions() -> List[Tuple[int, int]]:

@@ -22,6 +22,7 @@ from nexfort_bench.args import (  # noqa: F401 - the command line, importable fr
     RARE_RESOLUTIONS,
     aligned,
     multiple_resolutions,
+    parse_also_nexfort,
     parse_compiler_config,
     parser,
     size_limits,
@@ -230,20 +231,19 @@ def main(argv: Optional[Sequence[str]] = None, *, family: str = "pixart", descri
         pass
     cfg, pipe_kw = parse_compiler_config(args.compiler_config)
     if args.compiler in ("nexfort", "all"):  # a bad configuration fails here, before any model is built
-        from nexfort.diffusers import resolve_pipe_config
-
-        resolve_pipe_config(**{k: v for k, v in cfg.items() if k in CONFIG_KEYS},
-                            **({"fuse_qkv_projections": pipe_kw["fuse_qkv_projections"]}
-                               if "fuse_qkv_projections" in pipe_kw else {}))
+        _check_config(cfg, pipe_kw, "--compiler-config")
+    extras = parse_also_nexfort(args.also_nexfort)
+    if extras and (args.compiler != "all" or args.parallel):
+        raise SystemExit("--also-nexfort: more nexfort runs beside the references of --compiler all (not with "
+                         "--parallel)")
+    for label, xcfg, xkw in extras:
+        _check_config(xcfg, xkw, f"--also-nexfort {label}")
     if args.torchao is not None:
         if args.compiler != "all":
             raise SystemExit(f"--torchao {args.torchao}: a reference run of --compiler all (got --compiler "
                              f"{args.compiler})")
         torchao_run.check_type(args.torchao)
-    unknown = set(cfg) - set(CONFIG_KEYS)
-    if unknown:
-        raise SystemExit(f"--compiler-config: unknown keys {sorted(unknown)}; valid: "
-                         f"{', '.join(CONFIG_KEYS + PIPE_KEYS)}")
+    _check_keys(cfg, "--compiler-config")
     par = parallel.setup(args)  # --parallel: checked, process group started, this rank's device (else None)
     if not parallel.is_main(par):
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - rank 0 reports; the others' errors still reach stderr
@@ -286,6 +286,13 @@ def main(argv: Optional[Sequence[str]] = None, *, family: str = "pixart", descri
                 runs[name] = {"error": f"{type(e).__name__}: {str(e)[:300]}", "resolutions": []}
                 continue
             runs[name], outputs[name] = r["result"], r
+        for label, xcfg, xkw in extras:  # nexfort's variants, each on the model built afresh (same seed)
+            loaded.pipe = None
+            torch.cuda.empty_cache() if torch.cuda.is_available() else None
+            loaded = models.load_pipeline(args.model, args.torch_dtype, args.device, args.scheduler, args.seed,
+                                          family)
+            r = run_one(loaded, "nexfort", args, xcfg, xkw, jobs)
+            runs[f"nexfort:{label}"], outputs[f"nexfort:{label}"] = r["result"], r
     finally:
         for d in args.cache_dirs:
             shutil.rmtree(d, ignore_errors=True)
@@ -299,6 +306,10 @@ def main(argv: Optional[Sequence[str]] = None, *, family: str = "pixart", descri
             "model": loaded.info,
             "args": {k: v for k, v in vars(args).items() if k not in ("torch_dtype", "cache_dirs")},
             "compiler_config": {**cfg, **pipe_kw}, "runs": runs, "summary": report.summary(runs)}
+    if extras:
+        data["variants"] = {f"nexfort:{label}": {"compiler_config": {**xcfg, **xkw},
+                                                  "summary": report.summary(runs, subject=f"nexfort:{label}")}
+                            for label, xcfg, xkw in extras}
     if args.drift_seeds and "eager" in outputs:
         data["drift"] = drift.compare({n: r["drift_latents"] for n, r in outputs.items()}, args.drift_bound)
     if par is not None:
@@ -306,6 +317,22 @@ def main(argv: Optional[Sequence[str]] = None, *, family: str = "pixart", descri
     rc = _report(args, loaded, env, data, runs, outputs) if parallel.is_main(par) else _exit_code(runs)
     parallel.finish(par)
     return rc
+
+
+def _check_keys(cfg: Dict[str, Any], what: str) -> None:
+    unknown = set(cfg) - set(CONFIG_KEYS)
+    if unknown:
+        raise SystemExit(f"{what}: unknown keys {sorted(unknown)}; valid: {', '.join(CONFIG_KEYS + PIPE_KEYS)}")
+
+
+def _check_config(cfg: Dict[str, Any], pipe_kw: Dict[str, Any], what: str) -> None:
+    """A nexfort configuration resolved as compile_pipe will (its errors name the bad value), before any model."""
+    from nexfort.diffusers import resolve_pipe_config
+
+    _check_keys(cfg, what)
+    resolve_pipe_config(**{k: v for k, v in cfg.items() if k in CONFIG_KEYS},
+                        **({"fuse_qkv_projections": pipe_kw["fuse_qkv_projections"]}
+                           if "fuse_qkv_projections" in pipe_kw else {}))
 
 
 def _report(args: argparse.Namespace, loaded: models.Loaded, env: Dict[str, Any], data: Dict[str, Any],
@@ -318,8 +345,11 @@ def _report(args: argparse.Namespace, loaded: models.Loaded, env: Dict[str, Any]
     print(report.table(runs))
     if data["summary"]:
         print(report.summary_line(data["summary"]))
-    for comp, done in (runs.get("nexfort", {}).get("nexfort_prepared") or {}).items():
-        print(f"nexfort prepared {comp}: {'; '.join(done)}")  # e.g. the quantized layers' weight memory
+    for name in (n for n in runs if n.startswith("nexfort:")):
+        print(report.variant_line(name, runs))
+    for name in (n for n in runs if n == "nexfort" or n.startswith("nexfort:")):
+        for comp, done in (runs[name].get("nexfort_prepared") or {}).items():
+            print(f"{name} prepared {comp}: {'; '.join(done)}")  # e.g. the quantized layers' weight memory
     if data.get("drift"):
         print(drift.table(data["drift"]))
     chart_path = args.output_chart

@@ -107,13 +107,19 @@ def table(runs: Dict[str, Dict[str, Any]]) -> str:
     return "\n".join([line, sep] + ["  ".join(c.ljust(w) for c, w in zip(d, widths)) for d in data])
 
 
-def summary(runs: Dict[str, Dict[str, Any]], key: str = "step_ms_median") -> Dict[str, Any]:
+def summary(runs: Dict[str, Dict[str, Any]], key: str = "step_ms_median", subject: str = "nexfort") -> Dict[str, Any]:
     """nexfort's step time against eager, torch.compile's default and torch.compile's best own mode (the fastest of
-    the ``inductor*`` runs), from runs of one process on the same inputs; empty without a nexfort run."""
-    nex = runs.get("nexfort", {}).get(key)
+    the ``inductor*`` runs), from runs of one process on the same inputs; empty without a nexfort run. ``subject``:
+    the nexfort run to summarise (``nexfort:LABEL`` for a ``--also-nexfort`` variant)."""
+    nex = runs.get(subject, {}).get(key)
     if not nex:
         return {}
-    out: Dict[str, Any] = {"metric": key, "nexfort": nex, "nexfort_mode": runs["nexfort"].get("nexfort_mode")}
+    out: Dict[str, Any] = {"metric": key, "nexfort": nex, "nexfort_mode": runs[subject].get("nexfort_mode")}
+    if subject != "nexfort":
+        out["run"] = subject
+        if runs.get("nexfort", {}).get(key):  # the variant against the main nexfort run
+            out["main_nexfort"] = runs["nexfort"][key]
+            out["speedup_vs_main_nexfort"] = round(runs["nexfort"][key] / nex, 4)
     inductor = {n: r.get(key) for n, r in runs.items() if n.startswith("inductor") and r.get(key)}
     if "eager" in runs and runs["eager"].get(key):
         out["eager"] = runs["eager"][key]
@@ -132,10 +138,17 @@ def summary(runs: Dict[str, Dict[str, Any]], key: str = "step_ms_median") -> Dic
     return out
 
 
+def variant_line(name: str, runs: Dict[str, Dict[str, Any]]) -> str:
+    """:func:`summary_line` of the ``--also-nexfort`` run ``name`` (empty when it has no timing)."""
+    s = summary(runs, subject=name)
+    return summary_line(s) if s else f"{name}: no timing"
+
+
 def summary_line(s: Dict[str, Any]) -> str:
-    parts = [f"nexfort ({s.get('nexfort_mode')!r}) {s['nexfort']:.3f} ms"]
+    parts = [f"{s.get('run', 'nexfort')} ({s.get('nexfort_mode')!r}) {s['nexfort']:.3f} ms"]
     for label, k, r in (("eager", "eager", "speedup_vs_eager"), ("torch.compile", "torch_compile",
                                                                   "speedup_vs_torch_compile"),
+                        ("the main nexfort run", "main_nexfort", "speedup_vs_main_nexfort"),
                         (f"torch.compile best ({s.get('torch_compile_best_run')})", "torch_compile_best",
                          "speedup_vs_torch_compile_best"),
                         (f"{s.get('torchao_run')} + torch.compile", "torchao", "speedup_vs_torchao")):
@@ -169,7 +182,7 @@ def chart(path: str, runs: Dict[str, Dict[str, Any]], title: str, env: Dict[str,
         for b, v, n in zip(bars, vals, names):
             note = f"{v:.3g}" + (f"\n{base / v:.2f}x eager" if base and v and n != "eager" and key != "warmup_s"
                                  else "")
-            if n == "nexfort" and tc and v and key != "warmup_s":
+            if (n == "nexfort" or n.startswith("nexfort:")) and tc and v and key != "warmup_s":
                 note += f"\n{tc / v:.2f}x torch.compile"
             ax.annotate(note, (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=7)
         ax.set_title(label, fontsize=9)

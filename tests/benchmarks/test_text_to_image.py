@@ -195,3 +195,36 @@ def test_sdxl_example_multiple_and_rare_resolutions_denoiser(tmp_path):
     assert r["sweep"]["compilations"] == 0, [(x["resolution"], x["compiled"]) for x in r["resolutions"]]
     for x in r["resolutions"]:
         assert x["rel_l2_vs_eager"] < 1e-4, x
+
+
+def test_also_nexfort_runs_a_variant_in_the_same_process(bench, tmp_path, capsys):
+    """--also-nexfort: another nexfort configuration timed beside the references, on the model built again (same
+    seed, so the same weights: its output matches eager like the main run's)."""
+    rc, data = _run(bench, tmp_path, "--model", "tiny-pixart", "--compiler", "all", "--denoiser-only",
+                    "--compiler-config", '{"mode": "max-optimize"}',
+                    "--also-nexfort", 'plain={"mode": "", "options": {"attention.enabled": false}}', *SIZE)
+    assert rc == 0
+    runs = data["runs"]
+    assert list(runs) == ["eager", "inductor", "nexfort", "nexfort:plain"]
+    for name in ("nexfort", "nexfort:plain"):
+        check_timings(runs[name])
+        assert runs[name]["recompiles_in_timed_runs"]["dynamo_graphs"] == 0
+        assert runs[name]["rel_l2_vs_eager"] < 1e-4, name
+    assert runs["nexfort:plain"]["nexfort_mode"] != runs["nexfort"]["nexfort_mode"]
+    variant = data["variants"]["nexfort:plain"]
+    assert variant["compiler_config"] == {"mode": "", "options": {"attention.enabled": False}}
+    s = variant["summary"]
+    assert s["run"] == "nexfort:plain" and s["speedup_vs_main_nexfort"] == round(
+        runs["nexfort"]["step_ms_median"] / runs["nexfort:plain"]["step_ms_median"], 4)
+    assert "nexfort:plain (" in capsys.readouterr().out
+
+
+def test_also_nexfort_is_checked_before_loading(bench, tmp_path):
+    from nexfort.core.errors import NexfortConfigError
+
+    with pytest.raises(SystemExit, match="LABEL=JSON"):
+        bench.main(["--model", "/does/not/exist", "--compiler", "all", "--also-nexfort", '{"mode": ""}'])
+    with pytest.raises(SystemExit, match="beside the references of --compiler all"):
+        bench.main(["--model", "/does/not/exist", "--compiler", "nexfort", "--also-nexfort", 'a={"mode": ""}'])
+    with pytest.raises(NexfortConfigError, match="max-speed"):
+        bench.main(["--model", "/does/not/exist", "--compiler", "all", "--also-nexfort", 'a={"mode": "max-speed"}'])

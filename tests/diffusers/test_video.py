@@ -61,11 +61,15 @@ def _check_pipe(name, assert_close, sizes, ignores=(), tol=1e-4):
     pipe, eager = _pipe(name), _pipe(name)
     compile_pipe(pipe, mode="", dynamic=True, ignores=list(ignores))
     g0 = _graphs()
-    for i, size in enumerate(sizes):
-        _run(pipe, eager, name, size, i, assert_close, tol)
-        if i == 0:
-            first = _graphs() - g0
-        assert _graphs() - g0 == first, f"{name} at {size} compiled again"
+    try:
+        for i, size in enumerate(sizes):
+            _run(pipe, eager, name, size, i, assert_close, tol)
+            if i == 0:
+                first = _graphs() - g0
+            assert _graphs() - g0 == first, f"{name} at {size} compiled again"
+    except BaseException:
+        uncompile_pipe(pipe)  # the failure is the test's; no leftover patches on top of it
+        raise
     return pipe, eager, first
 
 
