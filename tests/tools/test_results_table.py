@@ -60,3 +60,16 @@ def test_quant_row_names_the_mode_torchao_and_torch_compiles_drift(tmp_path):
     assert rt.quant_row("X", "q.json", data)["torchao + torch.compile"] == "failed"
     (tmp_path / "q.json").write_text(json.dumps(data))
     assert "no FlashAttention-4" in rt.render([("X", "q.json")], str(tmp_path), make_row=rt.quant_row)
+
+
+def test_a_rows_note_is_printed_under_the_table(tmp_path):
+    rt = _tool()
+    data = {"args": {"dtype": "bf16"}, "env": {"gpu": "G", "torch": "t"},
+            "runs": {"eager": {"step_ms_median": 40.0}, "inductor": {"step_ms_median": 32.0},
+                     "nexfort": {"step_ms_median": 25.0}}}
+    (tmp_path / "a.json").write_text(json.dumps(data))
+    (tmp_path / "b.json").write_text(json.dumps(data))
+    rt.NOTES["a.json"] = "the kernel did not reach this model"
+    table = rt.render([("X", "a.json"), ("Y", "b.json")], str(tmp_path))
+    assert table.rstrip().endswith("- `a.json`: the kernel did not reach this model")
+    assert "b.json`:" not in table and table.count("the kernel did not") == 1
