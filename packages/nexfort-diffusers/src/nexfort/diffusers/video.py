@@ -22,6 +22,13 @@ graph per component serves every frame count and resolution, as for images. Thre
 
 Sizes of 1 stay specialised by Dynamo (as for images): a single latent frame, or a latent of one patch per side,
 is its own graph.
+
+Not yet one graph per component (tests/diffusers/test_video.py with ``NEXFORT_SLOW=1``, Inductor, torch 2.13 on the
+CPU, 2026-12-03): the LTX pipeline is; three VAE decoders compile one more graph when a size crosses a branch or
+guard of their own code: HunyuanVideo's upsampler branches on three or more latent frames (``3 <=
+hidden_states.size(2)``), CogVideoX's on an odd frame count (``f.shape[2] % 2 == 1``), and Wan's decoder guards a
+cache entry's stride on the input's spatial size (``feat_cache[14].stride()[0] == 12 * T * H * W``, failing at the
+third size of the test). The number of graphs stays bounded (each branch compiles once); not yet patched.
 """
 
 from __future__ import annotations
