@@ -28,7 +28,8 @@ CPU, 2026-12-03): the LTX pipeline is; three VAE decoders compile one more graph
 guard of their own code: HunyuanVideo's upsampler branches on three or more latent frames (``3 <=
 hidden_states.size(2)``), CogVideoX's on an odd frame count (``f.shape[2] % 2 == 1``), and Wan's decoder guards a
 cache entry's stride on the input's spatial size (``feat_cache[14].stride()[0] == 12 * T * H * W``, failing at the
-third size of the test). The number of graphs stays bounded (each branch compiles once); not yet patched.
+third size of the test). Each branch side compiles its own graph; whether Wan's guard settles after one more graph
+was not checked. Not yet patched.
 """
 
 from __future__ import annotations
