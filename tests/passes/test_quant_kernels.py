@@ -7,6 +7,8 @@ power of two, a strided input and a row of zeros.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -51,9 +53,9 @@ def test_quant_option_rejects_a_bad_kernel_before_compiling():
 
     with pytest.raises(Exception, match="quant.activation_kernel' must be one of auto, triton, inductor, got 'x'"):
         nexfort_compile(torch.nn.Linear(256, 256), mode="quant", options={"quant.activation_kernel": "x"})
-    with pytest.raises(Exception, match="applies to the fp8 types"):
+    with pytest.raises(Exception, match="applies to the dynamic types"):
         nexfort_compile(torch.nn.Linear(256, 256), mode="quant",
-                        options={"quant.type": "int8_dynamic", "quant.activation_kernel": "triton"})
+                        options={"quant.type": "int8_weightonly", "quant.activation_kernel": "triton"})
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the Triton kernel)")
@@ -139,3 +141,101 @@ def test_fast_accum_option_reaches_the_fp8_gemm(monkeypatch):
     quantize_(model, config_for("fp8", min_features=16))
     x = torch.randn(8, 256)
     assert model[0].fast_accum is True and torch.isfinite(model(x)).all() and seen == [False]  # CPU: one mode
+
+
+# ------------------------------------------------------------------------------------------------ int8
+def test_int8_op_matches_the_int8_linears_formula():
+    from nexfort.passes.quant.int8 import quantize_rows_int8
+
+    torch.manual_seed(0)
+    x = torch.randn(40, 300) * torch.logspace(-2, 2, 40)[:, None]
+    x[0] = 0
+    q, s = kernels.quantize_rows_int8(x)
+    rq, rs = quantize_rows_int8(x)
+    assert q.dtype == torch.int8 and torch.equal(q, rq) and torch.equal(s, rs)
+    assert torch.equal(q[0], torch.zeros_like(q[0])) and q.abs().amax() == 127
+
+
+def test_int8_triton_kernel_choice_puts_the_op_in_the_graph():
+    """``activation_kernel="triton"`` for int8_dynamic: the op (its torch-ops implementation on the CPU) quantizes the
+    activations, in eager and compiled; the default keeps the torch ops; a bad name is an error naming the valid."""
+    from nexfort.passes.quant import Int8DynamicConfig
+
+    with pytest.raises(QuantizationError, match="Unknown activation_kernel 'cuda' for int8_dynamic.*valid: auto"):
+        Int8DynamicConfig(activation_kernel="cuda")
+    torch.manual_seed(0)
+    ref = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.GELU(), torch.nn.Linear(512, 256)).eval()
+    x = torch.randn(4, 16, 256)
+    outs, graphs = {}, {}
+    for kernel in ("auto", "triton"):
+        m = copy.deepcopy(ref)
+        quantize_(m, config_for("int8_dynamic", activation_kernel=kernel))
+        seen = []
+
+        def backend(gm, example_inputs, seen=seen):
+            seen.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+            return gm.forward
+
+        torch._dynamo.reset()
+        with torch.no_grad():
+            eager = m(x)
+            outs[kernel] = torch.compile(m, backend=backend)(x)
+        assert torch.allclose(outs[kernel], eager, atol=1e-6, rtol=1e-5)
+        graphs[kernel] = seen
+    assert any("int8_quantize_rows" in t for t in graphs["triton"])
+    assert not any("int8_quantize_rows" in t for t in graphs["auto"])
+    assert torch.equal(outs["auto"], outs["triton"])  # the same formula: the same int8 values and scales
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("shape", [(8192, 1152), (37, 4608), (300, 3072), (1, 1536)])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gpu_int8_kernel_matches_reference(shape, dtype):
+    torch.manual_seed(0)
+    x = (torch.randn(*shape, device="cuda") * 3).to(dtype)
+    x[0] = 0
+    q, s = kernels.quantize_rows_int8(x)
+    rq, rs = kernels.reference_int8(x)
+    assert torch.allclose(s, rs, rtol=1e-6, atol=0)
+    # the same codes but where x / scale sits on a rounding boundary and the division's last bit decides
+    assert (q != rq).float().mean() < 1e-3 and (q.int() - rq.int()).abs().max() <= 1
+
+
+_INT8_INTERPRETED = r"""
+import json, torch
+from nexfort.passes.quant import kernels
+torch.manual_seed(0)
+res = []
+for dtype in (torch.float16, torch.bfloat16):
+    x = (torch.randn(37, 300) * 3).to(dtype)
+    x[0] = 0
+    x[1, :4] = torch.tensor([0.5, 1.5, 2.5, -2.5]) * x[1].abs().amax().float() / 127  # ties: half to even
+    q, s = kernels._launch(x, int8=True)
+    rq, rs = kernels.reference_int8(x)
+    res.append({"dtype": q.dtype == torch.int8, "codes_differ": float((q != rq).float().mean()),
+                "scale": float(((s - rs).abs() / rs).max()), "zero_row": bool((q[0] == 0).all())})
+print(json.dumps(res))
+"""
+
+
+def _no_interpreter():
+    from tests.passes.test_attention_int8_qk import _NO_INTERPRETER
+
+    return _NO_INTERPRETER
+
+
+@pytest.mark.skipif(_no_interpreter() is not None, reason=str(_no_interpreter()))
+def test_int8_kernel_in_the_interpreter_matches_the_reference():
+    """The int8 form of the Triton kernel, run by Triton's interpreter on the CPU (a process of its own)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    res = subprocess.run([sys.executable, "-c", _INT8_INTERPRETED], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    for r in json.loads(res.stdout.strip().splitlines()[-1]):
+        assert r["dtype"] and r["zero_row"] and r["scale"] < 1e-6 and r["codes_differ"] < 2e-3, r

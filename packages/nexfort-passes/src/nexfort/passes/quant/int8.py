@@ -83,6 +83,17 @@ class Int8DynamicConfig(QuantConfig):
 
     name = "int8_dynamic"
     min_features: int = 256
+    # how activations are quantized: "auto" and "inductor" (torch ops that Inductor fuses into the producing
+    # kernel: the measured default), "triton" (one pass, torch.ops.nexfort.int8_quantize_rows: Triton on CUDA, its
+    # torch-ops implementation elsewhere; opt-in until measured on a GPU)
+    activation_kernel: str = "auto"
+
+    def __post_init__(self) -> None:
+        from nexfort.passes.quant.fp8 import ACTIVATION_KERNELS
+
+        if self.activation_kernel not in ACTIVATION_KERNELS:
+            raise api.QuantizationError(f"Unknown activation_kernel {self.activation_kernel!r} for {self.name}; "
+                                        f"valid: {', '.join(ACTIVATION_KERNELS)}.")
 
     @classmethod
     def unsupported(cls, device: torch.device) -> Optional[str]:
@@ -112,6 +123,7 @@ class Int8DynamicLinear(QuantizedLinear):
     ``(out, 1)``); activations are quantized per row at each call; the output has the input's dtype."""
 
     kind = "int8 dynamic"
+    activation_kernel = "auto"  # Int8DynamicConfig.activation_kernel
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear) -> "Int8DynamicLinear":
@@ -121,12 +133,23 @@ class Int8DynamicLinear(QuantizedLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
-        xq, xs = quantize_rows_int8(x2)
+        xq, xs = self._quantize_input(x2)
         acc = int8_matmul(xq, self.weight.t())
         y = (acc.to(torch.float32) * xs * self.weight_scale.t()).to(x.dtype)
         if self.bias is not None:
             y = y + self.bias.to(x.dtype)
         return y.reshape(*shape[:-1], self.out_features)
+
+
+    def _quantize_input(self, x2: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        from nexfort.passes.quant import kernels
+
+        if self.activation_kernel == "triton":
+            if kernels.available(x2.device) or (kernels.REGISTERED and not x2.is_cuda):
+                return kernels.quantize_rows_int8(x2)
+            raise api.QuantizationError("activation_kernel='triton' needs Triton and torch >= 2.4 (pip install "
+                                        "triton); use 'auto' or 'inductor'")
+        return quantize_rows_int8(x2)
 
 
 class Int8WeightOnlyLinear(Int8DynamicLinear):
@@ -141,7 +164,10 @@ class Int8WeightOnlyLinear(Int8DynamicLinear):
 
 @register_handler(Int8DynamicConfig)
 def _quantize_int8_dynamic(model: torch.nn.Module, layers: List[Any], config: Int8DynamicConfig) -> int:
-    return replace_rowwise(model, layers, Int8DynamicLinear)
+    n = replace_rowwise(model, layers, Int8DynamicLinear)
+    for fqn, _ in layers:
+        model.get_submodule(fqn).activation_kernel = config.activation_kernel
+    return n
 
 
 @register_handler(Int8WeightOnlyConfig)

@@ -12,7 +12,8 @@ fp16 kernel it is without ``quant``:
 
 On CUDA it is a Triton kernel; elsewhere (and as the reference the tests compare with) the same formula in torch
 ops. Registered with ``torch.library.custom_op`` (torch 2.4+) with a fake implementation, so Dynamo and Inductor
-keep it as one call; :func:`available` says whether this torch/device has it.
+keep it as one call; :func:`available` says whether this torch/device has it. ``torch.ops.nexfort.int8_quantize_rows``
+is the same pass for the int8 linears (symmetric, ``rowmax|x| / 127``, rounded half to even as ``torch.round``).
 
 ``torch.ops.nexfort.fp8_quantize_rows_fused(a, b, act_a, act_b)`` quantizes the row-wise concatenation
 ``cat([act_a(a), act_b(b)], 1)`` (``b`` may be ``None``; ``act``: ``"none"`` or ``"gelu_tanh"``) in the same one
@@ -33,7 +34,9 @@ from typing import Tuple
 import torch
 
 FP8_MAX = 448.0
+INT8_MAX = 127.0
 _OP = "nexfort::fp8_quantize_rows"
+_INT8_OP = "nexfort::int8_quantize_rows"
 _FUSED_OP = "nexfort::fp8_quantize_rows_fused"
 _LN_OP = "nexfort::fp8_quantize_rows_ln_modulate"
 #: the activations the fused op applies to a part before quantizing it
@@ -190,29 +193,42 @@ def _triton_kernel():
 
     @triton.jit
     def quantize_rows(x_ptr, q_ptr, s_ptr, n_rows, n_cols, stride_x, stride_q,
-                      ROWS: tl.constexpr, BLOCK: tl.constexpr):
+                      ROWS: tl.constexpr, BLOCK: tl.constexpr, INT8: tl.constexpr = False):
         rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)[:, None]
         cols = tl.arange(0, BLOCK)[None, :]
         mask = (rows < n_rows) & (cols < n_cols)
         x = tl.load(x_ptr + rows * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
         amax = tl.max(tl.abs(x), axis=1)[:, None]
-        scale = tl.maximum(amax, 1e-12) / 448.0
-        q = tl.clamp(x / scale, -448.0, 448.0)
+        if INT8:  # symmetric int8: round half to even (1.5 * 2^23 added and taken away), as torch.round
+            scale = tl.maximum(amax, 1e-12) / 127.0
+            q = tl.clamp((x / scale + 12582912.0) - 12582912.0, -127.0, 127.0)
+        else:
+            scale = tl.maximum(amax, 1e-12) / 448.0
+            q = tl.clamp(x / scale, -448.0, 448.0)
         tl.store(q_ptr + rows * stride_q + cols, q.to(q_ptr.dtype.element_ty), mask=mask)
         tl.store(s_ptr + rows, scale, mask=rows < n_rows)
 
     return quantize_rows, triton
 
 
-def _launch(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def _launch(x: torch.Tensor, int8: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     kernel, triton = _triton_kernel()
     x = x if x.stride(-1) == 1 else x.contiguous()
     n_rows, n_cols = x.shape
-    q = torch.empty((n_rows, n_cols), device=x.device, dtype=torch.float8_e4m3fn)
+    q = torch.empty((n_rows, n_cols), device=x.device, dtype=torch.int8 if int8 else torch.float8_e4m3fn)
     scale = torch.empty((n_rows, 1), device=x.device, dtype=torch.float32)
     block, rows, warps = _grid_shape(triton, n_cols)
     grid = (triton.cdiv(n_rows, rows),)
-    kernel[grid](x, q, scale, n_rows, n_cols, x.stride(0), q.stride(0), ROWS=rows, BLOCK=block, num_warps=warps)
+    kernel[grid](x, q, scale, n_rows, n_cols, x.stride(0), q.stride(0), ROWS=rows, BLOCK=block, INT8=int8,
+                 num_warps=warps)
+    return q, scale
+
+
+def reference_int8(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The int8 formula in torch ops (that of ``nexfort.passes.quant.int8.quantize_rows_int8``): symmetric,
+    ``scale = max(rowmax|x|, 1e-12) / 127``, ``q = clamp(round(x / scale), -127, 127)``."""
+    scale = x.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / INT8_MAX
+    q = (x.float() / scale).round().clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
     return q, scale
 
 
@@ -247,6 +263,16 @@ def _register() -> bool:
         cols = a.shape[1] + (0 if b is None else b.shape[1])
         return (a.new_empty((a.shape[0], cols), dtype=torch.float8_e4m3fn),
                 a.new_empty((a.shape[0], 1), dtype=torch.float32))
+
+    @torch.library.custom_op(_INT8_OP, mutates_args=(), schema="(Tensor x) -> (Tensor, Tensor)")
+    def int8_quantize_rows(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        if x.is_cuda and HAS_TRITON:
+            return _launch(x, int8=True)
+        return reference_int8(x)
+
+    @int8_quantize_rows.register_fake
+    def _(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        return x.new_empty(x.shape, dtype=torch.int8), x.new_empty((x.shape[0], 1), dtype=torch.float32)
 
     ln_schema = "(Tensor x, Tensor scale, Tensor shift, SymInt tokens, float eps) -> (Tensor, Tensor)"
 
@@ -300,6 +326,14 @@ def quantize_rows(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     if not REGISTERED:
         return reference(x)
     return torch.ops.nexfort.fp8_quantize_rows(x)
+
+
+def quantize_rows_int8(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``x`` (2-D) in int8 with a float32 scale per row, in one pass (``torch.ops.nexfort.int8_quantize_rows``; the
+    int8 linears' activations with ``activation_kernel="triton"``)."""
+    if not REGISTERED:
+        return reference_int8(x)
+    return torch.ops.nexfort.int8_quantize_rows(x)
 
 
 def quantize_rows_fused(a: torch.Tensor, b=None, act_a: str = "none",

@@ -36,7 +36,8 @@ class QuantOptions:
     exclude: List[str] = field(default_factory=list)
     # fp8 dynamic types on CUDA: "triton" (one-pass activation quantization), "inductor" (torch ops fused by
     # Inductor into the producing kernel), "auto" (triton where available); on the CPU "triton" is the same op with
-    # its torch-ops implementation (as the GPU's graph, for tests), "auto" the torch ops
+    # its torch-ops implementation (as the GPU's graph, for tests), "auto" the torch ops. int8_dynamic: "auto" is
+    # "inductor" (measured), "triton" its one-pass op (opt-in, not yet measured on a GPU)
     activation_kernel: str = "auto"
     # fp8 dynamic types on CUDA: the fp8 GEMM's fast accumulation (torch._scaled_mm use_fast_accum; torchao's
     # inference default); False: full-precision accumulation, slower
@@ -97,8 +98,8 @@ def nexfort_validate_config(config: Any) -> Optional[List[str]]:
                         f"{shown(opts.activation_kernel)}.")
     elif str(opts.activation_kernel) != "auto" and str(opts.type) in api._BY_NAME and not hasattr(
             api._BY_NAME[str(opts.type)], "activation_kernel"):
-        problems.append(f"Option 'quant.activation_kernel' applies to the fp8 types; quant.type "
-                        f"{shown(opts.type)} has no activation kernel to choose (leave it 'auto').")
+        problems.append(f"Option 'quant.activation_kernel' applies to the dynamic types (fp8, int8_dynamic); "
+                        f"quant.type {shown(opts.type)} has no activation kernel to choose (leave it 'auto').")
     from nexfort.passes.quant.fp8 import Float8DynamicConfig, Float8WeightOnlyConfig
 
     qcls = api._BY_NAME.get(str(opts.type))
