@@ -263,6 +263,54 @@ def test_ln_modulate_fires_for_every_quantized_reader(style, counters):
     assert torch.isfinite(out).all() and rel_l2(out, ref) < 1e-5 and rel_l2(out, eager) < 1e-5
 
 
+class Regrouped(torch.nn.Module):
+    """A quantized linear reading the modulated norm with two tokens per row (reshape(-1, 2D)): a near miss."""
+
+    def __init__(self, dim=64):
+        super().__init__()
+        self.emb, self.norm = torch.nn.Linear(dim, 2 * dim), torch.nn.LayerNorm(dim, elementwise_affine=False)
+        self.q = torch.nn.Linear(2 * dim, dim)
+        self.dim = dim
+
+    def forward(self, x, t):
+        shift, scale = self.emb(t).chunk(2, dim=1)
+        h = self.norm(x) * (1 + scale[:, None]) + shift[:, None]
+        return self.q(h.reshape(x.shape[0], -1, 2 * self.dim))
+
+
+class RegroupedGelu(torch.nn.Module):
+    """fc2 reading GELU's output with two tokens per row: a near miss of the GELU form."""
+
+    def __init__(self, dim=64):
+        super().__init__()
+        self.fc1, self.fc2 = torch.nn.Linear(dim, 4 * dim), torch.nn.Linear(8 * dim, dim)
+
+    def forward(self, x):
+        h = F.gelu(self.fc1(x), approximate="tanh")
+        return self.fc2(h.reshape(x.shape[0], -1, h.shape[-1] * 2))
+
+
+def test_regrouped_gelu_rows_are_left_alone():
+    torch.manual_seed(0)
+    m = quantized(RegroupedGelu())
+    x = torch.randn(2, 24, 64)
+    out, n, graphs = run_pass(m, x)
+    with torch.no_grad():
+        ref = m(x)
+    assert n == 0 and rel_l2(out, ref) < 1e-6
+
+
+def test_regrouped_rows_are_left_alone():
+    torch.manual_seed(0)
+    m = quantized(Regrouped())
+    x, t = torch.randn(2, 24, 64), torch.randn(2, 64)
+    out, n, graphs = run_pass(m, x, t)
+    with torch.no_grad():
+        ref = m(x, t)
+    assert n == 0 and "nexfort.fp8_quantize_rows_ln_modulate.default" not in targets(graphs)
+    assert rel_l2(out, ref) < 1e-6
+
+
 @pytest.mark.parametrize("case", ["affine", "no_plus_one", "extra_user", "broadcast_rows"])
 def test_ln_modulate_near_misses_are_left_alone(case):
     torch.manual_seed(0)

@@ -214,7 +214,9 @@ class QuantProloguePass(GraphPass):
             if node.op == "call_function":
                 found = _ln_modulate(node)
                 users = _quantize_users(node, quantize) if found is not None else None
-                if users:
+                width = fake(found[0]).shape[-1] if users else None
+                if users and all(fake(q.args[0]) is not None and same_size(fake(q.args[0]).shape[-1], width)
+                                 for q, _ in users):  # each reads rows of the norm's width, not regrouped
                     self.replace_ln(gm, users, *found)
                     count += len(users)
         if count:
@@ -232,8 +234,9 @@ class QuantProloguePass(GraphPass):
         if fx_ is None or fx_.dim() != 2:
             return None
         t = _reshape_source(x)
-        if t is None or only_user(t) is not x:
-            t = x  # the producer's output is 2-D already
+        ft0 = fake(t) if t is not None else None
+        if t is None or only_user(t) is not x or ft0 is None or not same_size(ft0.shape[-1], fx_.shape[-1]):
+            t = x  # the producer's output is 2-D already (or the reshape regroups the rows' columns: not a match)
         dropped = []
         while True:  # an identity dropout between (eval mode, p=0: diffusers' FeedForward has one before fc2)
             d = dropout_source(t, t.graph.owning_module)
