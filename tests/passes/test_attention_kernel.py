@@ -130,13 +130,21 @@ def test_flux_attention_reaches_the_op(cpu_kernel, counters, assert_close):
         from diffusers.models.transformers.transformer_flux import FluxTransformerBlock
     except ImportError:
         pytest.skip("this diffusers has no Flux transformer")
+    import diffusers
+
     torch.manual_seed(0)
     block = FluxTransformerBlock(dim=64, num_attention_heads=2, attention_head_dim=32).eval()
     hs, enc, temb = torch.randn(1, 16, 64), torch.randn(1, 8, 64), torch.randn(1, 64)
     rot = (torch.randn(24, 32), torch.randn(24, 32))
     with torch.no_grad():
+        try:
+            ref = block(hs, enc, temb, rot)
+        except TypeError as e:  # diffusers 0.30-0.32: the rotary embedding is one tensor, not (cos, sin)
+            pytest.skip(f"diffusers {diffusers.__version__}'s Flux block takes another rotary embedding form: {e}")
         out, graphs = run_pass(block, hs, enc, temb, rot)
-        ref = block(hs, enc, temb, rot)
+    if count(graphs, OP) == 0 and count(graphs, SDPA) == 0:  # nothing to rewrite: not the pass's doing
+        pytest.skip(f"torch {torch.__version__}'s Dynamo leaves diffusers {diffusers.__version__}'s Flux attention "
+                    f"out of the graph (a graph break)")
     assert counters["pass"]["attention_kernel"] == 1 and count(graphs, OP) == 1
     for o, r in zip(out, ref):
         assert_close(o, r, tol=1e-5)
