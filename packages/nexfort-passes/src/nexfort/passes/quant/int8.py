@@ -140,7 +140,6 @@ class Int8DynamicLinear(QuantizedLinear):
             y = y + self.bias.to(x.dtype)
         return y.reshape(*shape[:-1], self.out_features)
 
-
     def _quantize_input(self, x2: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         from nexfort.passes.quant import kernels
 

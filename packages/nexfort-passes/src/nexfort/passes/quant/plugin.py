@@ -45,8 +45,9 @@ class QuantOptions:
     # who quantizes: "nexfort" (its own layers and kernels) or "torchao" (torchao's config for the same type on the
     # same layers: nexfort.passes.quant.torchao_engine; pip install torchao)
     engine: str = "nexfort"
-    # fp8 dynamic types: hand GELU and Flux's concatenation before a quantized linear to its activation quantization
-    # (one pass instead of two: nexfort.passes.quant.prologue); False: leave the graph as Inductor fuses it
+    # fp8 dynamic types: hand GELU, Flux's concatenation and adaLN's norm + modulation before a quantized linear to
+    # its activation quantization (one pass instead of two: nexfort.passes.quant.prologue); False: leave the graph
+    # as Inductor fuses it
     fuse_prologue: bool = True
 
 
