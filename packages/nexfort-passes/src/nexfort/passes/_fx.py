@@ -242,3 +242,33 @@ def dropout_source(node: Any, gm: Optional[torch.fx.GraphModule] = None) -> Opti
         if type(mod) is torch.nn.Dropout and not mod.inplace and (mod.p == 0 or not mod.training):
             return node.args[0] if len(node.args) == 1 and not node.kwargs else None
     return None
+
+
+INPLACE_FUNCTIONS = (operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ipow, operator.iand,
+                     operator.ior, operator.ixor, operator.setitem)
+#: ops that return a view (or views) of their first argument
+VIEW_OPS = ("reshape", "view", "squeeze", "unsqueeze", "transpose", "permute", "flatten", "unflatten", "expand",
+            "chunk", "split", "unbind", "narrow", "t", "contiguous", "view_as", "reshape_as", "__getitem__", "getitem",
+            "select", "slice", "as_strided", "detach", "movedim", "swapaxes")
+
+
+def may_be_mutated(node: Node, depth: int = 0) -> bool:
+    """Whether ``node``'s tensor (or a view of it, a few views deep) may be written in place anywhere in the graph:
+    a method ending in ``_`` (``add_``, ``copy_``), an in-place operator (``+=``, ``x[i] = ...``), or an ``out=``.
+    True where unsure (too deep), so a pass that moves or merges a read of ``node`` leaves it alone."""
+    if depth > 4:
+        return True
+    for user in node.users:
+        if user.op == "call_method" and isinstance(user.target, str) and user.target.endswith("_") and \
+                not user.target.endswith("__") and user.args and user.args[0] is node:
+            return True
+        if user.op == "call_function" and any(user.target is f for f in INPLACE_FUNCTIONS) and \
+                user.args and user.args[0] is node:
+            return True
+        if "out" in user.kwargs:
+            return True
+        name = user.target if user.op == "call_method" else getattr(user.target, "__name__", "")
+        is_view = name in VIEW_OPS and user.args and user.args[0] is node
+        if is_view and may_be_mutated(user, depth + 1):
+            return True
+    return False

@@ -133,10 +133,9 @@ class Float8WeightOnlyConfig(Float8DynamicConfig):
 
 
 def quantize_rows(t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``t`` (2-D) in float8 e4m3 and its float32 scale per row (``t ~= q.float() * scale``)."""
-    scale = t.detach().abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / FP8_MAX
-    q = (t.detach().float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)
-    return q, scale
+    """``t`` (2-D) in float8 e4m3 and its float32 scale per row (``t ~= q.float() * scale``), in torch ops (the
+    formula of ``torch.ops.nexfort.fp8_quantize_rows``: :func:`nexfort.passes.quant.kernels.reference`)."""
+    return kernels.reference(t.detach())
 
 
 def quantize_tensor(t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

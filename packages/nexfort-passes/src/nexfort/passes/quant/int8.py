@@ -27,8 +27,6 @@ import torch
 from nexfort.passes.quant import api
 from nexfort.passes.quant.api import QuantConfig, QuantizedLinear, register_handler, replace_rowwise
 
-INT8_MAX = 127.0
-
 
 def int8_unsupported(device: torch.device, int_mm: bool = True) -> Optional[str]:
     """Why the int8 types cannot run on ``device`` (``None``: they can); ``int_mm=False``: a type that needs no
@@ -58,11 +56,18 @@ def cpu_int_mm() -> bool:
         return False
 
 
+#: :func:`cpu_int_mm`, found eagerly when layers are quantized (:func:`Int8DynamicLinear.from_linear`): a traced
+#: forward reads this bool (a constant to Dynamo) instead of running the probe, whose ``bool(tensor)`` was a graph
+#: break at every int8 linear on the CPU
+_CPU_INT_MM: Optional[bool] = None
+
+
 def quantize_rows_int8(t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``t`` (2-D) in int8 (symmetric, -127..127) and its float32 scale per row (``t ~= q.float() * scale``)."""
-    scale = t.detach().abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / INT8_MAX
-    q = (t.detach().float() / scale).round().clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
-    return q, scale
+    """``t`` (2-D) in int8 (symmetric, -127..127) and its float32 scale per row (``t ~= q.float() * scale``), in
+    torch ops (the formula of ``torch.ops.nexfort.int8_quantize_rows``: ``kernels.reference_int8``)."""
+    from nexfort.passes.quant import kernels
+
+    return kernels.reference_int8(t.detach())
 
 
 def int8_matmul(a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
@@ -72,7 +77,7 @@ def int8_matmul(a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
         if m <= 16:  # cuBLASLt's int8 GEMM needs more than 16 rows
             a = torch.nn.functional.pad(a, (0, 0, 0, 17 - m))
         return torch._int_mm(a, b_t)[:m]
-    if cpu_int_mm():
+    if _CPU_INT_MM if _CPU_INT_MM is not None else cpu_int_mm():
         return torch._int_mm(a, b_t)
     return a.to(torch.int32) @ b_t.to(torch.int32)
 
@@ -127,6 +132,9 @@ class Int8DynamicLinear(QuantizedLinear):
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear) -> "Int8DynamicLinear":
+        global _CPU_INT_MM
+        if _CPU_INT_MM is None:
+            _CPU_INT_MM = cpu_int_mm()
         q, scale = quantize_rows_int8(linear.weight)
         return cls(q, scale, linear.bias)
 

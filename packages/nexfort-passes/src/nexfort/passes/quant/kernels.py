@@ -22,7 +22,8 @@ to memory for this op to read back (GELU over fc1's output before fc2; Flux's si
 reads ``cat([attention, gelu(mlp)])``). ``torch.ops.nexfort.fp8_quantize_rows_ln_modulate(x, scale, shift, tokens,
 eps)`` does the same for adaLN's ``layer_norm(x) * (1 + scale) + shift`` (the input of every attention and
 feed-forward of PixArt, SD3 and Flux; ``scale``/``shift`` one row per sample of ``tokens`` rows, or one for all).
-:mod:`nexfort.passes.quant.prologue` rewrites those graphs to them.
+``int8_quantize_rows_fused`` and ``int8_quantize_rows_ln_modulate`` are the same for the int8 linears (the kernels'
+``INT8`` form). :mod:`nexfort.passes.quant.prologue` rewrites those graphs to them.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ _OP = "nexfort::fp8_quantize_rows"
 _INT8_OP = "nexfort::int8_quantize_rows"
 _FUSED_OP = "nexfort::fp8_quantize_rows_fused"
 _LN_OP = "nexfort::fp8_quantize_rows_ln_modulate"
+_INT8_FUSED_OP = "nexfort::int8_quantize_rows_fused"
+_INT8_LN_OP = "nexfort::int8_quantize_rows_ln_modulate"
 #: the activations the fused op applies to a part before quantizing it
 ACTIVATIONS = ("none", "gelu_tanh")
 
@@ -67,6 +70,13 @@ def reference_fused(a: torch.Tensor, b, act_a: str = "none", act_b: str = "none"
     return reference(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0])
 
 
+def reference_fused_int8(a: torch.Tensor, b, act_a: str = "none",
+                         act_b: str = "none") -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`reference_int8` of ``cat([act_a(a), act_b(b)], 1)`` (the activations in float32)."""
+    parts = [_activation(a, act_a)] + ([] if b is None else [_activation(b, act_b)])
+    return reference_int8(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0])
+
+
 def _per_row(t: torch.Tensor, rows: int, tokens: int) -> torch.Tensor:
     """``t`` (one row per sample, or one row) repeated for each of the samples' ``tokens`` rows."""
     return t.float().expand(rows, -1) if t.shape[0] == 1 else t.float().repeat_interleave(tokens, dim=0)
@@ -76,9 +86,20 @@ def reference_ln_modulate(x: torch.Tensor, scale: torch.Tensor, shift: torch.Ten
                           eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """:func:`reference` of ``layer_norm(x) * (1 + scale) + shift`` in float32 (``x``: ``(samples * tokens, D)``;
     ``scale``, ``shift``: ``(samples, D)`` or ``(1, D)``)."""
+    return reference(_ln_modulated(x, scale, shift, tokens, eps))
+
+
+def _ln_modulated(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, tokens: int,
+                  eps: float) -> torch.Tensor:
     rows = x.shape[0]
     y = torch.nn.functional.layer_norm(x.float(), (x.shape[1],), eps=eps)
-    return reference(y * (1 + _per_row(scale, rows, tokens)) + _per_row(shift, rows, tokens))
+    return y * (1 + _per_row(scale, rows, tokens)) + _per_row(shift, rows, tokens)
+
+
+def reference_ln_modulate_int8(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, tokens: int,
+                               eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`reference_int8` of ``layer_norm(x) * (1 + scale) + shift`` in float32."""
+    return reference_int8(_ln_modulated(x, scale, shift, tokens, eps))
 
 
 @functools.lru_cache(maxsize=None)
@@ -88,7 +109,8 @@ def _triton_ln_kernel():
 
     @triton.jit
     def quantize_rows_ln_modulate(x_ptr, sc_ptr, sh_ptr, q_ptr, s_ptr, n_rows, n_cols, tokens, eps, stride_x,
-                                  stride_sc, stride_sh, stride_q, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+                                  stride_sc, stride_sh, stride_q, ROWS: tl.constexpr, BLOCK: tl.constexpr,
+                                  INT8: tl.constexpr = False):
         rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)[:, None]
         cols = tl.arange(0, BLOCK)[None, :]
         in_rows = rows < n_rows
@@ -102,8 +124,12 @@ def _triton_ln_kernel():
         sh = tl.load(sh_ptr + sample * stride_sh + cols, mask=mask, other=0.0).to(tl.float32)
         y = tl.where(mask, xc * rstd * (1.0 + sc) + sh, 0.0)
         amax = tl.max(tl.abs(y), axis=1)[:, None]
-        scale = tl.maximum(amax, 1e-12) / 448.0
-        q = tl.clamp(y / scale, -448.0, 448.0)
+        if INT8:  # symmetric int8, rounded half to even (as the plain kernel)
+            scale = tl.maximum(amax, 1e-12) / 127.0
+            q = tl.clamp((y / scale + 12582912.0) - 12582912.0, -127.0, 127.0)
+        else:
+            scale = tl.maximum(amax, 1e-12) / 448.0
+            q = tl.clamp(y / scale, -448.0, 448.0)
         tl.store(q_ptr + rows * stride_q + cols, q.to(q_ptr.dtype.element_ty), mask=mask)
         tl.store(s_ptr + rows, scale, mask=in_rows)
 
@@ -111,17 +137,17 @@ def _triton_ln_kernel():
 
 
 def _launch_ln(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, tokens: int,
-               eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
+               eps: float, int8: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     kernel, triton = _triton_ln_kernel()
     x, scale, shift = (t if t.stride(-1) == 1 else t.contiguous() for t in (x, scale, shift))
     n_rows, n_cols = x.shape
-    q = torch.empty((n_rows, n_cols), device=x.device, dtype=torch.float8_e4m3fn)
+    q = torch.empty((n_rows, n_cols), device=x.device, dtype=torch.int8 if int8 else torch.float8_e4m3fn)
     s = torch.empty((n_rows, 1), device=x.device, dtype=torch.float32)
     block, rows, warps = _grid_shape(triton, n_cols)
     kernel[(triton.cdiv(n_rows, rows),)](
         x, scale, shift, q, s, n_rows, n_cols, max(int(tokens), 1), float(eps), x.stride(0),
         0 if scale.shape[0] == 1 else scale.stride(0), 0 if shift.shape[0] == 1 else shift.stride(0), q.stride(0),
-        ROWS=rows, BLOCK=block, num_warps=warps)
+        ROWS=rows, BLOCK=block, INT8=int8, num_warps=warps)
     return q, s
 
 
@@ -133,7 +159,7 @@ def _triton_fused_kernel():
     @triton.jit
     def quantize_rows_fused(a_ptr, b_ptr, q_ptr, s_ptr, n_rows, n_a, n_b, stride_a, stride_b, stride_q,
                             ACT_A: tl.constexpr, ACT_B: tl.constexpr, HAS_B: tl.constexpr,
-                            ROWS: tl.constexpr, BLOCK: tl.constexpr):
+                            ROWS: tl.constexpr, BLOCK: tl.constexpr, INT8: tl.constexpr = False):
         rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)[:, None]
         cols = tl.arange(0, BLOCK)[None, :]
         in_rows = rows < n_rows
@@ -153,8 +179,12 @@ def _triton_fused_kernel():
             x = tl.where(in_a, x, xb)
         x = tl.where(in_rows & (cols < n_cols), x, 0.0)  # padding columns: 0 whatever the activation makes of it
         amax = tl.max(tl.abs(x), axis=1)[:, None]
-        scale = tl.maximum(amax, 1e-12) / 448.0
-        q = tl.clamp(x / scale, -448.0, 448.0)
+        if INT8:  # symmetric int8, rounded half to even (as the plain kernel)
+            scale = tl.maximum(amax, 1e-12) / 127.0
+            q = tl.clamp((x / scale + 12582912.0) - 12582912.0, -127.0, 127.0)
+        else:
+            scale = tl.maximum(amax, 1e-12) / 448.0
+            q = tl.clamp(x / scale, -448.0, 448.0)
         tl.store(q_ptr + rows * stride_q + cols, q.to(q_ptr.dtype.element_ty), mask=in_rows & (cols < n_cols))
         tl.store(s_ptr + rows, scale, mask=in_rows)
 
@@ -170,19 +200,19 @@ def _grid_shape(triton, n_cols: int) -> Tuple[int, int, int]:
     return block, rows, warps
 
 
-def _launch_fused(a: torch.Tensor, b, act_a: str, act_b: str) -> Tuple[torch.Tensor, torch.Tensor]:
+def _launch_fused(a: torch.Tensor, b, act_a: str, act_b: str, int8: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     kernel, triton = _triton_fused_kernel()
     a = a if a.stride(-1) == 1 else a.contiguous()
     b = None if b is None else b if b.stride(-1) == 1 else b.contiguous()
     n_rows, n_a = a.shape
     n_b = 0 if b is None else b.shape[1]
-    q = torch.empty((n_rows, n_a + n_b), device=a.device, dtype=torch.float8_e4m3fn)
+    q = torch.empty((n_rows, n_a + n_b), device=a.device, dtype=torch.int8 if int8 else torch.float8_e4m3fn)
     scale = torch.empty((n_rows, 1), device=a.device, dtype=torch.float32)
     block, rows, warps = _grid_shape(triton, n_a + n_b)
     kernel[(triton.cdiv(n_rows, rows),)](
         a, a if b is None else b, q, scale, n_rows, n_a, n_b, a.stride(0), a.stride(0) if b is None else b.stride(0),
         q.stride(0), ACT_A=ACTIVATIONS.index(act_a), ACT_B=ACTIVATIONS.index(act_b), HAS_B=b is not None,
-        ROWS=rows, BLOCK=block, num_warps=warps)
+        ROWS=rows, BLOCK=block, INT8=int8, num_warps=warps)
     return q, scale
 
 
@@ -225,7 +255,7 @@ def _launch(x: torch.Tensor, int8: bool = False) -> Tuple[torch.Tensor, torch.Te
 
 
 def reference_int8(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The int8 formula in torch ops (that of ``nexfort.passes.quant.int8.quantize_rows_int8``): symmetric,
+    """The int8 formula in torch ops (``nexfort.passes.quant.int8.quantize_rows_int8`` calls it): symmetric,
     ``scale = max(rowmax|x|, 1e-12) / 127``, ``q = clamp(round(x / scale), -127, 127)``."""
     scale = x.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / INT8_MAX
     q = (x.float() / scale).round().clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
@@ -274,7 +304,34 @@ def _register() -> bool:
     def _(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         return x.new_empty(x.shape, dtype=torch.int8), x.new_empty((x.shape[0], 1), dtype=torch.float32)
 
+    @torch.library.custom_op(_INT8_FUSED_OP, mutates_args=(),
+                             schema="(Tensor a, Tensor? b, str act_a, str act_b) -> (Tensor, Tensor)")
+    def int8_quantize_rows_fused(a: torch.Tensor, b, act_a: str, act_b: str) -> Tuple[torch.Tensor, torch.Tensor]:
+        _check_fused(a, b, act_a, act_b)
+        if a.is_cuda and HAS_TRITON:
+            return _launch_fused(a, b, act_a, act_b, int8=True)
+        return reference_fused_int8(a, b, act_a, act_b)
+
+    @int8_quantize_rows_fused.register_fake
+    def _(a: torch.Tensor, b, act_a: str, act_b: str) -> Tuple[torch.Tensor, torch.Tensor]:
+        _check_fused(a, b, act_a, act_b)
+        cols = a.shape[1] + (0 if b is None else b.shape[1])
+        return a.new_empty((a.shape[0], cols), dtype=torch.int8), a.new_empty((a.shape[0], 1), dtype=torch.float32)
+
     ln_schema = "(Tensor x, Tensor scale, Tensor shift, SymInt tokens, float eps) -> (Tensor, Tensor)"
+
+    @torch.library.custom_op(_INT8_LN_OP, mutates_args=(), schema=ln_schema)
+    def int8_quantize_rows_ln_modulate(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, tokens: int,
+                                       eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
+        _check_ln(x, scale, shift, tokens)
+        if x.is_cuda and HAS_TRITON:
+            return _launch_ln(x, scale, shift, tokens, eps, int8=True)
+        return reference_ln_modulate_int8(x, scale, shift, tokens, eps)
+
+    @int8_quantize_rows_ln_modulate.register_fake
+    def _(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, tokens: int,
+          eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
+        return x.new_empty(x.shape, dtype=torch.int8), x.new_empty((x.shape[0], 1), dtype=torch.float32)
 
     @torch.library.custom_op(_LN_OP, mutates_args=(), schema=ln_schema)
     def fp8_quantize_rows_ln_modulate(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, tokens: int,
@@ -352,3 +409,19 @@ def quantize_rows_ln_modulate(x: torch.Tensor, scale: torch.Tensor, shift: torch
     if not REGISTERED:
         return reference_ln_modulate(x, scale, shift, tokens, eps)
     return torch.ops.nexfort.fp8_quantize_rows_ln_modulate(x, scale, shift, tokens, eps)
+
+
+def quantize_rows_fused_int8(a: torch.Tensor, b=None, act_a: str = "none",
+                             act_b: str = "none") -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`quantize_rows_fused` in int8 (``torch.ops.nexfort.int8_quantize_rows_fused``)."""
+    if not REGISTERED:
+        return reference_fused_int8(a, b, act_a, act_b)
+    return torch.ops.nexfort.int8_quantize_rows_fused(a, b, act_a, act_b)
+
+
+def quantize_rows_ln_modulate_int8(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, tokens: int,
+                                   eps: float = 1e-6) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`quantize_rows_ln_modulate` in int8 (``torch.ops.nexfort.int8_quantize_rows_ln_modulate``)."""
+    if not REGISTERED:
+        return reference_ln_modulate_int8(x, scale, shift, tokens, eps)
+    return torch.ops.nexfort.int8_quantize_rows_ln_modulate(x, scale, shift, tokens, eps)

@@ -18,9 +18,14 @@ its replacement, as plain torch functions:
 adaLN's ``layer_norm(x) * (1 + scale) + shift`` (every attention's and feed-forward's input in PixArt, SD3 and Flux)
 read only by quantize ops (through reshapes/squeezes) goes the same way: each reader quantizes from ``x`` itself
 (``torch.ops.nexfort.fp8_quantize_rows_ln_modulate``, the norm's sums in registers), so the normalized activation is
-never written. Each reader gets its own op call: AOT autograd's CSE does not merge them (checked on a Flux single
-block on the CPU: 4 calls before and after AOT), so the readers of one norm (Flux's single-block MLP and QKV) each
-normalize and quantize it again; one shared call per norm is not done yet.
+never written. The readers of one norm (Flux's single-block MLP and QKV, two linears reading one activation) share
+one op call, placed before the first of them (AOT autograd's CSE does not merge custom-op calls: checked on a Flux
+single block on the CPU, 4 calls before and after AOT); other repeated quantize calls of one activation are merged by
+:mod:`nexfort.passes.quant.share`.
+
+The int8 dynamic linears' one-pass op (``torch.ops.nexfort.int8_quantize_rows``, with ``activation_kernel="triton"``)
+is rewritten the same way, to ``int8_quantize_rows_fused`` and ``int8_quantize_rows_ln_modulate`` (the kernels' int8
+form); a norm read by linears of both kinds is left alone.
 
 A part that is an exact cast of a ``torch._scaled_mm`` output (bf16 -> fp16/fp32, fp16 -> fp32: the fp16 models'
 cast after the row-scaled GEMM, which produces bf16) is read before the cast: the op computes in float32, so the
@@ -30,7 +35,8 @@ Left alone (the guard returns None, never raises): a quantize op whose input is 
 (nothing to take in; an identity dropout between is looked through), a GELU of another approximation, a
 concatenation of other than two parts or along another dimension, any intermediate with another user (it must be
 written anyway), a LayerNorm with weight or bias, a modulation without the ``1 +``, scale/shift not of shape
-``(B, 1, D)``/``(1, 1, D)``, and nodes without Dynamo's metadata. On whenever ``options.quant.fuse_prologue`` is
+``(B, 1, D)``/``(1, 1, D)``, a norm whose input, scale or shift may be written in place (the op reads them where
+its first reader is), and nodes without Dynamo's metadata. On whenever ``options.quant.fuse_prologue`` is
 (the default): it only matches nexfort's own quantize op, which only a quantized module's graph has. Tested in
 tests/passes/test_quant_prologue.py (rewrites counted, output against the unfused graph, near misses).
 """
@@ -45,7 +51,17 @@ import torch.nn.functional as F
 from torch.fx import GraphModule, Node
 
 from nexfort.core.api import GraphPass
-from nexfort.passes._fx import arg, dropout_source, fake, is_op, last_dim, only_user, same_size, scalar_constant
+from nexfort.passes._fx import (
+    arg,
+    dropout_source,
+    fake,
+    is_op,
+    last_dim,
+    may_be_mutated,
+    only_user,
+    same_size,
+    scalar_constant,
+)
 
 NAME = "quant_prologue"
 GELU_FUNCTIONS = tuple({F.gelu, torch._C._nn.gelu})
@@ -58,7 +74,14 @@ EXACT_CASTS = {(torch.bfloat16, torch.float16), (torch.bfloat16, torch.float32),
                (torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16), (torch.float32, torch.float32)}
 
 
-def _ops(name: str) -> Tuple[Any, ...]:
+#: (quantize op, its fused form, its adaLN form) per quantized type: the fp8 and the int8 linears' ops
+FAMILIES = (("fp8_quantize_rows", "fp8_quantize_rows_fused", "fp8_quantize_rows_ln_modulate"),
+            ("int8_quantize_rows", "int8_quantize_rows_fused", "int8_quantize_rows_ln_modulate"))
+
+
+def op_targets(name: str) -> Tuple[Any, ...]:
+    """The call targets ``torch.ops.nexfort.<name>`` has in a graph (its packet and its overload; none where this
+    torch lacks the op)."""
     ns = getattr(torch.ops, "nexfort", None)
     packet = getattr(ns, name, None) if ns is not None else None
     if packet is None:
@@ -195,31 +218,39 @@ def _quantize_users(node: Node, quantize: Tuple[Any, ...], depth: int = 0) -> Op
 
 
 class QuantProloguePass(GraphPass):
-    """``fp8_quantize_rows(reshape(gelu(u) | cat([a, b])))`` -> ``fp8_quantize_rows_fused(...)`` (see the module)."""
+    """``fp8_quantize_rows(reshape(gelu(u) | cat([a, b])))`` -> ``fp8_quantize_rows_fused(...)`` (see the module;
+    the int8 ops likewise)."""
 
     name = NAME
     stage = "pre_grad"
     priority = 70  # after linear_gelu (60), whose GELUs are fp16 GEMM epilogues and never reach this op
 
     def apply(self, gm: GraphModule) -> int:
-        quantize, fused = _ops("fp8_quantize_rows"), _ops("fp8_quantize_rows_fused")
-        if not quantize or not fused:
-            return 0
+        count = 0
+        for family in FAMILIES:  # fp8, then int8 (each norm's readers all of one family)
+            quantize, fused, ln = (op_targets(name) for name in family)
+            if quantize and fused and ln:
+                count += self._apply(gm, quantize, fused[-1], ln[-1])
+        return count
+
+    def _apply(self, gm: GraphModule, quantize: Tuple[Any, ...], fused: Any, ln: Any) -> int:
         count = 0
         for node in list(gm.graph.nodes):
             if node.op == "call_function" and node.target in quantize:
                 found = self.match(node)
                 if found is not None:
-                    self.replace(gm, node, *found)
+                    self.replace(gm, node, *found, op=fused)
                     count += 1
         for node in list(gm.graph.nodes):  # adaLN's norm + modulation, read by quantize ops only
             if node.op == "call_function":
                 found = _ln_modulate(node)
+                if found is not None and any(may_be_mutated(t) for t in found[:3]):
+                    found = None  # x, scale or shift written in place: the op would read them later than the norm
                 users = _quantize_users(node, quantize) if found is not None else None
                 width = fake(found[0]).shape[-1] if users else None
                 if users and all(fake(q.args[0]) is not None and same_size(fake(q.args[0]).shape[-1], width)
                                  for q, _ in users):  # each reads rows of the norm's width, not regrouped
-                    self.replace_ln(gm, users, *found)
+                    self.replace_ln(gm, users, *found, op=ln)
                     count += len(users)
         if count:
             gm.graph.lint()
@@ -288,17 +319,19 @@ class QuantProloguePass(GraphPass):
         return out, replaced
 
     def replace_ln(self, gm: GraphModule, users: List[Tuple[Node, List[Node]]], x: Node, scale: Node, shift: Node,
-                   eps: float, nodes: List[Node]) -> None:
+                   eps: float, nodes: List[Node], op: Any) -> None:
+        """One ``op`` call for every reader (each reads the same rows: the width guard), before the first of them."""
         graph = gm.graph
-        op = torch.ops.nexfort.fp8_quantize_rows_ln_modulate.default
         dead = list(nodes)
+        order = {n: i for i, n in enumerate(graph.nodes)}
+        first = min((q for q, _ in users), key=lambda q: order[q])
+        with graph.inserting_before(first):
+            d, tokens = graph.call_method("size", (x, -1)), graph.call_method("size", (x, 1))
+            x2 = graph.call_method("reshape", (x, -1, d))
+            sc2, sh2 = graph.call_method("reshape", (scale, -1, d)), graph.call_method("reshape", (shift, -1, d))
+            new = graph.call_function(op, (x2, sc2, sh2, tokens, eps))
+        new.meta.update({k: v for k, v in first.meta.items() if k in ("example_value", "val", "stack_trace")})
         for q, views in users:
-            with graph.inserting_before(q):
-                d, tokens = graph.call_method("size", (x, -1)), graph.call_method("size", (x, 1))
-                x2 = graph.call_method("reshape", (x, -1, d))
-                sc2, sh2 = graph.call_method("reshape", (scale, -1, d)), graph.call_method("reshape", (shift, -1, d))
-                new = graph.call_function(op, (x2, sc2, sh2, tokens, eps))
-            new.meta.update({k: v for k, v in q.meta.items() if k in ("example_value", "val", "stack_trace")})
             q.replace_all_uses_with(new)
             graph.erase_node(q)
             dead += views
@@ -307,7 +340,8 @@ class QuantProloguePass(GraphPass):
             if n in order and not n.users:
                 graph.erase_node(n)
 
-    def replace(self, gm: GraphModule, q: Node, parts: List[Tuple[Node, str]], replaced: List[Node]) -> None:
+    def replace(self, gm: GraphModule, q: Node, parts: List[Tuple[Node, str]], replaced: List[Node],
+                op: Any) -> None:
         graph = gm.graph
         with graph.inserting_before(q):
             flat = []
@@ -315,7 +349,7 @@ class QuantProloguePass(GraphPass):
                 flat.append(graph.call_method("reshape", (p, -1, graph.call_method("size", (p, -1)))))
             a, b = flat[0], (flat[1] if len(flat) > 1 else None)
             acts = [act for _, act in parts] + ["none"] * (2 - len(parts))
-            new = graph.call_function(torch.ops.nexfort.fp8_quantize_rows_fused.default, (a, b, acts[0], acts[1]))
+            new = graph.call_function(op, (a, b, acts[0], acts[1]))
         new.meta.update({k: v for k, v in q.meta.items() if k in ("example_value", "val", "stack_trace")})
         q.replace_all_uses_with(new)
         graph.erase_node(q)
