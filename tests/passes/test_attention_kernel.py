@@ -333,3 +333,31 @@ def test_gpu_joint_attention_with_flash_attention_4(mode, captured, counters):
     assert set(choices().values()) <= {"sdpa", "fa4"} and choices(), choices()
     assert out.dtype == torch.float16 and torch.isfinite(out).all()
     assert err(out) <= 2 * err(eager) + 1e-3, (err(out), err(eager))
+
+
+def test_the_sleep_before_the_timed_calls_outlasts_their_queueing():
+    """The sleep kernel must still run when the host has queued the timed calls (else a kernel with a slow launch
+    path is timed by its launches): the host's queueing time, with a margin, in the GPU's clock cycles."""
+    assert K.sleep_cycles(4.0, 2.0e6) == int((4.0 * K.SLEEP_MARGIN + 0.1) * 2.0e6)
+    assert K.sleep_cycles(4.0, 2.0e6) > 4.0 * 2.0e6  # longer than the queueing itself
+    assert K.sleep_cycles(0.0, 1.0e6) == int(0.1 * 1.0e6)  # the short sleep where launching is fast
+    assert K.sleep_cycles(1e9, 2.0e6) == int(K.MAX_SLEEP_MS * 2.0e6)  # bounded
+    assert K.sleep_cycles(-1.0, 2.0e6) == int(0.1 * 2.0e6) and K.sleep_cycles(0.0, 1.0) == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_timing_counts_the_gpu_not_a_slow_launch():
+    """A call whose host launch takes 1 ms (Python sleep) for ~0.05 ms of GPU work is timed well below 1 ms: its
+    calls are queued behind a sleep long enough for the host to queue them all."""
+    import time
+
+    x = torch.randn(1024, 1024, device="cuda")
+
+    def slow_launch():
+        time.sleep(1e-3)
+        return x * 2
+
+    fast = K._time(lambda: x * 2, x.device, 10)
+    slow = K._time(slow_launch, x.device, 10)
+    assert slow < 0.5 and slow < fast * 3 + 0.05, (slow, fast)
