@@ -156,7 +156,7 @@ PIPES: Dict[str, Tuple[Callable[[], Dict[str, Any]], Dict[str, Any], Tuple[Tuple
     ),
     "ltx": (_ltx, dict(guidance_scale=3.0, max_sequence_length=16), ((9, 32, 32), (17, 64, 32), (9, 32, 64))),
     "cogvideox": (_cogvideox, dict(guidance_scale=6.0, max_sequence_length=16),
-                  ((16, 32, 32), (12, 48, 32), (20, 32, 48))),
+                  ((16, 32, 32), (12, 48, 32), (20, 32, 48), (24, 48, 48))),
 }
 
 

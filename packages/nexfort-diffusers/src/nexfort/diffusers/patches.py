@@ -20,6 +20,8 @@ ATTENTION_MASK = "diffusers.Attention.prepare_attention_mask"
 VAE_UPCAST = "diffusers.AutoencoderKL.upcast_once"
 COG_PATCH_EMBED = "diffusers.CogVideoXPatchEmbed.forward"
 VIDEO_VAE_SLICING = "diffusers.video_vae.use_slicing"
+HUNYUAN_UPSAMPLE = "diffusers.HunyuanVideoUpsampleCausal3D.forward"
+COG_SPATIAL_NORM = "diffusers.CogVideoXSpatialNorm3D.forward"
 
 register(Patch(
     name=PATCH_EMBED,
@@ -110,5 +112,35 @@ register(Patch(
            "per-sample split, so that a batch-size change compiles nothing new",
     undo="uncompile_pipe / patches.restore(vae): the previous use_slicing",
     versions="every supported diffusers with video VAEs, every torch",
+    owner=OWNER,
+))
+
+register(Patch(
+    name=HUNYUAN_UPSAMPLE,
+    target="forward of diffusers' HunyuanVideoUpsampleCausal3D instances (the HunyuanVideo VAE's decoder upsamplers)",
+    detects="diffusers' own HunyuanVideoUpsampleCausal3D.forward (its qualified name, module and code: split off the "
+            "first frame, interpolate the rest) with three integer upsample factors; anything else is left alone "
+            "(nexfort.diffusers.video)",
+    needed="compile_pipe with dynamic=True: the interpolation of the frames after the first guards that they are "
+           "more than one, so 2 latent frames compiled another decoder graph; the patched forward upsamples every "
+           "frame in space and picks the frames in time with one index (the same values)",
+    undo="uncompile_pipe / patches.restore(module): the instance forward and mark deleted",
+    versions="diffusers with HunyuanVideo (0.32-0.42), every torch",
+    owner=OWNER,
+))
+
+register(Patch(
+    name=COG_SPATIAL_NORM,
+    target="forward of diffusers' CogVideoXSpatialNorm3D and CogVideoXUpsample3D (compress_time) instances (the "
+           "CogVideoX VAE decoder's spatial norms and temporal upsamplers)",
+    detects="diffusers' own forwards in their known forms (the spatial norm with the conv cache, 0.31-0.42, or "
+            "without, 0.30; the upsampler's one form: their parameters and the names their code uses); anything "
+            "else is left alone (nexfort.diffusers.video)",
+    needed="compile_pipe with dynamic=True: both forwards branch on an odd frame count (the first frame handled "
+           "apart), so the decoder compiled another graph the first time an odd latent frame count followed an "
+           "even one; the patched forwards resize space for every frame and pick the frames with one index, the "
+           "odd case chosen by a tensor (the same values)",
+    undo="uncompile_pipe / patches.restore(module): the instance forward and mark deleted",
+    versions="diffusers with CogVideoX (0.30-0.42), every torch",
     owner=OWNER,
 ))

@@ -323,8 +323,9 @@ def compile_pipe(pipe: Any, mode: Optional[str] = None, options: Any = None, *, 
         check = shape_check(compiled, vae_scale) if name in DENOISERS else None
         trim = text_padding_trimmer(module, cfg) if backend == "nexfort" and name in DENOISERS else None
         per_sample = name.startswith("vae.") and splits.get(name[4:], False)
+        chunked = name.startswith("vae.") and not splits.get(name[4:], True)  # a cache between chunks
         wrap_compiled_call(compiled, dynamic=backend == "nexfort" and cfg.dynamic is True, check=check,
-                           denoiser=name in DENOISERS, per_sample=per_sample, prepare=trim)
+                           denoiser=name in DENOISERS, per_sample=per_sample, prepare=trim, contiguous=chunked)
         done.append((name, type(comps[name.split(".")[0]]).__name__))
     pipe._nexfort_compiled = {"backend": backend, "mode": cfg.mode, "components": [n for n, _ in done],
                               "prepared": {n: p for n, p in prepared.items() if p}}

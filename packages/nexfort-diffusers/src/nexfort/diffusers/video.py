@@ -14,22 +14,33 @@ graph per component serves every frame count and resolution, as for images. Thre
   (:func:`prepare_vae` / :func:`restore_vae`).
 - Chunked decoders with a cache compile a fixed number of graphs whatever the frame count: the first chunk (no
   cache yet) and the following ones (Wan: 3, for a cache of 0, 1 and 2 frames; CogVideoX: 2), each at every
-  resolution under ``dynamic=True``.
+  resolution under ``dynamic=True``, all at the first call.
 - :func:`make_video_embeds_dynamic` (the plugin's dynamic transform): CogVideoX's patch embedding takes its stored
   sin-cos position embedding at the config's size and computes one at every other size
   (``if self.sample_height != height or ...``), a branch on the size that Dynamo turns into a guard (a second
   graph at the config's size). The patched instances compute it at every size (the same values).
 
+- :func:`make_video_upsamplers_dynamic`: HunyuanVideo's causal upsampler upsamples the first latent frame in space
+  and the others (``split``, then ``F.interpolate``) in time and space; Dynamo guards whether those others are one
+  frame (``3 <= frames``, from the interpolation's contiguity check of a size that may be 1), so 2 latent frames
+  (5-8 video frames) compiled a graph of their own. The patched instances upsample every frame in space and pick
+  the frames in time with one index (nearest upsampling by integer factors is a copy of source pixels: the same
+  values), with no size that may be 1.
+- Chunked decoders get their tensor inputs contiguous (:func:`contiguous_inputs`, through ``compile_pipe``): the
+  latent chunk they are given is a slice of the whole video's latent, whose strides (a guard) depend on the whole
+  frame count, and the cache tensors come back from the previous chunk's graph with the strides Inductor chose.
+
 Sizes of 1 stay specialised by Dynamo (as for images): a single latent frame, or a latent of one patch per side,
 is its own graph.
 
-Not yet one graph per component (tests/diffusers/test_video.py with ``NEXFORT_SLOW=1``, Inductor, torch 2.13 on the
-CPU, 2026-12-03): the LTX pipeline is; three VAE decoders compile one more graph when a size crosses a branch or
-guard of their own code: HunyuanVideo's upsampler branches on three or more latent frames (``3 <=
-hidden_states.size(2)``), CogVideoX's on an odd frame count (``f.shape[2] % 2 == 1``), and Wan's decoder guards a
-cache entry's stride on the input's spatial size (``feat_cache[14].stride()[0] == 12 * T * H * W``, failing at the
-third size of the test). Each branch side compiles its own graph; whether Wan's guard settles after one more graph
-was not checked. Not yet patched.
+- :func:`make_video_norms_dynamic`: CogVideoX's decoder branches on an odd frame count in its spatial norms and
+  temporal upsamplers (``f.shape[2] % 2 == 1``: the first frame handled apart; the first chunk takes the odd
+  latent frame), so an odd count after an even one compiled another graph. The patched instances resize space for
+  every frame and pick the frames with one index, the odd case chosen by a tensor (the same values).
+
+Graphs per pipeline, whatever the frame count and resolution after the first call (tests/diffusers/test_video.py;
+``NEXFORT_SLOW=1`` runs each with Inductor): LTX and HunyuanVideo one per component; Wan's decoder three (its cache
+of 0, 1 and 2 frames), CogVideoX's two (the first chunk, without a cache, and the others).
 """
 
 from __future__ import annotations
@@ -42,7 +53,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from nexfort.core.api import patches
-from nexfort.diffusers.patches import COG_PATCH_EMBED, VIDEO_VAE_SLICING
+from nexfort.diffusers.patches import COG_PATCH_EMBED, COG_SPATIAL_NORM, HUNYUAN_UPSAMPLE, VIDEO_VAE_SLICING
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +66,23 @@ def _forward_params(module: Any) -> List[str]:
         return list(inspect.signature(type(module).forward).parameters)[1:]
     except (TypeError, ValueError):  # pragma: no cover (not introspectable)
         return []
+
+
+def _forward_names(module: Any) -> set:
+    """The global and attribute names the code of ``module``'s class forward uses (what a patch reads it by)."""
+    return set(getattr(getattr(type(module).forward, "__code__", None), "co_names", ()))
+
+
+def _from_diffusers(cls: type) -> bool:
+    return cls.__module__.split(".", 1)[0] == "diffusers"
+
+
+def _not_diffusers_forward(m: Any, cls_name: str) -> Optional[str]:
+    """Why ``m``'s forward is not diffusers' own ``cls_name.forward`` (None: it is)."""
+    fwd = getattr(type(m), "forward", None)
+    if getattr(fwd, "__qualname__", "") != f"{cls_name}.forward" or not _from_diffusers(type(m)):
+        return f"its forward is {getattr(fwd, '__qualname__', fwd)}, not diffusers' {cls_name}.forward"
+    return None
 
 
 def vae_part_splits(part: Any) -> Optional[str]:
@@ -71,6 +99,12 @@ def prepare_vae(vae: Any, parts: List[str], dynamic: bool) -> Dict[str, bool]:
     may not split, with ``dynamic``, turn on the VAE's own slicing (one sample per decode/encode, diffusers' code:
     the same result) where the VAE has it, remembering the previous setting for :func:`restore_vae`."""
     out: Dict[str, bool] = {}
+    if dynamic:
+        mods = [getattr(vae, name) for name in parts if isinstance(getattr(vae, name, None), torch.nn.Module)]
+        n = sum(make_video_upsamplers_dynamic(m) + make_video_norms_dynamic(m) for m in mods)
+        if n:
+            logger.info("nexfort: %s: %d upsamplers / spatial norms pick their frames with one index (dynamic "
+                        "frame count)", type(vae).__name__, n)
     unsplit = []
     for name in parts:
         why = vae_part_splits(getattr(vae, name, None))
@@ -89,9 +123,177 @@ def prepare_vae(vae: Any, parts: List[str], dynamic: bool) -> Dict[str, bool]:
 
 
 def restore_vae(vae: Any) -> None:
-    """Undo :func:`prepare_vae`'s slicing setting (``uncompile_pipe`` restores every recorded patch anyway)."""
+    """Undo :func:`prepare_vae`'s slicing setting and upsampler patches (``uncompile_pipe`` restores every recorded
+    patch anyway)."""
     if isinstance(vae, torch.nn.Module):
         patches.restore(vae, recurse=False)
+        for m in vae.modules():
+            if {HUNYUAN_UPSAMPLE, COG_SPATIAL_NORM} & set(patches.patches_of(m)):
+                patches.restore(m, recurse=False)
+
+
+def contiguous_inputs(args: tuple, kwargs: Dict[str, Any]) -> tuple:
+    """``(args, kwargs)`` with each tensor contiguous (a copy where it is not: the same values), also inside the
+    lists and dicts given (the caches a chunked decoder reads and fills: updated in place, which the caller reads
+    back)."""
+
+    def fix(v: Any) -> Any:
+        if torch.is_tensor(v):
+            return v if v.is_contiguous() else v.contiguous()
+        if isinstance(v, list):
+            for i, x in enumerate(v):
+                if torch.is_tensor(x) and not x.is_contiguous():
+                    v[i] = x.contiguous()
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                if torch.is_tensor(x) and not x.is_contiguous():
+                    v[k] = x.contiguous()
+        return v
+
+    return tuple(fix(a) for a in args), {k: fix(v) for k, v in kwargs.items()}
+
+
+# ------------------------------------------------------------------------------------------ HunyuanVideo upsampler
+def _hunyuan_upsample_unknown(m: Any) -> Optional[str]:
+    """Why :func:`_hunyuan_upsample_forward` may not compute what ``m``'s forward does (None: it does)."""
+    if not {"split", "interpolate", "cat", "conv", "upsample_factor"} <= _forward_names(m):
+        return "its forward does not split off the first frame and interpolate the rest"
+    factor = getattr(m, "upsample_factor", None)
+    if not isinstance(factor, (tuple, list)) or len(factor) != 3 or \
+            not all(isinstance(f, (int, float)) and f >= 1 and float(f).is_integer() for f in factor):
+        return f"upsample_factor {factor!r} is not three integer factors"
+    if not isinstance(getattr(m, "conv", None), torch.nn.Module):
+        return "no conv"
+    return None
+
+
+def _hunyuan_upsample_forward(self: Any, hidden_states: torch.Tensor) -> torch.Tensor:
+    """``HunyuanVideoUpsampleCausal3D.forward`` without a size that may be 1: every frame upsampled in space, then
+    frame 0 once and frames 1.. ``ft`` times each, picked with one index (nearest upsampling by integer factors
+    copies source pixels: output frame ``j >= 1`` is source frame ``1 + (j - 1) // ft``, as diffusers' ``split``,
+    ``interpolate`` and ``cat`` give)."""
+    ft, fh, fw = (int(f) for f in self.upsample_factor)
+    x = torch.nn.functional.interpolate(hidden_states, scale_factor=(1, fh, fw), mode="nearest")
+    j = torch.arange(1 + ft * (hidden_states.size(2) - 1), device=x.device)
+    x = x.index_select(2, torch.where(j == 0, j, (j - 1) // ft + 1))
+    return self.conv(x)
+
+
+def _patch_instances(module: torch.nn.Module, cls_name: str, unknown: Any, forward: Any, patch: str) -> int:
+    """Give the instances of diffusers' class ``cls_name`` in ``module`` the instance forward ``forward`` (recorded
+    as ``patch``) where their forward is diffusers' own and ``unknown(instance)`` finds nothing against it; return how
+    many. The others are left alone with one debug line that says why."""
+    n, left = 0, []
+    for name, m in module.named_modules():
+        is_it = any(c.__name__ == cls_name and _from_diffusers(c) for c in type(m).__mro__)
+        if not is_it or getattr(m, "_nexfort_dynamic", False):
+            continue
+        why = _not_diffusers_forward(m, cls_name) or unknown(m)
+        if why:
+            left.append(f"{name or type(m).__name__}: {why}")
+            continue
+        patches.set_attr(m, "forward", types.MethodType(forward, m), patch)
+        patches.set_attr(m, "_nexfort_dynamic", True, patch)
+        n += 1
+    if left:
+        logger.debug("nexfort: %s: %d %s left alone (%s)", type(module).__name__, len(left), cls_name,
+                     "; ".join(left))
+    return n
+
+
+def make_video_upsamplers_dynamic(module: torch.nn.Module) -> int:
+    """Patch the ``HunyuanVideoUpsampleCausal3D`` instances of ``module`` (see the module docstring); return how
+    many. Others are left alone with one debug line."""
+    return _patch_instances(module, "HunyuanVideoUpsampleCausal3D", _hunyuan_upsample_unknown,
+                            _hunyuan_upsample_forward, HUNYUAN_UPSAMPLE)
+
+
+# ------------------------------------------------------------------------------------------ CogVideoX spatial norm
+#: the names diffusers' CogVideoXSpatialNorm3D.forward uses (with its conv cache: 0.31+; without: 0.30), and its
+#: parameters: the patched forward is that body with the odd-frame branch as one index
+_COG_NORM_FORMS = {
+    ("f", "zq", "conv_cache"): {"F", "cat", "conv_b", "conv_y", "get", "interpolate", "norm_layer", "shape", "torch"},
+    ("f", "zq"): {"F", "cat", "conv_b", "conv_y", "interpolate", "norm_layer", "shape", "torch"},
+}
+
+
+def _cog_norm_unknown(m: Any) -> Optional[str]:
+    """Why :func:`_cog_norm_forward` may not compute what ``m``'s forward does (None: it does)."""
+    params, names = tuple(_forward_params(m)), _forward_names(m)
+    if _COG_NORM_FORMS.get(params) != names:
+        return f"its forward ({', '.join(params)}; names {sorted(names)}) is not a form this patch knows"
+    if not all(isinstance(getattr(m, a, None), torch.nn.Module) for a in ("norm_layer", "conv_y", "conv_b")):
+        return "no norm_layer, conv_y and conv_b"
+    return None
+
+
+def nearest_frames(f: torch.Tensor, zq: torch.Tensor) -> torch.Tensor:
+    """``zq`` resized to ``f``'s frames and size as diffusers' CogVideoXSpatialNorm3D does (nearest; for an odd
+    frame count above 1, the first frame from ``zq``'s first and the others from the rest), with no branch on the
+    frame count: space resized for every frame, then the frames picked with one index, ``min(floor(j * in / out),
+    in - 1)`` in float32 as aten's nearest computes it, the odd case chosen by a tensor (no guard)."""
+    tf, tz = f.shape[2], zq.shape[2]
+    z = torch.nn.functional.interpolate(zq, size=(tz, f.shape[3], f.shape[4]))  # the frames: the identity
+    j = torch.arange(tf, device=zq.device)
+    jf, one = j.to(torch.float32), torch.ones((), dtype=torch.float32, device=zq.device)
+    even = torch.minimum((jf * ((one * tz) / tf)).floor().long(), j * 0 + (tz - 1))
+    rest = 1 + torch.minimum(((jf - 1) * ((one * (tz - 1)) / (tf - 1))).floor().long(), j * 0 + (tz - 2))
+    rest = torch.where(j == 0, j * 0, rest)
+    odd = (j[-1:] % 2 == 0) & (j[-1:] > 0)  # tf odd and above 1, as a tensor
+    return z.index_select(2, torch.where(odd, rest, even))
+
+
+def _cog_norm_forward(self: Any, f: torch.Tensor, zq: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+    """diffusers' ``CogVideoXSpatialNorm3D.forward`` (its two forms) with :func:`nearest_frames` for the branch."""
+    zq = nearest_frames(f, zq)
+    code = type(self).forward.__code__
+    if "conv_cache" not in code.co_varnames[:code.co_argcount]:  # diffusers 0.30: no cache
+        return self.norm_layer(f) * self.conv_y(zq) + self.conv_b(zq)
+    conv_cache = (args[0] if args else kwargs.get("conv_cache")) or {}
+    new_conv_cache = {}
+    conv_y, new_conv_cache["conv_y"] = self.conv_y(zq, conv_cache=conv_cache.get("conv_y"))
+    conv_b, new_conv_cache["conv_b"] = self.conv_b(zq, conv_cache=conv_cache.get("conv_b"))
+    return self.norm_layer(f) * conv_y + conv_b, new_conv_cache
+
+
+_COG_UPSAMPLE_NAMES = {"F", "cat", "compress_time", "conv", "interpolate", "permute", "reshape", "shape", "squeeze",
+                       "torch"}
+
+
+def _cog_upsample_unknown(m: Any) -> Optional[str]:
+    """Why :func:`_cog_upsample_forward` may not compute what ``m``'s forward does (None: it does)."""
+    if tuple(_forward_params(m)) != ("inputs",) or _forward_names(m) != _COG_UPSAMPLE_NAMES:
+        return "its forward is not the form this patch knows"
+    if not isinstance(getattr(m, "conv", None), torch.nn.Conv2d) or not isinstance(getattr(m, "compress_time", None),
+                                                                                   bool):
+        return "no Conv2d conv or bool compress_time"
+    return None
+
+
+def _cog_upsample_forward(self: Any, inputs: torch.Tensor) -> torch.Tensor:
+    """diffusers' ``CogVideoXUpsample3D.forward`` where ``compress_time``: space doubled for every frame, then the
+    frames picked with one index: ``j // 2`` of ``2t`` for an even count ``t``, ``(j + 1) // 2`` of ``2t - 1`` for an
+    odd one (the first frame kept once: diffusers' branch, and its single-frame case), the parity a tensor (no
+    guard). Nearest upsampling by 2 copies source pixels: the same values."""
+    if not self.compress_time:
+        return type(self).forward(self, inputs)
+    t = inputs.shape[2]
+    x = torch.nn.functional.interpolate(inputs, scale_factor=(1.0, 2.0, 2.0))
+    j = torch.arange(2 * t - t % 2, device=inputs.device)
+    odd = torch.arange(t, device=inputs.device)[-1:] % 2 == 0
+    x = x.index_select(2, torch.where(odd, (j + 1) // 2, j // 2))
+    b, c, t2, h, w = x.shape
+    x = self.conv(x.permute(0, 2, 1, 3, 4).reshape(b * t2, c, h, w))
+    return x.reshape(b, t2, *x.shape[1:]).permute(0, 2, 1, 3, 4)
+
+
+def make_video_norms_dynamic(module: torch.nn.Module) -> int:
+    """Patch the ``CogVideoXSpatialNorm3D`` and ``CogVideoXUpsample3D`` instances of ``module`` (see the module
+    docstring); return how many. Others are left alone with one debug line."""
+    return (_patch_instances(module, "CogVideoXSpatialNorm3D", _cog_norm_unknown, _cog_norm_forward,
+                             COG_SPATIAL_NORM) +
+            _patch_instances(module, "CogVideoXUpsample3D", _cog_upsample_unknown, _cog_upsample_forward,
+                             COG_SPATIAL_NORM))
 
 
 # ------------------------------------------------------------------------------------------ CogVideoXPatchEmbed
@@ -101,18 +303,9 @@ _NEVER = -1
 _COG_ATTRS = ("sample_height", "sample_width", "sample_frames")
 
 
-def _from_diffusers(cls: type) -> bool:
-    return cls.__module__.split(".", 1)[0] == "diffusers"
-
-
 def _cog_embed_unknown(m: Any) -> Optional[str]:
     """Why :func:`_cog_embed_forward` may not compute what ``m``'s forward does (None: it does)."""
-    fwd = getattr(type(m), "forward", None)
-    if getattr(fwd, "__qualname__", "") != "CogVideoXPatchEmbed.forward" or not _from_diffusers(type(m)):
-        return f"its forward is {getattr(fwd, '__qualname__', fwd)}, not diffusers' CogVideoXPatchEmbed.forward"
-    code = getattr(fwd, "__code__", None)
-    names = set(getattr(code, "co_names", ()))
-    if not {"_get_positional_embeddings", *_COG_ATTRS} <= names:
+    if not {"_get_positional_embeddings", *_COG_ATTRS} <= _forward_names(m):
         return "its forward does not compare the config's sizes and recompute the embedding"
     if any(type(getattr(m, a, None)) is not int for a in _COG_ATTRS):
         return f"{', '.join(_COG_ATTRS)} are not all ints"
@@ -140,19 +333,4 @@ def _cog_embed_forward(self: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
 def make_video_embeds_dynamic(module: torch.nn.Module) -> int:
     """Patch the ``CogVideoXPatchEmbed`` instances of ``module`` whose position embedding depends on a branch on
     the size (see the module docstring); return how many. Others are left alone with one debug line."""
-    n, left = 0, []
-    for name, m in module.named_modules():
-        is_cog = any(c.__name__ == "CogVideoXPatchEmbed" and _from_diffusers(c) for c in type(m).__mro__)
-        if not is_cog or getattr(m, "_nexfort_dynamic", False):
-            continue
-        why = _cog_embed_unknown(m)
-        if why:
-            left.append(f"{name or type(m).__name__}: {why}")
-            continue
-        patches.set_attr(m, "forward", types.MethodType(_cog_embed_forward, m), COG_PATCH_EMBED)
-        patches.set_attr(m, "_nexfort_dynamic", True, COG_PATCH_EMBED)
-        n += 1
-    if left:
-        logger.debug("nexfort: %s: %d CogVideoXPatchEmbed left alone (%s)", type(module).__name__, len(left),
-                     "; ".join(left))
-    return n
+    return _patch_instances(module, "CogVideoXPatchEmbed", _cog_embed_unknown, _cog_embed_forward, COG_PATCH_EMBED)

@@ -51,13 +51,15 @@ def _per_sample(fn: Callable[..., Any], args: Sequence[Any], kwargs: Dict[str, A
 def wrap_compiled_call(
     module: torch.nn.Module, dynamic: bool, check: Optional[Callable[..., None]] = None, denoiser: bool = False,
     per_sample: bool = False, prepare: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]] = None,
+    contiguous: bool = False,
 ) -> bool:
     """Run ``module``'s compiled call (``nn.Module.compile``) under :func:`dynamic_shapes_context` (when
     ``dynamic``; for a UNet also :func:`always_forward_upsample_sizes`) after ``check``; for a ``denoiser``, with
     integer timesteps as float32 (:func:`float_timestep`); with ``per_sample`` (and ``dynamic``), one sample at
     a time (:func:`_per_sample`: for the VAE, whose batch then never recompiles it); ``prepare`` maps the keyword
-    arguments first (an exact input rewrite, e.g. :mod:`nexfort.diffusers.text_padding`). Returns False when the
-    module is not compiled in place or nothing is to be done."""
+    arguments first (an exact input rewrite, e.g. :mod:`nexfort.diffusers.text_padding`); with ``contiguous`` (and
+    ``dynamic``), tensor inputs are made contiguous (:func:`nexfort.diffusers.video.contiguous_inputs`: a chunked
+    video decoder). Returns False when the module is not compiled in place or nothing is to be done."""
     compiled = getattr(module, "_compiled_call_impl", None)
     if compiled is None or getattr(compiled, "_nexfort_wrapped", False):
         return False
@@ -84,6 +86,10 @@ def wrap_compiled_call(
             kwargs = float_timestep(kwargs)
         if prepare is not None:
             kwargs = prepare(kwargs)
+        if contiguous and dynamic:
+            from nexfort.diffusers.video import contiguous_inputs
+
+            args, kwargs = contiguous_inputs(args, kwargs)
         if split and args and torch.is_tensor(args[0]) and args[0].dim() > 0 and args[0].shape[0] > 1:
             return _per_sample(run, args, kwargs)
         return run(*args, **kwargs)
