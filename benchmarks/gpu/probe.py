@@ -98,7 +98,8 @@ def family(name: str) -> str:
     return "other"
 
 
-def profile(fn, iters: int = 5) -> dict:
+def profile(fn, iters: int = 5, top_n: int = 12) -> dict:
+    """GPU time per kernel family and the ``top_n`` kernels (name, ms per forward, calls per forward)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as tprofile
 
@@ -106,16 +107,17 @@ def profile(fn, iters: int = 5) -> dict:
         for _ in range(iters):
             fn()
         torch.cuda.synchronize()
-    fam, kern, count = defaultdict(float), defaultdict(float), 0
+    fam, kern, calls, count = defaultdict(float), defaultdict(float), defaultdict(int), 0
     for e in prof.events():
         if e.device_type == torch.autograd.DeviceType.CUDA and e.device_time_total > 0:
             fam[family(e.name)] += e.device_time_total / iters
-            kern[e.name[:90]] += e.device_time_total / iters
+            kern[e.name[:110]] += e.device_time_total / iters
+            calls[e.name[:110]] += 1
             count += 1
-    top = sorted(kern.items(), key=lambda kv: -kv[1])[:12]
+    top = sorted(kern.items(), key=lambda kv: -kv[1])[:top_n]
     return {"families_ms": {k: round(v / 1e3, 3) for k, v in sorted(fam.items(), key=lambda kv: -kv[1])},
             "gpu_ms": round(sum(fam.values()) / 1e3, 3), "kernels_per_forward": count // iters,
-            "top_kernels_ms": [[k, round(v / 1e3, 3)] for k, v in top]}
+            "top_kernels_ms": [[k, round(v / 1e3, 3), calls[k] // iters] for k, v in top]}
 
 
 def gaps(fn, iters: int = 5) -> dict:
@@ -175,8 +177,9 @@ def denoiser(args: argparse.Namespace) -> None:
     from nexfort_bench import cli, inputs, models, report
 
     h, w = (int(x) for x in args.hw.split("x"))
-    loaded = models.load_pipeline(args.model, torch.float16, "cuda")
-    kw = inputs.denoiser_kwargs(loaded, height=h, width=w, batch=1, seed=0, dtype=torch.float16, device="cuda")
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    loaded = models.load_pipeline(args.model, dtype, "cuda")
+    kw = inputs.denoiser_kwargs(loaded, height=h, width=w, batch=1, seed=0, dtype=dtype, device="cuda")
     den = loaded.denoiser
     with torch.inference_mode():
         ref = den(**kw)[0].float()
@@ -225,7 +228,7 @@ def denoiser(args: argparse.Namespace) -> None:
 
                 res["compile_times"] = compile_times(repr="csv", aggregate=True)
             if args.profile:
-                res["profile"] = profile(lambda: den(**kw))
+                res["profile"] = profile(lambda: den(**kw), top_n=args.top)
             if args.gaps:
                 res["gaps"] = gaps(lambda: den(**kw))
             if args.profile_eager:
@@ -269,6 +272,8 @@ def main() -> None:
     p.add_argument("--compiler-config", default=None)
     p.add_argument("--eager", action="store_true", help="time eager too")
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--top", type=int, default=12, help="with --profile: how many kernels to list by GPU time")
+    p.add_argument("--dtype", choices=("fp16", "bf16"), default="fp16", help="the model's dtype (FLUX: bf16)")
     p.add_argument("--compile-times", action="store_true", help="Dynamo's per-phase compile times")
     p.add_argument("--fp32-ref", action="store_true", help="relative L2 against a float32 copy too")
     p.add_argument("--profile-eager", action="store_true")

@@ -9,7 +9,7 @@ RES=${RES:-$OUT}; mkdir -p $RES
 probe() {
   local name=$1; shift
   export TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) TRITON_CACHE_DIR=$(mktemp -d)
-  timeout 300 python3 benchmarks/gpu/probe.py denoiser "$@" > $RES/$name.log 2>&1
+  timeout ${LIMIT:-300} python3 benchmarks/gpu/probe.py denoiser "$@" > $RES/$name.log 2>&1
   grep '^{' $RES/$name.log | sed "s/^{/{\"step\": \"$name\", /" >> $RES/probe.jsonl
   grep -v Warning $RES/$name.log | grep -v '^{' | grep -iv "kept in float32\|_warn_once" | tail -3 | cut -c1-300
 }
