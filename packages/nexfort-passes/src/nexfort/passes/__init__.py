@@ -6,6 +6,7 @@ blocked with ``NEXFORT_DISABLED_PLUGINS=attention`` or switched off with ``optio
 - :mod:`nexfort.passes.attention`: decomposed attention -> ``scaled_dot_product_attention`` (pre_grad).
 - :mod:`nexfort.passes.linear_gelu`: ``gelu(linear(x))`` -> ``torch._addmm_activation`` (GELU in the GEMM's
   epilogue; pre_grad).
+- :mod:`nexfort.passes.qk_norm_rope`: Flux's q/k RMSNorm + rotary embedding -> one op (pre_grad; off by default).
 - :mod:`nexfort.passes.quant`: ``quantize_`` and the ``quant`` flag (fp8 linear layers; a module transform).
 """
 

@@ -1,0 +1,197 @@
+"""q/k RMSNorm and rotary embedding in one pass (``torch.ops.nexfort.rms_norm_rope``).
+
+Flux's attention (diffusers' ``FluxAttnProcessor``) normalizes each head of q and k (``torch.nn.RMSNorm`` over the
+head dim, with a weight), concatenates the text tokens' q/k before the image tokens' (the joint blocks: each part
+with its own norm weight) and applies the rotary embedding (``apply_rotary_emb(x, (cos, sin), sequence_dim=1)``,
+interleaved pairs). Inductor writes that as one or more kernels over the q/k activations; in the profile of FLUX.1-dev
+1024² on an H200 (``benchmarks/results/issue18_flux_fp8_fa4_profile_gaps_h200.jsonl``) they took ~6 ms per forward,
+the single blocks' kernel at about a third of the memory bandwidth. This op reads q (or k) once and writes the
+rotated result once:
+
+    y = (x.float() * rsqrt(mean(x.float()^2, -1) + eps) * w).to(x.dtype)          # torch.rms_norm
+    out[..., 2i]   = (y[2i] * cos[s, 2i]     - y[2i+1] * sin[s, 2i]).to(x.dtype)    # apply_rotary_emb
+    out[..., 2i+1] = (y[2i+1] * cos[s, 2i+1] + y[2i] * sin[s, 2i+1]).to(x.dtype)
+
+``rms_norm_rope(a, b, weight_a, weight_b, cos, sin, eps)``: ``a`` (and ``b``, the part concatenated after it along
+the sequence, or ``None``) of shape ``(batch, tokens, heads, head_dim)``, any strides but a contiguous last dim (a
+view of a fused QKV projection's output); ``cos``/``sin`` of ``tokens`` rows (all parts') of ``head_dim`` (any shape
+that reshapes so, e.g. diffusers' ``cos[None, :, None, :]``); weights ``(head_dim,)`` or both ``None``. Returns the
+contiguous ``(batch, tokens_a + tokens_b, heads, head_dim)`` result in ``a``'s dtype. Like eager it rounds the norm's
+output to that dtype before rotating it, so it differs from eager only in the order of the norm's sum.
+
+On CUDA it is a Triton kernel; elsewhere (and as the reference the tests compare with) the same formula in torch ops.
+Registered with ``torch.library.custom_op`` (torch 2.4+) with a fake implementation, so Dynamo and Inductor keep it as
+one call. :mod:`nexfort.passes.qk_norm_rope.plugin` rewrites the graphs to it.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from typing import Optional
+
+import torch
+
+_OP = "nexfort::rms_norm_rope"
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _norm(x: torch.Tensor, w: Optional[torch.Tensor], eps: float) -> torch.Tensor:
+    xf = x.float()
+    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return (y if w is None else y * w.float()).to(x.dtype)
+
+
+def reference(a: torch.Tensor, b: Optional[torch.Tensor], weight_a: Optional[torch.Tensor],
+              weight_b: Optional[torch.Tensor], cos: torch.Tensor, sin: torch.Tensor, eps: float) -> torch.Tensor:
+    """The formula in torch ops (the functions eager Flux calls, in its order)."""
+    _check(a, b, weight_a, weight_b, cos, sin)
+    x = _norm(a, weight_a, eps)
+    if b is not None:
+        x = torch.cat([x, _norm(b, weight_b, eps)], dim=1)
+    d = x.shape[-1]
+    cos = cos.reshape(1, -1, 1, d)
+    sin = sin.reshape(1, -1, 1, d)
+    real, imag = x.reshape(*x.shape[:-1], -1, 2).unbind(-1)
+    rotated = torch.stack([-imag, real], dim=-1).flatten(3)
+    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+
+
+def _check(a: torch.Tensor, b: Optional[torch.Tensor], weight_a: Optional[torch.Tensor],
+           weight_b: Optional[torch.Tensor], cos: torch.Tensor, sin: torch.Tensor) -> None:
+    if a.dim() != 4 or a.shape[-1] % 2 or a.dtype not in DTYPES:
+        raise ValueError(f"{_OP}: a must be (batch, tokens, heads, head_dim) with an even head_dim in one of "
+                         f"{', '.join(map(str, DTYPES))}, got {tuple(a.shape)} {a.dtype}")
+    if b is not None and (b.dim() != 4 or b.shape[0] != a.shape[0] or b.shape[2:] != a.shape[2:] or
+                          b.dtype != a.dtype or b.device != a.device):
+        raise ValueError(f"{_OP}: b must be (batch, tokens, heads, head_dim) like a {tuple(a.shape)} {a.dtype} on "
+                         f"{a.device} but for its tokens, got {tuple(b.shape)} {b.dtype} on {b.device}")
+    d = a.shape[-1]
+    if (b is None and weight_b is not None) or (b is not None and (weight_a is None) != (weight_b is None)):
+        raise ValueError(f"{_OP}: give a weight for every part or for none (weight_b only with b)")
+    for name, w in (("weight_a", weight_a), ("weight_b", weight_b)):
+        if w is not None and (tuple(w.shape) != (d,) or w.device != a.device):
+            raise ValueError(f"{_OP}: {name} must be ({d},) on {a.device}, got {tuple(w.shape)} on {w.device}")
+    tokens = a.shape[1] + (0 if b is None else b.shape[1])
+    for name, t in (("cos", cos), ("sin", sin)):
+        if t.numel() != tokens * d or t.shape[-1] != d or t.device != a.device or not t.is_floating_point():
+            raise ValueError(f"{_OP}: {name} must hold {tokens} rows of {d} floats on {a.device} (the tokens of "
+                             f"all parts), got {tuple(t.shape)} {t.dtype} on {t.device}")
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def rms_norm_rope(a_ptr, b_ptr, wa_ptr, wb_ptr, cos_ptr, sin_ptr, out_ptr, n_rows, tokens, tokens_a, heads,
+                      sab, sas, sah, sbb, sbs, sbh, s_cos, s_sin, eps,
+                      HALF: tl.constexpr, ROWS: tl.constexpr, HAS_B: tl.constexpr, HAS_W: tl.constexpr):
+        # one row = one (sample, token, head); the pairs (2i, 2i+1) of its head_dim = 2 * HALF values
+        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)[:, None]
+        pairs = tl.arange(0, HALF)[None, :]
+        in_rows = rows < n_rows
+        head = rows % heads
+        token = (rows // heads) % tokens
+        sample = rows // (heads * tokens)
+        even = 2 * pairs
+        in_a = in_rows & (token < tokens_a)
+        pa = a_ptr + sample * sab + token * sas + head * sah + even
+        xe = tl.load(pa, mask=in_a, other=0.0).to(tl.float32)
+        xo = tl.load(pa + 1, mask=in_a, other=0.0).to(tl.float32)
+        if HAS_W:  # one weight row for all rows (the part's)
+            we = tl.load(wa_ptr + even).to(tl.float32)
+            wo = tl.load(wa_ptr + even + 1).to(tl.float32)
+        if HAS_B:
+            in_b = in_rows & (token >= tokens_a)
+            pb = b_ptr + sample * sbb + (token - tokens_a) * sbs + head * sbh + even
+            xe = tl.where(in_b, tl.load(pb, mask=in_b, other=0.0).to(tl.float32), xe)
+            xo = tl.where(in_b, tl.load(pb + 1, mask=in_b, other=0.0).to(tl.float32), xo)
+            if HAS_W:
+                we = tl.where(in_b, tl.load(wb_ptr + even).to(tl.float32), we)
+                wo = tl.where(in_b, tl.load(wb_ptr + even + 1).to(tl.float32), wo)
+        ms = (tl.sum(xe * xe, axis=1) + tl.sum(xo * xo, axis=1))[:, None] / (2 * HALF)
+        r = 1.0 / tl.sqrt(ms + eps)
+        ye = xe * r
+        yo = xo * r
+        if HAS_W:
+            ye = ye * we
+            yo = yo * wo
+        # the norm's output rounded to the tensor's dtype, as eager writes it, before the rotation reads it
+        ye = ye.to(out_ptr.dtype.element_ty).to(tl.float32)
+        yo = yo.to(out_ptr.dtype.element_ty).to(tl.float32)
+        ce = tl.load(cos_ptr + token * s_cos + even, mask=in_rows, other=0.0).to(tl.float32)
+        co = tl.load(cos_ptr + token * s_cos + even + 1, mask=in_rows, other=0.0).to(tl.float32)
+        se = tl.load(sin_ptr + token * s_sin + even, mask=in_rows, other=0.0).to(tl.float32)
+        so = tl.load(sin_ptr + token * s_sin + even + 1, mask=in_rows, other=0.0).to(tl.float32)
+        po = out_ptr + rows * (2 * HALF) + even
+        tl.store(po, (ye * ce - yo * se).to(out_ptr.dtype.element_ty), mask=in_rows)
+        tl.store(po + 1, (yo * co + ye * so).to(out_ptr.dtype.element_ty), mask=in_rows)
+
+    return rms_norm_rope, triton
+
+
+def _launch(a: torch.Tensor, b: Optional[torch.Tensor], weight_a: Optional[torch.Tensor],
+            weight_b: Optional[torch.Tensor], cos: torch.Tensor, sin: torch.Tensor, eps: float) -> torch.Tensor:
+    kernel, triton = _triton_kernel()
+    a = a if a.stride(-1) == 1 else a.contiguous()
+    b = None if b is None else b if b.stride(-1) == 1 else b.contiguous()
+    d = a.shape[-1]
+    cos, sin = (t.reshape(-1, d) for t in (cos, sin))
+    cos, sin = (t if t.stride(-1) == 1 else t.contiguous() for t in (cos, sin))
+    weight_a, weight_b = (None if w is None else w.contiguous() for w in (weight_a, weight_b))
+    tokens = cos.shape[0]
+    batch, tokens_a, heads = a.shape[:3]
+    out = torch.empty((batch, tokens, heads, d), device=a.device, dtype=a.dtype)
+    n_rows = batch * tokens * heads
+    half = d // 2
+    block = triton.next_power_of_2(half)
+    if block != half:  # pairs padded to a power of two: the plain formula (head dims of diffusion DiTs are 64-128)
+        return reference(a, b, weight_a, weight_b, cos, sin, eps)
+    rows = max(1, min(64, 2048 // block))
+    bb = a if b is None else b
+    kernel[(triton.cdiv(n_rows, rows),)](
+        a, bb, a if weight_a is None else weight_a, a if weight_b is None else weight_b, cos, sin, out,
+        n_rows, tokens, tokens_a, heads, a.stride(0), a.stride(1), a.stride(2), bb.stride(0), bb.stride(1),
+        bb.stride(2), cos.stride(0), sin.stride(0), float(eps),
+        HALF=half, ROWS=rows, HAS_B=b is not None, HAS_W=weight_a is not None, num_warps=4)
+    return out
+
+
+def _register() -> bool:
+    if not hasattr(torch, "library") or not hasattr(torch.library, "custom_op"):
+        return False
+
+    # the schema spelled out: torch 2.4's schema inference cannot read this module's string annotations
+    @torch.library.custom_op(_OP, mutates_args=(), schema="(Tensor a, Tensor? b, Tensor? weight_a, Tensor? weight_b, "
+                                                          "Tensor cos, Tensor sin, float eps) -> Tensor")
+    def rms_norm_rope(a: torch.Tensor, b: Optional[torch.Tensor], weight_a: Optional[torch.Tensor],
+                      weight_b: Optional[torch.Tensor], cos: torch.Tensor, sin: torch.Tensor,
+                      eps: float) -> torch.Tensor:
+        _check(a, b, weight_a, weight_b, cos, sin)
+        if a.is_cuda and HAS_TRITON:
+            return _launch(a, b, weight_a, weight_b, cos, sin, eps)
+        return reference(a, b, weight_a, weight_b, cos, sin, eps)
+
+    @rms_norm_rope.register_fake
+    def _(a, b, weight_a, weight_b, cos, sin, eps):
+        _check(a, b, weight_a, weight_b, cos, sin)
+        tokens = a.shape[1] + (0 if b is None else b.shape[1])
+        return a.new_empty((a.shape[0], tokens, a.shape[2], a.shape[3]))
+
+    return True
+
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+REGISTERED = _register()  # once, at import (not inside a traced function)
+
+
+def rms_norm_rope(a: torch.Tensor, b: Optional[torch.Tensor], weight_a: Optional[torch.Tensor],
+                  weight_b: Optional[torch.Tensor], cos: torch.Tensor, sin: torch.Tensor,
+                  eps: float) -> torch.Tensor:
+    """RMSNorm of ``a`` (and ``b``, concatenated after it along the tokens), then the rotary embedding, in one pass
+    (``torch.ops.nexfort.rms_norm_rope``; see the module)."""
+    if not REGISTERED:
+        return reference(a, b, weight_a, weight_b, cos, sin, eps)
+    return torch.ops.nexfort.rms_norm_rope(a, b, weight_a, weight_b, cos, sin, eps)

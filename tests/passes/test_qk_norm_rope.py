@@ -1,0 +1,333 @@
+"""The ``qk_norm_rope`` pass (nexfort.passes.qk_norm_rope.plugin) and its op ``torch.ops.nexfort.rms_norm_rope``.
+
+The CPU runs the op's torch-ops form; Triton's interpreter runs the kernel itself where installed (float32/float16:
+the interpreter truncates to bfloat16 where the GPU rounds); the GPU tests check the kernel at Flux's sizes. Each pass
+test checks that the pass fired (or not, for the near misses), the rewritten graph's output against the unrewritten
+one's, and the model's against eager.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nexfort.passes.qk_norm_rope import kernels
+from nexfort.passes.qk_norm_rope.plugin import QkNormRopeOptions, QkNormRopePass
+from tests.helpers import rel_l2
+
+pytestmark = pytest.mark.skipif(not kernels.REGISTERED or not hasattr(torch, "rms_norm"),
+                                reason=f"torch {torch.__version__} has no torch.library.custom_op or torch.rms_norm "
+                                       f"(torch 2.4+)")
+
+OP = "nexfort.rms_norm_rope.default"
+
+
+def run_pass(fn, *args, dynamic=None):
+    """Compile ``fn`` with a backend that applies the pass and runs the rewritten graph eagerly; returns the output,
+    the rewrite count and the op calls in the rewritten graphs."""
+    counts, calls = [], []
+
+    def backend(gm, example_inputs):
+        work = torch.fx.GraphModule(gm, copy.deepcopy(gm.graph))
+        counts.append(QkNormRopePass(QkNormRopeOptions(enabled=True))(work))
+        calls.append(sum(str(n.target) == OP for n in work.graph.nodes))
+        return work.forward
+
+    torch._dynamo.reset()
+    with torch.no_grad():
+        out = torch.compile(fn, backend=backend, dynamic=dynamic)(*args)
+    return out, sum(counts), sum(calls)
+
+
+def rope(x, cos, sin):
+    """diffusers' ``apply_rotary_emb(x, (cos, sin), sequence_dim=1)`` (``use_real_unbind_dim=-1``), as it is written."""
+    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+    real, imag = x.reshape(*x.shape[:-1], -1, 2).unbind(-1)
+    rotated = torch.stack([-imag, real], dim=-1).flatten(3)
+    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+
+
+def flux_prologue(q, eq, w, ew, cos, sin):
+    """The joint blocks' form: two normalized parts concatenated along the tokens, then rotated."""
+    x = torch.cat([torch.rms_norm(eq, (eq.shape[-1],), ew, 1e-6), torch.rms_norm(q, (q.shape[-1],), w, 1e-6)], dim=1)
+    return rope(x, cos, sin)
+
+
+def single_prologue(q, w, cos, sin):
+    return rope(torch.rms_norm(q, (q.shape[-1],), w, 1e-6), cos, sin)
+
+
+def inputs(dtype=torch.float32, tokens=12, text=5, heads=2, dim=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(2, tokens, heads, dim, generator=g).to(dtype)
+    eq = torch.randn(2, text, heads, dim, generator=g).to(dtype)
+    w, ew = (torch.randn(dim, generator=g).to(dtype) for _ in range(2))
+    cos, sin = (torch.randn(tokens + text, dim, generator=g) for _ in range(2))
+    return q, eq, w, ew, cos, sin
+
+
+# ------------------------------------------------------------------------------------------------ the op
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_reference_is_diffusers_math(dtype):
+    """The op's torch-ops form gives what diffusers' own functions give (bit for bit: the same functions)."""
+    pytest.importorskip("diffusers")
+    from diffusers.models.embeddings import apply_rotary_emb
+
+    q, eq, w, ew, cos, sin = inputs(dtype)
+    norm, enorm = torch.nn.RMSNorm(16, eps=1e-6).to(dtype), torch.nn.RMSNorm(16, eps=1e-6).to(dtype)
+    with torch.no_grad():
+        norm.weight.copy_(w)
+        enorm.weight.copy_(ew)
+        want = apply_rotary_emb(torch.cat([enorm(eq), norm(q)], dim=1), (cos, sin), sequence_dim=1)
+        got = torch.ops.nexfort.rms_norm_rope(eq, q, ew, w, cos, sin, 1e-6)
+        single = torch.ops.nexfort.rms_norm_rope(q, None, w, None, cos[5:], sin[5:], 1e-6)
+    assert got.dtype == dtype and got.shape == (2, 17, 2, 16) and got.is_contiguous()
+    assert torch.equal(got, want)
+    assert torch.equal(single, apply_rotary_emb(norm(q), (cos[5:], sin[5:]), sequence_dim=1))
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda q, eq, w, ew, c, s: (q[0], None, w, None, c[5:], s[5:]), "a must be (batch, tokens, heads, head_dim)"),
+    (lambda q, eq, w, ew, c, s: (q[..., :15], None, None, None, c[5:, :15], s[5:, :15]), "even head_dim"),
+    (lambda q, eq, w, ew, c, s: (eq, q[:, :, :1], ew, w, c, s), "b must be (batch, tokens, heads, head_dim)"),
+    (lambda q, eq, w, ew, c, s: (eq, q, ew, None, c, s), "a weight for every part or for none"),
+    (lambda q, eq, w, ew, c, s: (q, None, w[:8], None, c[5:], s[5:]), "weight_a must be (16,)"),
+    (lambda q, eq, w, ew, c, s: (q, None, w, None, c, s), "cos must hold 12 rows of 16"),
+])
+def test_op_errors_name_the_bad_argument(bad, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        torch.ops.nexfort.rms_norm_rope(*bad(*inputs()), 1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ the pass
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fires_on_both_forms_and_matches(dtype):
+    args = inputs(dtype)
+    with torch.no_grad():
+        ref_joint, ref_single = flux_prologue(*args), single_prologue(args[0], args[2], args[4][5:], args[5][5:])
+    out, count, calls = run_pass(flux_prologue, *args)
+    assert count == 1 and calls == 1 and torch.equal(out, ref_joint)
+    out, count, calls = run_pass(single_prologue, args[0], args[2], args[4][5:], args[5][5:])
+    assert count == 1 and calls == 1 and torch.equal(out, ref_single)
+
+
+def test_dynamic_tokens():
+    """With dynamic shapes the rewrite is made on symbolic sizes and serves other token counts."""
+    for tokens in (12, 20):
+        args = inputs(tokens=tokens)
+        out, count, calls = run_pass(flux_prologue, *args, dynamic=True)
+        assert count == 1 and calls == 1 and rel_l2(out, flux_prologue(*args)) < 1e-6
+
+
+def _halves(q, w, cos, sin):  # use_real_unbind_dim=-2 (Stable Audio, CogView4): halves, not pairs
+    x = torch.rms_norm(q, (q.shape[-1],), w, 1e-6)
+    real, imag = x.reshape(*x.shape[:-1], 2, -1).unbind(-2)
+    rotated = torch.cat([-imag, real], dim=-1)
+    return (x.float() * cos[None, :, None] + rotated.float() * sin[None, :, None]).to(x.dtype)
+
+
+def _other_sign(q, w, cos, sin):
+    x = torch.rms_norm(q, (q.shape[-1],), w, 1e-6)
+    real, imag = x.reshape(*x.shape[:-1], -1, 2).unbind(-1)
+    rotated = torch.stack([imag, -real], dim=-1).flatten(3)
+    return (x.float() * cos[None, :, None] + rotated.float() * sin[None, :, None]).to(x.dtype)
+
+
+def _heads_first(q, w, cos, sin):  # sequence_dim=2: x (batch, heads, tokens, head_dim), cos (1, 1, tokens, head_dim)
+    x = torch.rms_norm(q.transpose(1, 2), (q.shape[-1],), w, 1e-6)
+    cos, sin = cos[None, None], sin[None, None]
+    real, imag = x.reshape(*x.shape[:-1], -1, 2).unbind(-1)
+    rotated = torch.stack([-imag, real], dim=-1).flatten(3)
+    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+
+
+def _layer_norm(q, w, cos, sin):
+    return rope(F.layer_norm(q, (q.shape[-1],), w, None, 1e-6), cos, sin)
+
+
+def _two_dims(q, w, cos, sin):
+    return rope(torch.rms_norm(q, q.shape[-2:], None, 1e-6), cos, sin)
+
+
+def _norm_read_twice(q, w, cos, sin):
+    x = torch.rms_norm(q, (q.shape[-1],), w, 1e-6)
+    return rope(x, cos, sin), x.sum()
+
+
+def _other_dtype(q, w, cos, sin):
+    x = torch.rms_norm(q, (q.shape[-1],), w, 1e-6)
+    real, imag = x.reshape(*x.shape[:-1], -1, 2).unbind(-1)
+    rotated = torch.stack([-imag, real], dim=-1).flatten(3)
+    return (x.float() * cos[None, :, None] + rotated.float() * sin[None, :, None]).to(torch.float16)
+
+
+def _cat_other_dim(q, w, cos, sin):
+    x = torch.cat([torch.rms_norm(q, (16,), w, 1e-6), torch.rms_norm(q, (16,), w, 1e-6)], dim=2)
+    return rope(x, cos, sin)
+
+
+def _one_weight(q, w, cos, sin):
+    x = torch.cat([torch.rms_norm(q[:, :4], (16,), w, 1e-6), torch.rms_norm(q[:, 4:], (16,), None, 1e-6)], dim=1)
+    return rope(x, cos, sin)
+
+
+def _written_in_place(q, w, cos, sin):
+    out = single_prologue(q, w, cos, sin)
+    q.add_(1)
+    return out
+
+
+NEAR_MISSES = {"halves": _halves, "other_sign": _other_sign, "heads_first": _heads_first,
+               "layer_norm": _layer_norm, "two_dims": _two_dims, "norm_read_twice": _norm_read_twice,
+               "other_dtype": _other_dtype, "cat_other_dim": _cat_other_dim, "one_weight": _one_weight,
+               "written_in_place": _written_in_place}
+
+
+@pytest.mark.parametrize("name", sorted(NEAR_MISSES))
+def test_near_misses_are_left_alone(name):
+    q, _, w, _, cos, sin = inputs()
+    fn = NEAR_MISSES[name]
+    with torch.no_grad():
+        ref = fn(q.clone(), w, cos[5:], sin[5:])
+    out, count, calls = run_pass(fn, q.clone(), w, cos[5:], sin[5:])
+    assert count == 0 and calls == 0
+    for o, r in zip(out if isinstance(out, tuple) else (out,), ref if isinstance(ref, tuple) else (ref,)):
+        assert torch.equal(o, r)
+
+
+def _tiny_flux():
+    pytest.importorskip("diffusers")
+    try:
+        from diffusers import FluxTransformer2DModel
+    except ImportError:
+        pytest.skip("this diffusers has no Flux transformer")
+    torch.manual_seed(0)
+    return FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
+                                  attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                  pooled_projection_dim=32, axes_dims_rope=[4, 6, 6]).eval()
+
+
+def _flux_inputs(tokens=16, text=8, device="cpu", dtype=torch.float32):
+    g = torch.Generator().manual_seed(1)
+    return dict(hidden_states=torch.randn(1, tokens, 4, generator=g).to(device, dtype),
+                encoder_hidden_states=torch.randn(1, text, 32, generator=g).to(device, dtype),
+                pooled_projections=torch.randn(1, 32, generator=g).to(device, dtype),
+                timestep=torch.tensor([1.0], device=device, dtype=dtype),
+                img_ids=torch.randn(tokens, 3, generator=g).to(device),
+                txt_ids=torch.randn(text, 3, generator=g).to(device),
+                return_dict=False)
+
+
+def test_flux_transformer_through_the_backend(counters):
+    """Every q/k of a diffusers Flux transformer (the joint block's concatenation, the single block's) is rewritten
+    when the option is on, and none when it is off (the default); the output is eager's."""
+    m = _tiny_flux()
+    inp = _flux_inputs()
+    with torch.no_grad():
+        ref = m(**inp)[0]
+        torch._dynamo.reset()
+        off = torch.compile(m, backend="nexfort", options={"mode": "max-optimize"})(**inp)[0]
+        assert counters["pass"]["qk_norm_rope"] == 0
+        torch._dynamo.reset()
+        on = torch.compile(m, backend="nexfort", options={"mode": "max-optimize",
+                                                          "options": {"qk_norm_rope.enabled": True}})(**inp)[0]
+    assert counters["pass"]["qk_norm_rope"] == 4  # q and k of one joint block and one single block
+    assert rel_l2(on, ref) < 1e-5 and rel_l2(off, ref) < 1e-5
+
+
+def test_option_type_is_checked():
+    from nexfort.core.api import NexfortConfigError, resolve_config
+
+    with pytest.raises(NexfortConfigError, match="qk_norm_rope.enabled"):
+        resolve_config(mode="max-optimize", options={"qk_norm_rope.enabled": "sometimes"})
+    assert resolve_config(mode="max-optimize").options.qk_norm_rope.enabled is False  # off unless asked
+
+
+# ------------------------------------------------------------------------------------------------ the kernel
+_INTERPRETED = """
+import json, torch
+from nexfort.passes.qk_norm_rope import kernels
+res = []
+for dtype, joint, weight, strided in ((torch.float32, True, True, True), (torch.float32, False, True, False),
+                                      (torch.float16, True, False, False), (torch.float16, False, True, True)):
+    g = torch.Generator().manual_seed(0)
+    qkv = torch.randn(2, 9, 3 * 3 * 32, generator=g).to(dtype)
+    b = qkv[..., 96:192].unflatten(-1, (3, 32)) if strided else torch.randn(2, 9, 3, 32, generator=g).to(dtype)
+    a = torch.randn(2, 4, 3, 32, generator=g).to(dtype) if joint else None
+    wa, wb = (torch.randn(32, generator=g).to(dtype) if weight else None for _ in range(2))
+    tokens = 9 + (4 if joint else 0)
+    cos, sin = (torch.randn(tokens, 32, generator=g)[None, :, None] for _ in range(2))
+    args = (b, None, wb, None, cos, sin, 1e-6) if a is None else (a, b, wa, wb, cos, sin, 1e-6)
+    out, ref = kernels._launch(*args), kernels.reference(*args)
+    res.append({"shape": list(out.shape), "rel": float((out.float() - ref.float()).norm() / ref.float().norm()),
+                "max": float((out.float() - ref.float()).abs().max())})
+print(json.dumps(res))
+"""
+
+
+def _interpreter_missing():
+    from tests.passes.test_attention_int8_qk import _NO_INTERPRETER
+
+    return _NO_INTERPRETER
+
+
+@pytest.mark.skipif(_interpreter_missing() is not None, reason=str(_interpreter_missing()))
+def test_kernel_in_the_interpreter_matches_the_reference():
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    res = subprocess.run([sys.executable, "-c", _INTERPRETED], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = json.loads(res.stdout.strip().splitlines()[-1])
+    assert [r["shape"] for r in rows] == [[2, 13, 3, 32], [2, 9, 3, 32], [2, 13, 3, 32], [2, 9, 3, 32]]
+    for r in rows[:2]:  # float32: the norm's sum in another order
+        assert r["rel"] < 1e-6, r
+    for r in rows[2:]:  # float16: an element whose norm output sits on a rounding boundary may differ by an ulp
+        assert r["rel"] < 2e-3 and r["max"] < 0.05, r
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the Triton kernel)")
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("joint", [True, False])
+def test_gpu_kernel_matches_reference_at_flux_sizes(dtype, joint):
+    """Flux.1-dev at 1024²: 24 heads of 128, 4096 image tokens (+ 512 text tokens in the joint blocks); q a view of
+    a fused QKV projection's output."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    qkv = torch.randn(1, 4096, 3 * 3072, device="cuda", generator=g).to(dtype)
+    b = qkv[..., :3072].unflatten(-1, (24, 128))
+    a = torch.randn(1, 512, 24, 128, device="cuda", generator=g).to(dtype) if joint else None
+    wa, wb = (torch.rand(128, device="cuda", generator=g).to(dtype) + 0.5 for _ in range(2))
+    tokens = 4096 + (512 if joint else 0)
+    cos, sin = (torch.randn(tokens, 128, device="cuda", generator=g) for _ in range(2))
+    args = (b, None, wb, None, cos, sin, 1e-6) if a is None else (a, b, wa, wb, cos, sin, 1e-6)
+    out, ref = torch.ops.nexfort.rms_norm_rope(*args), kernels.reference(*args)
+    assert out.shape == ref.shape and out.is_contiguous() and torch.isfinite(out).all()
+    assert rel_l2(out, ref) < 2e-3 and (out.float() - ref.float()).abs().max() < 0.1
+
+
+@pytest.mark.gpu
+@cuda
+def test_gpu_flux_transformer_matches_eager(counters):
+    m = _tiny_flux().to("cuda", torch.bfloat16)
+    inp = _flux_inputs(device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        ref = m(**inp)[0]
+        torch._dynamo.reset()
+        out = torch.compile(m, backend="nexfort", options={"mode": "max-optimize",
+                                                           "options": {"qk_norm_rope.enabled": True}})(**inp)[0]
+    assert counters["pass"]["qk_norm_rope"] == 4 and rel_l2(out, ref) < 2e-2
+
+
+def test_plugin_loads_through_its_entry_point():
+    from nexfort.core.plugins import plugin_names
+
+    assert "qk_norm_rope" in plugin_names()
