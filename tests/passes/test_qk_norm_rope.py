@@ -331,3 +331,18 @@ def test_plugin_loads_through_its_entry_point():
     from nexfort.core.plugins import plugin_names
 
     assert "qk_norm_rope" in plugin_names()
+
+
+def test_flux_transformer_through_nexfort_compile(counters):
+    """``nexfort_compile`` applies the module transforms first (the fused QKV projection among them): the pattern
+    starts at the norms, so it is found whichever way q and k were projected."""
+    from nexfort.compilers import nexfort_compile
+
+    m = _tiny_flux()
+    inp = _flux_inputs()
+    with torch.no_grad():
+        ref = m(**inp)[0]
+        torch._dynamo.reset()
+        out = nexfort_compile(copy.deepcopy(m), mode="max-optimize:low-precision",
+                              options={"qk_norm_rope.enabled": True})(**inp)[0]
+    assert counters["pass"]["qk_norm_rope"] == 4 and rel_l2(out, ref) < 1e-4
