@@ -85,49 +85,42 @@ def _triton_kernel():
     import triton.language as tl
 
     @triton.jit
-    def rms_norm_rope(a_ptr, b_ptr, wa_ptr, wb_ptr, cos_ptr, sin_ptr, out_ptr, n_rows, tokens, tokens_a, heads,
+    def rms_norm_rope(a_ptr, b_ptr, wa_ptr, wb_ptr, cos_ptr, sin_ptr, out_ptr, tokens, tokens_a, heads,
                       sab, sas, sah, sbb, sbs, sbh, s_cos, s_sin, eps,
-                      HALF: tl.constexpr, ROWS: tl.constexpr, HAS_B: tl.constexpr, HAS_W: tl.constexpr):
-        # one row = one (sample, token, head); the pairs (2i, 2i+1) of its head_dim = 2 * HALF values
-        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)[:, None]
-        pairs = tl.arange(0, HALF)[None, :]
-        in_rows = rows < n_rows
-        head = rows % heads
-        token = (rows // heads) % tokens
-        sample = rows // (heads * tokens)
-        even = 2 * pairs
-        in_a = in_rows & (token < tokens_a)
-        pa = a_ptr + sample * sab + token * sas + head * sah + even
-        xe = tl.load(pa, mask=in_a, other=0.0).to(tl.float32)
-        xo = tl.load(pa + 1, mask=in_a, other=0.0).to(tl.float32)
-        if HAS_W:  # one weight row for all rows (the part's)
-            we = tl.load(wa_ptr + even).to(tl.float32)
-            wo = tl.load(wa_ptr + even + 1).to(tl.float32)
-        if HAS_B:
-            in_b = in_rows & (token >= tokens_a)
-            pb = b_ptr + sample * sbb + (token - tokens_a) * sbs + head * sbh + even
-            xe = tl.where(in_b, tl.load(pb, mask=in_b, other=0.0).to(tl.float32), xe)
-            xo = tl.where(in_b, tl.load(pb + 1, mask=in_b, other=0.0).to(tl.float32), xo)
-            if HAS_W:
-                we = tl.where(in_b, tl.load(wb_ptr + even).to(tl.float32), we)
-                wo = tl.where(in_b, tl.load(wb_ptr + even + 1).to(tl.float32), wo)
-        ms = (tl.sum(xe * xe, axis=1) + tl.sum(xo * xo, axis=1))[:, None] / (2 * HALF)
-        r = 1.0 / tl.sqrt(ms + eps)
-        ye = xe * r
-        yo = xo * r
+                      DIM: tl.constexpr, HEADS: tl.constexpr, HAS_B: tl.constexpr, HAS_W: tl.constexpr):
+        # one program = one (sample, token): all its heads (HEADS: the head count padded to a power of two) as rows
+        # of DIM contiguous values, loaded and stored whole; the pairs (2i, 2i+1) split apart in registers. The
+        # token's cos/sin row is read once for all heads.
+        pid = tl.program_id(0)
+        token = pid % tokens
+        sample = pid // tokens
+        head = tl.arange(0, HEADS)[:, None]
+        col = tl.arange(0, DIM)[None, :]
+        in_heads = head < heads
+        in_a = in_heads & (token < tokens_a)
+        x = tl.load(a_ptr + sample * sab + token * sas + head * sah + col, mask=in_a, other=0.0).to(tl.float32)
         if HAS_W:
-            ye = ye * we
-            yo = yo * wo
+            w = tl.load(wa_ptr + col).to(tl.float32)
+        if HAS_B:
+            in_b = in_heads & (token >= tokens_a)
+            xb = tl.load(b_ptr + sample * sbb + (token - tokens_a) * sbs + head * sbh + col, mask=in_b, other=0.0)
+            x = tl.where(in_b, xb.to(tl.float32), x)
+            if HAS_W:
+                if token >= tokens_a:
+                    w = tl.load(wb_ptr + col).to(tl.float32)
+        r = 1.0 / tl.sqrt(tl.sum(x * x, axis=1)[:, None] / DIM + eps)
+        y = x * r
+        if HAS_W:
+            y = y * w
         # the norm's output rounded to the tensor's dtype, as eager writes it, before the rotation reads it
-        ye = ye.to(out_ptr.dtype.element_ty).to(tl.float32)
-        yo = yo.to(out_ptr.dtype.element_ty).to(tl.float32)
-        ce = tl.load(cos_ptr + token * s_cos + even, mask=in_rows, other=0.0).to(tl.float32)
-        co = tl.load(cos_ptr + token * s_cos + even + 1, mask=in_rows, other=0.0).to(tl.float32)
-        se = tl.load(sin_ptr + token * s_sin + even, mask=in_rows, other=0.0).to(tl.float32)
-        so = tl.load(sin_ptr + token * s_sin + even + 1, mask=in_rows, other=0.0).to(tl.float32)
-        po = out_ptr + rows * (2 * HALF) + even
-        tl.store(po, (ye * ce - yo * se).to(out_ptr.dtype.element_ty), mask=in_rows)
-        tl.store(po + 1, (yo * co + ye * so).to(out_ptr.dtype.element_ty), mask=in_rows)
+        y = y.to(out_ptr.dtype.element_ty).to(tl.float32)
+        c = tl.load(cos_ptr + token * s_cos + col).to(tl.float32)
+        s = tl.load(sin_ptr + token * s_sin + col).to(tl.float32)
+        ye, yo = tl.split(tl.reshape(y, (HEADS, DIM // 2, 2)))
+        ce, co = tl.split(tl.reshape(c, (1, DIM // 2, 2)))
+        se, so = tl.split(tl.reshape(s, (1, DIM // 2, 2)))
+        out = tl.reshape(tl.join(ye * ce - yo * se, yo * co + ye * so), (HEADS, DIM))
+        tl.store(out_ptr + pid * (heads * DIM) + head * DIM + col, out.to(out_ptr.dtype.element_ty), mask=in_heads)
 
     return rms_norm_rope, triton
 
@@ -141,21 +134,18 @@ def _launch(a: torch.Tensor, b: Optional[torch.Tensor], weight_a: Optional[torch
     cos, sin = (t.reshape(-1, d) for t in (cos, sin))
     cos, sin = (t if t.stride(-1) == 1 else t.contiguous() for t in (cos, sin))
     weight_a, weight_b = (None if w is None else w.contiguous() for w in (weight_a, weight_b))
+    if triton.next_power_of_2(d) != d:  # Triton blocks are powers of two (diffusion DiTs' head dims: 64, 128)
+        return reference(a, b, weight_a, weight_b, cos, sin, eps)
     tokens = cos.shape[0]
     batch, tokens_a, heads = a.shape[:3]
     out = torch.empty((batch, tokens, heads, d), device=a.device, dtype=a.dtype)
-    n_rows = batch * tokens * heads
-    half = d // 2
-    block = triton.next_power_of_2(half)
-    if block != half:  # pairs padded to a power of two: the plain formula (head dims of diffusion DiTs are 64-128)
-        return reference(a, b, weight_a, weight_b, cos, sin, eps)
-    rows = max(1, min(64, 2048 // block))
+    block = triton.next_power_of_2(heads) * d
     bb = a if b is None else b
-    kernel[(triton.cdiv(n_rows, rows),)](
+    kernel[(batch * tokens,)](
         a, bb, a if weight_a is None else weight_a, a if weight_b is None else weight_b, cos, sin, out,
-        n_rows, tokens, tokens_a, heads, a.stride(0), a.stride(1), a.stride(2), bb.stride(0), bb.stride(1),
-        bb.stride(2), cos.stride(0), sin.stride(0), float(eps),
-        HALF=half, ROWS=rows, HAS_B=b is not None, HAS_W=weight_a is not None, num_warps=4)
+        tokens, tokens_a, heads, a.stride(0), a.stride(1), a.stride(2), bb.stride(0), bb.stride(1), bb.stride(2),
+        cos.stride(0), sin.stride(0), float(eps), DIM=d, HEADS=triton.next_power_of_2(heads), HAS_B=b is not None,
+        HAS_W=weight_a is not None, num_warps=4 if block <= 2048 else 8)
     return out
 
 
