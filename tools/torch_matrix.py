@@ -37,6 +37,7 @@ FEATURES: List[Tuple[str, str]] = [
     ("Attention pass (decomposed attention -> SDPA)", r"tests/passes/test_attention\.py::"),
     ("GELU into the GEMM epilogue (linear_gelu pass)", r"tests/passes/test_linear_gelu(_matcher)?\.py::"),
     ("Attention kernel chosen per shape (attention_kernel pass)", r"tests/passes/test_attention_kernel\.py::"),
+    ("Flux q/k RMSNorm + rotary embedding in one op (qk_norm_rope pass)", r"tests/passes/test_qk_norm_rope\.py::"),
     ("Quantization (`quant`, `quantize_`, `quantize_pipe`: fp8 linears)",
      r"tests/(passes/test_quant|diffusers/test_quantize_pipe)\.py::"),
     ("Compiled-artifact cache: warm autotuning (Triton kernels, torch fixes)",
