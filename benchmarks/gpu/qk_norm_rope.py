@@ -45,9 +45,9 @@ def measure(form, args):
     with torch.no_grad():
         ref = eager(a, b, wa, wb, cos, sin)
         ind = compiled(a, b, wa, wb, cos, sin)
-        out = kernels.rms_norm_rope(*parts, cos, sin, 1e-6)
+        out = kernels.rms_norm_rope(*parts, cos, sin, 1e-6, 1)
         t_ind = queued_ms(lambda: compiled(a, b, wa, wb, cos, sin))
-        t_op = queued_ms(lambda: kernels.rms_norm_rope(*parts, cos, sin, 1e-6))
+        t_op = queued_ms(lambda: kernels.rms_norm_rope(*parts, cos, sin, 1e-6, 1))
     moved = 2 * ref.numel() * ref.element_size() + 2 * cos.numel() * 4
     return {"form": form, "inductor_us": round(t_ind * 1e3, 1), "op_us": round(t_op * 1e3, 1),
             "speedup": round(t_ind / t_op, 3), "op_TBps": round(moved / (t_op * 1e-3) / 1e12, 2),

@@ -11,10 +11,14 @@ pattern and its replacement, as plain torch functions (``x``: ``(batch, tokens, 
         return (y.float() * cos + rotated.float() * sin).to(y.dtype)   # cos, sin: (1, tokens, 1, head_dim)
 
     def replacement(x, w, cos, sin):
-        return rms_norm_rope(x, None, w, None, cos, sin, eps)   # the joint blocks: (x_txt, x_img, w_txt, w_img, ...)
+        return rms_norm_rope(x, None, w, None, cos, sin, eps, 1)   # the joint blocks: (x_txt, x_img, w_txt, w_img, ...)
+
+Older diffusers (< 0.35) transpose q/k to ``(batch, heads, tokens, head_dim)`` first, concatenate along dim 2 and
+rotate with ``cos[None, None]``: the same pattern with ``sequence_dim=2``, rewritten the same way.
 
 Left alone (the guard returns None, never raises): the other rotary forms (``use_real_unbind_dim=-2``'s halves, the
-complex form, another sign), a rotation over another sequence layout (``cos`` not ``(1, tokens, 1, head_dim)``), a
+complex form, another sign), ``cos``/``sin`` not broadcast along the tokens of either layout (``(1, tokens, 1,
+head_dim)`` or ``(1, 1, tokens, head_dim)``), a concatenation along another dim than the tokens, a
 norm over more than the head dim, any other norm (LayerNorm, none), a concatenation of other than two normalized
 parts along the tokens, parts whose weights are not both present or both absent, any intermediate with a user
 outside the pattern, an output cast to another dtype than the input's, inputs that may be written in place, and nodes
@@ -66,6 +70,7 @@ class Match:
     cos: Node
     sin: Node
     eps: float
+    sequence_dim: int
     nodes: List[Node]  # the pattern's nodes, erased once the output is replaced
 
 
@@ -175,6 +180,19 @@ def _rms_norm(gm: GraphModule, node: Any) -> Optional[Tuple[Node, Any, float]]:
     return (x, weight, float(eps)) if eps is not None else None
 
 
+def _sequence_dim(fy: torch.Tensor, *rotation: torch.Tensor) -> Optional[int]:
+    """The tokens' dim of ``fy`` (1: ``(batch, tokens, heads, head_dim)``, 2: ``(batch, heads, tokens, head_dim)``)
+    where ``cos``/``sin`` are broadcast along it as diffusers does (``(1, tokens, 1, head_dim)`` /
+    ``(1, 1, tokens, head_dim)``); else ``None``."""
+    for dim in kernels.SEQUENCE_DIMS:
+        other = 3 - dim
+        if all(t.dim() == 4 and t.is_floating_point() and t.device == fy.device and same_size(t.shape[0], 1) and
+               same_size(t.shape[other], 1) and same_size(t.shape[dim], fy.shape[dim]) and
+               same_size(t.shape[3], fy.shape[3]) for t in rotation):
+            return dim
+    return None
+
+
 class QkNormRopePass(GraphPass):
     """RMSNorm of q/k heads (or the joint blocks' concatenation of two) + the rotary embedding -> one op."""
 
@@ -216,13 +234,10 @@ class QkNormRopePass(GraphPass):
         if fy is None or fo is None or fc is None or fs is None or fo.dtype != fy.dtype or \
                 fy.dtype not in kernels.DTYPES or fy.shape[-1] % 2 or len(y.users) != 2:
             return None
-        tokens, dim = fy.shape[1], fy.shape[-1]
-        for t in (fc, fs):  # (1, tokens, 1, head_dim): diffusers' sequence_dim=1 broadcast
-            if t.dim() != 4 or not (same_size(t.shape[0], 1) and same_size(t.shape[2], 1) and
-                                    same_size(t.shape[1], tokens) and same_size(t.shape[3], dim)) or \
-                    not t.is_floating_point() or t.device != fy.device:
-                return None
-        parts = self._parts(gm, y)
+        sequence_dim = _sequence_dim(fy, fc, fs)
+        if sequence_dim is None:
+            return None
+        parts = self._parts(gm, y, sequence_dim)
         if parts is None:
             return None
         (a, wa, eps_a, norm_a), second_part, cat = parts
@@ -237,9 +252,9 @@ class QkNormRopePass(GraphPass):
         for t in (a, b, cos, sin, wa, wb):
             if isinstance(t, Node) and may_be_mutated(t):
                 return None
-        return Match(out, a, b, wa, wb, cos, sin, eps_a, nodes)
+        return Match(out, a, b, wa, wb, cos, sin, eps_a, sequence_dim, nodes)
 
-    def _parts(self, gm: GraphModule, y: Node):
+    def _parts(self, gm: GraphModule, y: Node, sequence_dim: int):
         """``(first, second, cat)``: the normalized part(s) ``y`` is made of (``second``/``cat``: ``None`` for one)."""
         one = _rms_norm(gm, y)
         if one is not None:
@@ -247,7 +262,8 @@ class QkNormRopePass(GraphPass):
         if not (is_op(y, CAT_FUNCTIONS) and 1 <= len(y.args) <= 2 and set(y.kwargs) <= {"dim"}):
             return None
         items, dim = y.args[0], arg(y, 1, "dim", 0)
-        if scalar_constant(dim) not in (1, -3) or not isinstance(items, (list, tuple)) or len(items) != 2:
+        if scalar_constant(dim) not in (sequence_dim, sequence_dim - 4) or not isinstance(items, (list, tuple)) or \
+                len(items) != 2:
             return None
         got = []
         for item in items:
@@ -262,7 +278,7 @@ class QkNormRopePass(GraphPass):
         with graph.inserting_before(m.out):
             wa, wb = (graph.get_attr(w) if isinstance(w, str) else w for w in (m.weight_a, m.weight_b))
             node = graph.call_function(torch.ops.nexfort.rms_norm_rope.default,
-                                       (m.a, m.b, wa, wb, m.cos, m.sin, m.eps))
+                                       (m.a, m.b, wa, wb, m.cos, m.sin, m.eps, m.sequence_dim))
         node.meta["example_value"] = fake(m.out)
         m.out.replace_all_uses_with(node)
         for n in m.nodes:  # the pattern's nodes, outputs first: each has no user left once its readers are gone
