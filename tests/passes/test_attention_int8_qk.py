@@ -9,15 +9,13 @@ GPU tests run it on the diffusion transformers' shapes.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from nexfort.passes.attention_kernel import AttentionKernel, int8_qk, register_kernel
 from nexfort.passes.attention_kernel import kernels as K
+from tests.helpers import NO_INTERPRETER, run_interpreted
 
 
 def rel(a, b):
@@ -110,40 +108,15 @@ print(json.dumps(res))
 """
 
 
-def _interpreter_missing():
-    """Why Triton's interpreter cannot run the kernel here (None: it can)."""
-    if importlib.util.find_spec("triton") is None:
-        return "Triton is not installed (pip install triton): its interpreter runs the kernel on the CPU"
-    from importlib.metadata import version
-
-    import numpy
-
-    tv, nv = version("triton"), numpy.__version__
-    if tuple(int(p) for p in tv.split(".")[:2]) < (3, 6):
-        return (f"Triton {tv}'s interpreter (older than 3.6) wants triton.language among the kernel's globals; the "
-                f"kernel is defined where Triton is imported lazily")
-    if tuple(int(p) for p in nv.split(".")[:2]) >= (2, 3):
-        return f"Triton {tv}'s interpreter calls int() on one-element arrays, which numpy {nv} refuses (needs < 2.3)"
-    return None
 
 
-_NO_INTERPRETER = _interpreter_missing()
-
-
-@pytest.mark.skipif(_NO_INTERPRETER is not None, reason=str(_NO_INTERPRETER))
+@pytest.mark.skipif(NO_INTERPRETER is not None, reason=str(NO_INTERPRETER))
 def test_triton_kernel_in_the_interpreter_matches_the_reference():
     """The Triton kernel itself, run by Triton's interpreter on the CPU (a process of its own: the interpreter is
     chosen when triton.language is first imported). fp16 only: Triton 3.6's interpreter computes bf16 dots wrongly
     (a 16x16 bf16 tl.dot was off by 4e9 relative, fp16 exact), so bf16 is the GPU tests'; it also needs numpy < 2.3
     (it calls int() on a one-element array)."""
-    import json
-    import subprocess
-    import sys
-
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    res = subprocess.run([sys.executable, "-c", _INTERPRETED], env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    r1, r2 = json.loads(res.stdout.strip().splitlines()[-1])
+    r1, r2 = run_interpreted(_INTERPRETED)
     assert r1["shape"] == [1, 2, 130, 40] and r1["stride"] == [130 * 2 * 40, 40, 2 * 40, 1]  # (B, S, H, D) layout
     assert r2["shape"] == [2, 1, 200, 72] and r2["stride"] == [200 * 72, 72, 72, 1]
     for r in (r1, r2):

@@ -9,10 +9,6 @@ one's, and the model's against eager.
 from __future__ import annotations
 
 import copy
-import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -20,7 +16,7 @@ import torch.nn.functional as F
 
 from nexfort.passes.qk_norm_rope import kernels
 from nexfort.passes.qk_norm_rope.plugin import QkNormRopeOptions, QkNormRopePass
-from tests.helpers import rel_l2
+from tests.helpers import NO_INTERPRETER, rel_l2, run_interpreted
 
 pytestmark = pytest.mark.skipif(not kernels.REGISTERED or not hasattr(torch, "rms_norm"),
                                 reason=f"torch {torch.__version__} has no torch.library.custom_op or torch.rms_norm "
@@ -312,18 +308,9 @@ print(json.dumps(res))
 """
 
 
-def _interpreter_missing():
-    from tests.passes.test_attention_int8_qk import _NO_INTERPRETER
-
-    return _NO_INTERPRETER
-
-
-@pytest.mark.skipif(_interpreter_missing() is not None, reason=str(_interpreter_missing()))
+@pytest.mark.skipif(NO_INTERPRETER is not None, reason=str(NO_INTERPRETER))
 def test_kernel_in_the_interpreter_matches_the_reference():
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    res = subprocess.run([sys.executable, "-c", _INTERPRETED], env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    rows = json.loads(res.stdout.strip().splitlines()[-1])
+    rows = run_interpreted(_INTERPRETED)
     assert [r["shape"] for r in rows] == [[2, 13, 3, 32], [2, 9, 3, 32], [2, 13, 3, 32], [2, 9, 3, 32],
                                           [2, 3, 13, 32]]
     assert all(r["contiguous"] for r in rows)

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from nexfort.passes.quant import Float8DynamicConfig, QuantizationError, config_for, kernels, quantize_
+from tests.helpers import NO_INTERPRETER, run_interpreted
 
 pytestmark = pytest.mark.skipif(getattr(torch, "float8_e4m3fn", None) is None or not kernels.REGISTERED,
                                 reason=f"torch {torch.__version__} has no float8_e4m3fn or torch.library.custom_op")
@@ -219,23 +220,8 @@ print(json.dumps(res))
 """
 
 
-def _no_interpreter():
-    from tests.passes.test_attention_int8_qk import _NO_INTERPRETER
-
-    return _NO_INTERPRETER
-
-
-@pytest.mark.skipif(_no_interpreter() is not None, reason=str(_no_interpreter()))
+@pytest.mark.skipif(NO_INTERPRETER is not None, reason=str(NO_INTERPRETER))
 def test_int8_kernel_in_the_interpreter_matches_the_reference():
     """The int8 form of the Triton kernel, run by Triton's interpreter on the CPU (a process of its own)."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    res = subprocess.run([sys.executable, "-c", _INT8_INTERPRETED], env=env, capture_output=True, text=True,
-                         timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    for r in json.loads(res.stdout.strip().splitlines()[-1]):
+    for r in run_interpreted(_INT8_INTERPRETED):
         assert r["dtype"] and r["zero_row"] and r["scale"] < 1e-6 and r["codes_differ"] < 2e-3, r

@@ -9,9 +9,6 @@ rewritten graph's output against the unrewritten one's, and the model's against 
 from __future__ import annotations
 
 import copy
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -21,7 +18,7 @@ from nexfort.passes.quant import config_for, kernels, quantize_
 from nexfort.passes.quant.plugin import QuantOptions
 from nexfort.passes.quant.prologue import QuantProloguePass
 from nexfort.passes.quant.share import QuantSharePass
-from tests.helpers import rel_l2
+from tests.helpers import NO_INTERPRETER, rel_l2, run_interpreted
 
 pytestmark = pytest.mark.skipif(getattr(torch, "float8_e4m3fn", None) is None or not kernels.REGISTERED,
                                 reason=f"torch {torch.__version__} has no float8_e4m3fn or torch.library.custom_op")
@@ -472,20 +469,9 @@ print(json.dumps(res))
 """
 
 
-def _interpreter_missing():
-    from tests.passes.test_attention_int8_qk import _NO_INTERPRETER
-
-    return _NO_INTERPRETER
-
-
-@pytest.mark.skipif(_interpreter_missing() is not None, reason=str(_interpreter_missing()))
+@pytest.mark.skipif(NO_INTERPRETER is not None, reason=str(NO_INTERPRETER))
 def test_fused_kernel_in_the_interpreter_matches_the_reference():
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    res = subprocess.run([sys.executable, "-c", _INTERPRETED], env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    import json
-
-    rows = json.loads(res.stdout.strip().splitlines()[-1])
+    rows = run_interpreted(_INTERPRETED)
     assert [r["shape"] for r in rows[:3]] == [[37, 248], [37, 200], [37, 64]]
     for r in rows:
         # the norm's sums in another order: the scale's last bit, and an fp8 code where a value sits on a boundary
