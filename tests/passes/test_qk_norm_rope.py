@@ -375,3 +375,19 @@ def test_flux_transformer_through_nexfort_compile(counters):
         out = nexfort_compile(copy.deepcopy(m), mode="max-optimize:low-precision",
                               options={"qk_norm_rope.enabled": True})(**inp)[0]
     assert counters["pass"]["qk_norm_rope"] == _expected_rewrites(m) and rel_l2(out, ref) < 1e-4
+
+
+def test_flux_transformer_dynamic_resolution_is_one_graph(counters):
+    """With ``dynamic=True`` the rewritten graph serves other image and text token counts: one graph, no recompile,
+    eager's output at each."""
+    m = _tiny_flux()
+    compiled = torch.compile(m, backend="nexfort", dynamic=True,
+                             options={"mode": "max-optimize", "options": {"qk_norm_rope.enabled": True}})
+    with torch.no_grad():
+        for tokens, text in ((16, 8), (24, 8), (36, 12)):
+            inp = _flux_inputs(tokens, text)
+            assert rel_l2(compiled(**inp)[0], m(**inp)[0]) < 1e-5
+    if counters["backend"]["fallbacks"] and torch.__version__ < (2, 5):
+        pytest.skip(f"torch {torch.__version__}'s Inductor does not compile this diffusers' dynamic Flux graph, pass "
+                    f"or not ('SymFloat' object has no attribute 'size'): it runs eagerly")
+    assert counters["backend"]["graphs"] == 1 and counters["pass"]["qk_norm_rope"] == _expected_rewrites(m)
