@@ -55,6 +55,10 @@ def parser(description: str, default_model_help: str) -> argparse.ArgumentParser
                    help="with --compiler all: also a run named torchao:TYPE, torchao's quantization of the layers that "
                         "nexfort's quantization type TYPE takes (fp8_e4m3_e4m3_dynamic, int8_dynamic, ...), then "
                         "torch.compile's default mode (pip install torchao)")
+    p.add_argument("--torchao-regional", action="store_true",
+                   help="with --torchao: compile the quantized denoiser's repeated blocks instead of the whole model "
+                        "(diffusers' compile_repeated_blocks practice; the run is named torchao:TYPE:regional): a "
+                        "cold compile of about one block, where torchao's whole-model compile outlasts a time limit")
     p.add_argument("--skip", default="", metavar="RUNS",
                    help="with --compiler all: leave out these references, comma-separated (inductor: torch.compile's "
                         "default), to fit a long compile into a time limit; eager and nexfort always run")

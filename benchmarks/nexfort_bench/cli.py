@@ -38,6 +38,9 @@ def compile_for(loaded: models.Loaded, compiler: str, cfg: Dict[str, Any], pipe_
 
     kw = dict(pipe_kw)
     if compiler.startswith(torchao_run.PREFIX):
+        if torchao_run.parse(compiler)[1]:  # --torchao-regional: the denoiser's blocks, the rest as the others
+            torchao_run.compile_regions(loaded)
+            kw["ignores"] = sorted({loaded.denoiser_name} | set(kw.get("ignores", ())))
         compiler = "inductor"
     if compiler.startswith("inductor:"):
         compiler, kw["inductor_mode"] = "inductor", compiler.split(":", 1)[1]
@@ -63,7 +66,7 @@ def _run_one(loaded: models.Loaded, compiler: str, args: argparse.Namespace, cfg
              pipe_kw: Dict[str, Any], resolutions: Sequence[Tuple[int, int]], label: str) -> Dict[str, Any]:
     restore = None
     if compiler.startswith(torchao_run.PREFIX):
-        restore = torchao_run.swap_in_quantized(loaded, compiler[len(torchao_run.PREFIX):])
+        restore = torchao_run.swap_in_quantized(loaded, torchao_run.parse(compiler)[0])
     try:
         return _timed_run(loaded, compiler, args, cfg, pipe_kw, resolutions, label)
     finally:
@@ -243,6 +246,8 @@ def main(argv: Optional[Sequence[str]] = None, *, family: str = "pixart", descri
             raise SystemExit(f"--torchao {args.torchao}: a reference run of --compiler all (got --compiler "
                              f"{args.compiler})")
         torchao_run.check_type(args.torchao)
+    elif args.torchao_regional:
+        raise SystemExit("--torchao-regional: the way the --torchao run compiles; give --torchao TYPE too")
     _check_keys(cfg, "--compiler-config")
     par = parallel.setup(args)  # --parallel: checked, process group started, this rank's device (else None)
     if not parallel.is_main(par):
@@ -265,7 +270,7 @@ def main(argv: Optional[Sequence[str]] = None, *, family: str = "pixart", descri
         jobs.append((args.height, args.width, 4 if args.batch_size != 4 else 1))
     compilers = (["none", *(["inductor"] if "inductor" not in args.skip_list else []),
                   *(f"inductor:{m}" for m in args.inductor_mode_list),
-                  *([torchao_run.PREFIX + args.torchao] if args.torchao else []), "nexfort"]
+                  *([torchao_run.run_name(args.torchao, args.torchao_regional)] if args.torchao else []), "nexfort"]
                  if args.compiler == "all" else [args.compiler])
     if jobs and "none" not in compilers:
         # every resolution is checked against eager at that resolution: eager runs first, as the reference

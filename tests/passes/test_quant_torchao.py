@@ -116,3 +116,29 @@ def test_summary_reports_the_torchao_run():
                  "nexfort": {"step_ms_median": 25.0}})
     assert s["torchao"] == 30.0 and s["speedup_vs_torchao"] == 1.2 and s["torchao_run"] == "torchao:fp8"
     assert "1.200x torchao:fp8 + torch.compile (30.000 ms)" in summary_line(s)
+
+
+@needs_torchao
+def test_benchmark_torchao_regional_run(tmp_path):
+    """``--torchao TYPE --torchao-regional``: the torchao run compiles the quantized denoiser's repeated blocks (named
+    so in the run), matches eager within the type's error, and leaves the original denoiser for the nexfort run."""
+    import json
+
+    from tests.benchmarks.conftest import SIZE
+    from tests.helpers import load_script
+
+    bench = load_script("benchmarks/text_to_image.py")
+    out = tmp_path / "result.json"
+    rc = bench.main(["--output-json", str(out), "--model", "tiny-sd3", "--compiler", "all", "--denoiser-only",
+                     "--skip", "inductor", "--torchao", "int8_dynamic", "--torchao-regional",
+                     "--compiler-config", '{"mode": ""}', *SIZE])
+    data = json.loads(out.read_text())
+    assert rc == 0 and list(data["runs"]) == ["eager", "torchao:int8_dynamic:regional", "nexfort"]
+    run = data["runs"]["torchao:int8_dynamic:regional"]
+    assert "error" not in run, run
+    assert data["model"]["torchao_regional_blocks"] >= 2
+    assert run["recompiles_in_timed_runs"]["dynamo_graphs"] == 0
+    assert 0 < run["rel_l2_vs_eager"] < 5e-2
+    assert data["runs"]["nexfort"]["rel_l2_vs_eager"] < 1e-4  # the original denoiser, untouched
+    with pytest.raises(SystemExit, match="--torchao-regional: the way the --torchao run compiles"):
+        bench.main(["--model", "/does/not/exist", "--compiler", "all", "--torchao-regional"])
