@@ -30,8 +30,9 @@ def one_call_ms(fn, iters: int = 30, warmups: int = 5) -> float:
     return statistics.median(times)
 
 
-def queued_ms(fn, reps: int = 20) -> float:
-    """GPU time per call with the calls queued back to back: the timing ``torch.ops.nexfort.attention`` uses."""
+def queued_ms(fn, reps: int = 20, device: str = "cuda") -> float:
+    """GPU time per call with the calls queued back to back: the timing ``torch.ops.nexfort.attention`` uses (on
+    the CPU, for a smoke run: the median of ``reps`` calls)."""
     from nexfort.passes.attention_kernel import kernels
 
-    return kernels._time(fn, torch.device("cuda"), reps)
+    return kernels._time(fn, torch.device(device), reps)

@@ -6,6 +6,7 @@ the op's error against eager's functions. The whole-model effect: ``bash benchma
 --also-nexfort 'rope={"mode": "...", "options": {"qk_norm_rope.enabled": true}}'``.
 
     python benchmarks/gpu/qk_norm_rope.py [--dtype bf16] [--tokens 4096] [--text 512] [--heads 24] [--head-dim 128]
+    (--device cpu: a smoke run of the script itself, tests/benchmarks/test_gpu_runner.py)
 """
 import argparse
 import json
@@ -32,31 +33,32 @@ def eager(a, b, wa, wb, cos, sin):
 
 def measure(form, args):
     """One row: the op and Inductor's kernel(s) on ``form`` ("joint": text + image parts; "single": one part)."""
-    dtype, h, d = DTYPES[args.dtype], args.heads, args.head_dim
-    g = torch.Generator(device="cuda").manual_seed(0)
+    dtype, h, d, dev = DTYPES[args.dtype], args.heads, args.head_dim, args.device
+    g = torch.Generator(device=dev).manual_seed(0)
     s_img = args.tokens if form == "joint" else args.tokens + args.text
-    qkv = torch.randn(args.batch, s_img, 3 * h * d, device="cuda", generator=g).to(dtype)
+    qkv = torch.randn(args.batch, s_img, 3 * h * d, device=dev, generator=g).to(dtype)
     b = qkv[..., : h * d].unflatten(-1, (h, d))
-    a = torch.randn(args.batch, args.text, h, d, device="cuda", generator=g).to(dtype) if form == "joint" else None
-    wa, wb = (torch.rand(d, device="cuda", generator=g).to(dtype) + 0.5 for _ in range(2))
-    cos, sin = (torch.randn(args.tokens + args.text, d, device="cuda", generator=g) for _ in range(2))
+    a = torch.randn(args.batch, args.text, h, d, device=dev, generator=g).to(dtype) if form == "joint" else None
+    wa, wb = (torch.rand(d, device=dev, generator=g).to(dtype) + 0.5 for _ in range(2))
+    cos, sin = (torch.randn(args.tokens + args.text, d, device=dev, generator=g) for _ in range(2))
     compiled = torch.compile(eager, dynamic=False)
     parts = (a, b, wa, wb) if a is not None else (b, None, wb, None)
     with torch.no_grad():
         ref = eager(a, b, wa, wb, cos, sin)
         ind = compiled(a, b, wa, wb, cos, sin)
         out = kernels.rms_norm_rope(*parts, cos, sin, 1e-6, 1)
-        t_ind = queued_ms(lambda: compiled(a, b, wa, wb, cos, sin))
-        t_op = queued_ms(lambda: kernels.rms_norm_rope(*parts, cos, sin, 1e-6, 1))
+        t_ind = queued_ms(lambda: compiled(a, b, wa, wb, cos, sin), device=dev)
+        t_op = queued_ms(lambda: kernels.rms_norm_rope(*parts, cos, sin, 1e-6, 1), device=dev)
     moved = 2 * ref.numel() * ref.element_size() + 2 * cos.numel() * 4
     return {"form": form, "inductor_us": round(t_ind * 1e3, 1), "op_us": round(t_op * 1e3, 1),
             "speedup": round(t_ind / t_op, 3), "op_TBps": round(moved / (t_op * 1e-3) / 1e12, 2),
             "inductor_TBps": round(moved / (t_ind * 1e-3) / 1e12, 2),
             "op_rel_l2": rel_l2(out, ref), "inductor_rel_l2": rel_l2(ind, ref),
-            "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "dtype": args.dtype}
+            "gpu": torch.cuda.get_device_name() if dev == "cuda" else "none (CPU smoke run)",
+            "torch": torch.__version__, "dtype": args.dtype}
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     p.add_argument("--tokens", type=int, default=4096, help="image tokens (4096: 1024x1024)")
@@ -64,8 +66,9 @@ def main():
     p.add_argument("--heads", type=int, default=24)
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--batch", type=int, default=1)
-    args = p.parse_args()
-    print(torch.cuda.get_device_name(), torch.__version__)
+    p.add_argument("--device", default="cuda", help="cuda (the measurement); cpu: a smoke run of the script")
+    args = p.parse_args(argv)
+    print(torch.cuda.get_device_name() if args.device == "cuda" else "CPU", torch.__version__)
     rows = [measure(form, args) for form in ("joint", "single")]
     for r in rows:
         print(json.dumps(r))
@@ -73,6 +76,7 @@ def main():
     for r in rows:
         print(f"{r['form']:8} {r['inductor_us']:12.1f} {r['op_us']:8.1f} {r['speedup']:8.3f} {r['op_TBps']:8.2f} "
               f"{r['op_rel_l2']:10.2e}")
+    return rows
 
 
 if __name__ == "__main__":

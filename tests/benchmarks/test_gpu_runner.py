@@ -60,3 +60,16 @@ def test_unknown_kind_and_row_are_errors(tmp_path):
         out = subprocess.run(["bash", "benchmarks/gpu/run.sh", *args], cwd=ROOT, capture_output=True, text=True,
                              env={**os.environ, "DRY": "1", "RES": str(tmp_path)}, timeout=60)
         assert out.returncode == 2 and "unknown" in out.stdout
+
+
+def test_qk_norm_rope_script_smoke_run_on_the_cpu(monkeypatch, capsys):
+    """benchmarks/gpu/qk_norm_rope.py end to end with --device cpu (tiny sizes): both forms, the op's error against
+    eager's functions (0 on the CPU: the same functions) and Inductor's, so that a GPU call does not find a broken
+    script."""
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks", "gpu"))
+    script = load_script("benchmarks/gpu/qk_norm_rope.py")
+    rows = script.main(["--device", "cpu", "--tokens", "8", "--text", "4", "--heads", "3", "--head-dim", "16"])
+    assert [r["form"] for r in rows] == ["joint", "single"]
+    for r in rows:
+        assert r["op_rel_l2"] == 0.0 and r["inductor_rel_l2"] < 1e-2 and r["op_us"] > 0 and r["inductor_us"] > 0
+    assert "speedup" in capsys.readouterr().out
