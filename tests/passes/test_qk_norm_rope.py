@@ -391,3 +391,37 @@ def test_flux_transformer_dynamic_resolution_is_one_graph(counters):
         pytest.skip(f"torch {torch.__version__}'s Inductor does not compile this diffusers' dynamic Flux graph, pass "
                     f"or not ('SymFloat' object has no attribute 'size'): it runs eagerly")
     assert counters["backend"]["graphs"] == 1 and counters["pass"]["qk_norm_rope"] == _expected_rewrites(m)
+
+
+FLUX_FAMILY = ("FluxTransformer2DModel", "Flux2Transformer2DModel", "ChromaTransformer2DModel")
+
+
+@pytest.mark.parametrize("name", FLUX_FAMILY + ("HiDreamImageTransformer2DModel", "QwenImageTransformer2DModel",
+                                                "ZImageTransformer2DModel"))
+def test_rotary_transformers_of_the_zoo(name):
+    """The zoo's rotary-embedding DiTs (diffusers' own test configurations): the Flux family (Flux, FLUX.2, Chroma:
+    ``torch.nn.RMSNorm`` q/k norms and interleaved RoPE) is rewritten, the others (complex or half-split RoPE, other
+    norms) are left alone; every output is eager's."""
+    pytest.importorskip("diffusers")
+    from tests.diffusers import test_zoo as zoo
+
+    model = zoo._build(name)
+    kw = zoo._kwargs(model, name, 0)
+    counts = []
+
+    def backend(gm, example_inputs):
+        work = torch.fx.GraphModule(gm, copy.deepcopy(gm.graph))
+        counts.append(QkNormRopePass(QkNormRopeOptions(enabled=True))(work))
+        return work.forward
+
+    torch._dynamo.reset()
+    with torch.no_grad():
+        ref = zoo._outputs(model(**kw))
+        out = zoo._outputs(torch.compile(model, backend=backend)(**kw))
+    assert all(rel_l2(o, r) < 1e-6 for o, r in zip(out, ref))
+    torch_norms = any(type(m) is getattr(torch.nn, "RMSNorm", None) for n, m in model.named_modules()
+                      if n.endswith("norm_q"))
+    if name in FLUX_FAMILY and torch_norms:
+        assert sum(counts) > 0
+    elif name not in FLUX_FAMILY:
+        assert sum(counts) == 0

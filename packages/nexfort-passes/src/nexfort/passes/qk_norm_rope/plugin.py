@@ -13,7 +13,9 @@ pattern and its replacement, as plain torch functions (``x``: ``(batch, tokens, 
     def replacement(x, w, cos, sin):
         return rms_norm_rope(x, None, w, None, cos, sin, eps, 1)   # the joint blocks: (x_txt, x_img, w_txt, w_img, ...)
 
-Older diffusers (< 0.35) transpose q/k to ``(batch, heads, tokens, head_dim)`` first, concatenate along dim 2 and
+The same processor form serves FLUX.2 (``Flux2Transformer2DModel``) and Chroma, rewritten alike (tested on the
+zoo's configurations; HiDream, Qwen-Image and Z-Image, with other rotary forms, are left alone). Older diffusers
+(< 0.35) transpose q/k to ``(batch, heads, tokens, head_dim)`` first, concatenate along dim 2 and
 rotate with ``cos[None, None]``: the same pattern with ``sequence_dim=2``, rewritten the same way.
 
 Left alone (the guard returns None, never raises): the other rotary forms (``use_real_unbind_dim=-2``'s halves, the
