@@ -13,7 +13,8 @@ fp16 kernel it is without ``quant``:
 On CUDA it is a Triton kernel (:mod:`nexfort.passes.quant.triton_kernels`); elsewhere (and as the reference the
 tests compare with) the same formula in torch ops. Registered with ``torch.library.custom_op`` (torch 2.4+) with a
 fake implementation, so Dynamo and Inductor keep it as one call; :func:`available` says whether this torch/device has
-it. ``torch.ops.nexfort.int8_quantize_rows`` is the same pass for the int8 linears (symmetric, ``rowmax|x| / 127``, rounded half to even as ``torch.round``).
+it. ``torch.ops.nexfort.int8_quantize_rows`` is the same pass for the int8 linears (symmetric, ``rowmax|x| / 127``,
+rounded half to even as ``torch.round``).
 
 ``torch.ops.nexfort.fp8_quantize_rows_fused(a, b, act_a, act_b)`` quantizes the row-wise concatenation
 ``cat([act_a(a), act_b(b)], 1)`` (``b`` may be ``None``; ``act``: ``"none"`` or ``"gelu_tanh"``) in the same one
