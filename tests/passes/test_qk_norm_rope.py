@@ -425,3 +425,26 @@ def test_rotary_transformers_of_the_zoo(name):
         assert sum(counts) > 0
     elif name not in FLUX_FAMILY:
         assert sum(counts) == 0
+
+
+def test_rewritten_node_records_the_contiguous_result():
+    """The op's node carries what the op returns (contiguous), also where eager's result kept a transposed input's
+    strides (the heads-first single form)."""
+    graphs = []
+
+    def single_heads_first(q, w, cos, sin):
+        return rope(torch.rms_norm(q.transpose(1, 2), (16,), w, 1e-6), cos, sin, sequence_dim=2)
+
+    def backend(gm, example_inputs):
+        work = torch.fx.GraphModule(gm, copy.deepcopy(gm.graph))
+        QkNormRopePass(QkNormRopeOptions(enabled=True))(work)
+        graphs.append(work)
+        return work.forward
+
+    q, _, w, _, cos, sin = inputs()
+    torch._dynamo.reset()
+    with torch.no_grad():
+        out = torch.compile(single_heads_first, backend=backend)(q, w, cos[5:], sin[5:])
+    ops = [n for gm in graphs for n in gm.graph.nodes if str(n.target) == OP]
+    assert len(ops) == 1 and ops[0].meta["example_value"].is_contiguous()
+    assert out.is_contiguous() and torch.equal(out, single_heads_first(q, w, cos[5:], sin[5:]))

@@ -195,6 +195,15 @@ def _sequence_dim(fy: torch.Tensor, *rotation: torch.Tensor) -> Optional[int]:
     return None
 
 
+def _contiguous_like(t: torch.Tensor) -> torch.Tensor:
+    """A fake tensor of ``t``'s shape and dtype, contiguous, as the op returns it (eager's result of the heads-first
+    single form keeps its input's transposed strides)."""
+    try:
+        return t.new_empty(t.shape)
+    except Exception:  # noqa: BLE001 - not a fake tensor of a live mode: the recorded one (shape and dtype agree)
+        return t
+
+
 class QkNormRopePass(GraphPass):
     """RMSNorm of q/k heads (or the joint blocks' concatenation of two) + the rotary embedding -> one op."""
 
@@ -281,7 +290,7 @@ class QkNormRopePass(GraphPass):
             wa, wb = (graph.get_attr(w) if isinstance(w, str) else w for w in (m.weight_a, m.weight_b))
             node = graph.call_function(torch.ops.nexfort.rms_norm_rope.default,
                                        (m.a, m.b, wa, wb, m.cos, m.sin, m.eps, m.sequence_dim))
-        node.meta["example_value"] = fake(m.out)
+        node.meta["example_value"] = _contiguous_like(fake(m.out))
         m.out.replace_all_uses_with(node)
         for n in m.nodes:  # the pattern's nodes, outputs first: each has no user left once its readers are gone
             if not n.users:
