@@ -179,10 +179,12 @@ def _hunyuan_upsample_forward(self: Any, hidden_states: torch.Tensor) -> torch.T
     return self.conv(x)
 
 
-def _patch_instances(module: torch.nn.Module, cls_name: str, unknown: Any, forward: Any, patch: str) -> int:
+def _patch_instances(module: torch.nn.Module, cls_name: str, unknown: Any, forward: Any, patch: str,
+                     pick: Any = None) -> int:
     """Give the instances of diffusers' class ``cls_name`` in ``module`` the instance forward ``forward`` (recorded
-    as ``patch``) where their forward is diffusers' own and ``unknown(instance)`` finds nothing against it; return how
-    many. The others are left alone with one debug line that says why."""
+    as ``patch``; ``pick(instance)``, where given, chooses it per instance, outside any traced code) where their
+    forward is diffusers' own and ``unknown(instance)`` finds nothing against it; return how many. The others are
+    left alone with one debug line that says why."""
     n, left = 0, []
     for name, m in module.named_modules():
         is_it = any(c.__name__ == cls_name and _from_diffusers(c) for c in type(m).__mro__)
@@ -192,7 +194,7 @@ def _patch_instances(module: torch.nn.Module, cls_name: str, unknown: Any, forwa
         if why:
             left.append(f"{name or type(m).__name__}: {why}")
             continue
-        patches.set_attr(m, "forward", types.MethodType(forward, m), patch)
+        patches.set_attr(m, "forward", types.MethodType(pick(m) if pick is not None else forward, m), patch)
         patches.set_attr(m, "_nexfort_dynamic", True, patch)
         n += 1
     if left:
@@ -244,16 +246,26 @@ def nearest_frames(f: torch.Tensor, zq: torch.Tensor) -> torch.Tensor:
 
 
 def _cog_norm_forward(self: Any, f: torch.Tensor, zq: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-    """diffusers' ``CogVideoXSpatialNorm3D.forward`` (its two forms) with :func:`nearest_frames` for the branch."""
+    """diffusers' ``CogVideoXSpatialNorm3D.forward`` (0.31+: with its conv cache) with :func:`nearest_frames` for the
+    branch."""
     zq = nearest_frames(f, zq)
-    code = type(self).forward.__code__
-    if "conv_cache" not in code.co_varnames[:code.co_argcount]:  # diffusers 0.30: no cache
-        return self.norm_layer(f) * self.conv_y(zq) + self.conv_b(zq)
     conv_cache = (args[0] if args else kwargs.get("conv_cache")) or {}
     new_conv_cache = {}
     conv_y, new_conv_cache["conv_y"] = self.conv_y(zq, conv_cache=conv_cache.get("conv_y"))
     conv_b, new_conv_cache["conv_b"] = self.conv_b(zq, conv_cache=conv_cache.get("conv_b"))
     return self.norm_layer(f) * conv_y + conv_b, new_conv_cache
+
+
+def _cog_norm_forward_uncached(self: Any, f: torch.Tensor, zq: torch.Tensor) -> torch.Tensor:
+    """The same for diffusers 0.30's form (no conv cache)."""
+    zq = nearest_frames(f, zq)
+    return self.norm_layer(f) * self.conv_y(zq) + self.conv_b(zq)
+
+
+def _cog_norm_form(m: Any) -> Any:
+    """The patched forward for ``m``'s diffusers form, chosen when patching (reading the signature inside a traced
+    call fails on torch 2.4's Dynamo)."""
+    return _cog_norm_forward if "conv_cache" in _forward_params(m) else _cog_norm_forward_uncached
 
 
 _COG_UPSAMPLE_NAMES = {"F", "cat", "compress_time", "conv", "interpolate", "permute", "reshape", "shape", "squeeze",
@@ -291,7 +303,7 @@ def make_video_norms_dynamic(module: torch.nn.Module) -> int:
     """Patch the ``CogVideoXSpatialNorm3D`` and ``CogVideoXUpsample3D`` instances of ``module`` (see the module
     docstring); return how many. Others are left alone with one debug line."""
     return (_patch_instances(module, "CogVideoXSpatialNorm3D", _cog_norm_unknown, _cog_norm_forward,
-                             COG_SPATIAL_NORM) +
+                             COG_SPATIAL_NORM, pick=_cog_norm_form) +
             _patch_instances(module, "CogVideoXUpsample3D", _cog_upsample_unknown, _cog_upsample_forward,
                              COG_SPATIAL_NORM))
 
