@@ -15,6 +15,7 @@ import torch
 from torch.fx import Node
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+CAT_FUNCTIONS = tuple({torch.cat, getattr(torch, "concat", torch.cat), getattr(torch, "concatenate", torch.cat)})
 
 
 def fake(node: Any) -> Optional[torch.Tensor]:
@@ -37,6 +38,14 @@ def is_op(node: Any, functions: Iterable[Any] = (), methods: Iterable[str] = ())
     if node.op == "call_method":
         return node.target in tuple(methods)
     return False
+
+
+def binary(node: Any, functions: Iterable[Any], methods: Iterable[str]) -> Optional[tuple]:
+    """``(lhs, rhs)`` where ``node`` calls one of ``functions``/``methods`` with two positional arguments and no
+    keywords; else ``None``."""
+    if is_op(node, functions, methods) and len(node.args) == 2 and not node.kwargs:
+        return node.args[0], node.args[1]
+    return None
 
 
 def arg(node: Node, index: int, name: str, default: Any = None) -> Any:

@@ -41,13 +41,22 @@ import torch
 from torch.fx import GraphModule, Node
 
 from nexfort.core.api import GraphPass, hookimpl, options_of
-from nexfort.passes._fx import arg, fake, is_op, may_be_mutated, only_user, same_size, scalar_constant
+from nexfort.passes._fx import (
+    CAT_FUNCTIONS,
+    arg,
+    binary,
+    fake,
+    is_op,
+    may_be_mutated,
+    only_user,
+    same_size,
+    scalar_constant,
+)
 from nexfort.passes.qk_norm_rope import kernels
 
 NAME = "qk_norm_rope"
 RMS_NORM_FUNCTIONS = tuple({f for f in (getattr(torch, "rms_norm", None),
                                         getattr(torch.nn.functional, "rms_norm", None)) if f is not None})
-CAT_FUNCTIONS = tuple({torch.cat, getattr(torch, "concat", torch.cat), getattr(torch, "concatenate", torch.cat)})
 FLOAT_METHODS = ("float",)
 
 
@@ -76,12 +85,6 @@ class Match:
     nodes: List[Node]  # the pattern's nodes, erased once the output is replaced
 
 
-def _binary(node: Any, functions: Tuple[Any, ...], methods: Tuple[str, ...]) -> Optional[Tuple[Any, Any]]:
-    if is_op(node, functions, methods) and len(node.args) == 2 and not node.kwargs:
-        return node.args[0], node.args[1]
-    return None
-
-
 def _to_float(node: Any) -> Optional[Node]:
     """``t`` where ``node`` is ``t.float()`` (or ``t.to(torch.float32)``)."""
     if is_op(node, (), FLOAT_METHODS) and len(node.args) == 1 and not node.kwargs:
@@ -93,7 +96,7 @@ def _to_float(node: Any) -> Optional[Node]:
 
 def _product(node: Any) -> Optional[Tuple[Node, Node]]:
     """``(t, factor)`` where ``node`` is ``t.float() * factor``."""
-    pair = _binary(node, (operator.mul, torch.mul), ("mul",))
+    pair = binary(node, (operator.mul, torch.mul), ("mul",))
     if pair is None or not all(isinstance(p, Node) for p in pair):
         return None
     for first, second in (pair, pair[::-1]):
@@ -230,7 +233,7 @@ class QkNormRopePass(GraphPass):
                 isinstance(out.args[1], torch.dtype)):
             return None
         add = out.args[0]
-        terms = _binary(add, (operator.add, torch.add), ("add",))
+        terms = binary(add, (operator.add, torch.add), ("add",))
         if terms is None or only_user(add) is not out:
             return None
         first, second = (_product(t) for t in terms)

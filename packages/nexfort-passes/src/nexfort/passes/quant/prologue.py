@@ -52,7 +52,9 @@ from torch.fx import GraphModule, Node
 
 from nexfort.core.api import GraphPass
 from nexfort.passes._fx import (
+    CAT_FUNCTIONS,
     arg,
+    binary,
     dropout_source,
     fake,
     is_op,
@@ -67,7 +69,6 @@ NAME = "quant_prologue"
 GELU_FUNCTIONS = tuple({F.gelu, torch._C._nn.gelu})
 LAYER_NORM_FUNCTIONS = tuple({F.layer_norm, torch.layer_norm})
 VIEW_METHODS = ("reshape", "view", "squeeze")
-CAT_FUNCTIONS = tuple({torch.cat, getattr(torch, "concat", torch.cat), getattr(torch, "concatenate", torch.cat)})
 # the casts the op may skip: exact (every value of the source dtype is one of the target's, but for fp16's range,
 # which float32 arithmetic does not need)
 EXACT_CASTS = {(torch.bfloat16, torch.float16), (torch.bfloat16, torch.float32), (torch.float16, torch.float32),
@@ -132,15 +133,9 @@ def _before_cast(node: Node) -> Node:
     return mm
 
 
-def _binary(node: Any, functions: Tuple[Any, ...], methods: Tuple[str, ...]) -> Optional[Tuple[Any, Any]]:
-    if is_op(node, functions, methods) and len(node.args) == 2 and not node.kwargs:
-        return node.args[0], node.args[1]
-    return None
-
-
 def _one_plus(node: Any) -> Optional[Node]:
     """``s`` where ``node`` is ``1 + s`` or ``s + 1``."""
-    ops = _binary(node, (operator.add, torch.add), ("add", "__add__", "__radd__"))
+    ops = binary(node, (operator.add, torch.add), ("add", "__add__", "__radd__"))
     if ops is None:
         return None
     a, b = ops
@@ -175,11 +170,11 @@ def _ln_modulate(node: Any) -> Optional[Tuple[Node, Node, Node, float, List[Node
     """``(x, scale, shift, eps, nodes)`` where ``node`` is ``layer_norm(x) * (1 + scale) + shift`` (either operand
     order; ``x`` of shape ``(B, N, D)``, ``scale``/``shift`` ``(B, 1, D)`` or ``(1, 1, D)``); ``nodes``: the
     intermediates, each used only by the next."""
-    add = _binary(node, (operator.add, torch.add), ("add", "__add__"))
+    add = binary(node, (operator.add, torch.add), ("add", "__add__"))
     if add is None:
         return None
     for m, shift in (add, add[::-1]):
-        mul = _binary(m, (operator.mul, torch.mul), ("mul", "__mul__"))
+        mul = binary(m, (operator.mul, torch.mul), ("mul", "__mul__"))
         if mul is None or only_user(m) is not node or not isinstance(shift, Node):
             continue
         for ln, one_plus in (mul, mul[::-1]):
