@@ -8,6 +8,8 @@ the CPU).
 
 Where this torch has no ``torch._int_mm`` on the CPU (:func:`cpu_int_mm`), the CPU multiplies the same int8 values
 as int32 tensors (same result, slower). On CUDA ``_int_mm`` needs more than 16 rows: fewer are padded.
+``gemm_kernel="triton"`` (opt-in) replaces ``_int_mm`` + the rescale pass by one GEMM with the rescale and the bias
+in its epilogue (``torch.ops.nexfort.int8_scaled_mm``, :mod:`.int8_gemm`; its torch-ops form off CUDA).
 ``int8_weightonly``: int8 weights with row scales, dequantized to the input's dtype before an ordinary GEMM (a
 quarter of the fp32 weight memory, half of bf16's; under ``torch.compile`` Inductor fuses the dequantization).
 Error: the int8 rounding, about 1 % relative L2 per layer on random data for the dynamic type, well under for
@@ -82,6 +84,10 @@ def int8_matmul(a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
     return a.to(torch.int32) @ b_t.to(torch.int32)
 
 
+#: ``Int8DynamicConfig.gemm_kernel`` (option ``quant.gemm_kernel``)
+GEMM_KERNELS = ("auto", "int_mm", "triton")
+
+
 @dataclass
 class Int8DynamicConfig(QuantConfig):
     """int8 weights (one scale per output row) and activations (one scale per row, computed per call)."""
@@ -92,6 +98,10 @@ class Int8DynamicConfig(QuantConfig):
     # kernel: the measured default), "triton" (one pass, torch.ops.nexfort.int8_quantize_rows: Triton on CUDA, its
     # torch-ops implementation elsewhere; opt-in until measured on a GPU)
     activation_kernel: str = "auto"
+    # the GEMM (GEMM_KERNELS): "auto" and "int_mm" (torch._int_mm, then the rescale as torch ops that Inductor
+    # fuses with what follows: the measured default), "triton" (torch.ops.nexfort.int8_scaled_mm, the rescale and
+    # bias in the GEMM's epilogue; opt-in until timed on a GPU)
+    gemm_kernel: str = "auto"
 
     def __post_init__(self) -> None:
         from nexfort.passes.quant.fp8 import ACTIVATION_KERNELS
@@ -99,6 +109,9 @@ class Int8DynamicConfig(QuantConfig):
         if self.activation_kernel not in ACTIVATION_KERNELS:
             raise api.QuantizationError(f"Unknown activation_kernel {self.activation_kernel!r} for {self.name}; "
                                         f"valid: {', '.join(ACTIVATION_KERNELS)}.")
+        if self.gemm_kernel not in GEMM_KERNELS:
+            raise api.QuantizationError(f"Unknown gemm_kernel {self.gemm_kernel!r} for {self.name}; "
+                                        f"valid: {', '.join(GEMM_KERNELS)}.")
 
     @classmethod
     def unsupported(cls, device: torch.device) -> Optional[str]:
@@ -129,6 +142,7 @@ class Int8DynamicLinear(QuantizedLinear):
 
     kind = "int8 dynamic"
     activation_kernel = "auto"  # Int8DynamicConfig.activation_kernel
+    gemm_kernel = "auto"  # Int8DynamicConfig.gemm_kernel
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear) -> "Int8DynamicLinear":
@@ -142,6 +156,14 @@ class Int8DynamicLinear(QuantizedLinear):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         xq, xs = self._quantize_input(x2)
+        if self.gemm_kernel == "triton":
+            from nexfort.passes.quant import int8_gemm
+
+            if not int8_gemm.REGISTERED:
+                raise api.QuantizationError("gemm_kernel='triton' needs torch >= 2.4 (torch.library.custom_op); "
+                                            "use 'auto' or 'int_mm'")
+            y = int8_gemm.scaled_mm(xq, self.weight, xs, self.weight_scale, self.bias, x.dtype)
+            return y.reshape(*shape[:-1], self.out_features)
         acc = int8_matmul(xq, self.weight.t())
         y = (acc.to(torch.float32) * xs * self.weight_scale.t()).to(x.dtype)
         if self.bias is not None:
@@ -173,7 +195,8 @@ class Int8WeightOnlyLinear(Int8DynamicLinear):
 def _quantize_int8_dynamic(model: torch.nn.Module, layers: List[Any], config: Int8DynamicConfig) -> int:
     n = replace_rowwise(model, layers, Int8DynamicLinear)
     for fqn, _ in layers:
-        model.get_submodule(fqn).activation_kernel = config.activation_kernel
+        layer = model.get_submodule(fqn)
+        layer.activation_kernel, layer.gemm_kernel = config.activation_kernel, config.gemm_kernel
     return n
 
 

@@ -40,6 +40,10 @@ class QuantOptions:
     # "inductor" (measured), "triton" its one-pass op (opt-in; H200, PixArt-a 1024^2: 42.04 -> 40.04 ms, before
     # the int8 prologue)
     activation_kernel: str = "auto"
+    # int8_dynamic: the GEMM. "auto"/"int_mm": torch._int_mm, then the rescale as torch ops (the measured default);
+    # "triton": torch.ops.nexfort.int8_scaled_mm, the rescale and bias in the GEMM's epilogue (opt-in, not yet timed
+    # on a GPU: benchmarks/gpu/int8_gemm.py)
+    gemm_kernel: str = "auto"
     # fp8 dynamic types on CUDA: the fp8 GEMM's fast accumulation (torch._scaled_mm use_fast_accum; torchao's
     # inference default); False: full-precision accumulation, slower
     fast_accum: bool = True
@@ -102,6 +106,24 @@ def nexfort_validate_config(config: Any) -> Optional[List[str]]:
             api._BY_NAME[str(opts.type)], "activation_kernel"):
         problems.append(f"Option 'quant.activation_kernel' applies to the dynamic types (fp8, int8_dynamic); "
                         f"quant.type {shown(opts.type)} has no activation kernel to choose (leave it 'auto').")
+    from nexfort.passes.quant.int8 import GEMM_KERNELS, Int8DynamicConfig, Int8WeightOnlyConfig
+
+    if str(opts.gemm_kernel) not in GEMM_KERNELS:
+        problems.append(f"Option 'quant.gemm_kernel' must be one of {', '.join(GEMM_KERNELS)}, got "
+                        f"{shown(opts.gemm_kernel)}.")
+    elif str(opts.gemm_kernel) != "auto" and str(opts.type) in api._BY_NAME and (
+            not issubclass(api._BY_NAME[str(opts.type)], Int8DynamicConfig)
+            or issubclass(api._BY_NAME[str(opts.type)], Int8WeightOnlyConfig)):
+        problems.append(f"Option 'quant.gemm_kernel' applies to quant.type 'int8_dynamic'; quant.type "
+                        f"{shown(opts.type)} has no int8 GEMM to choose (leave it 'auto').")
+    if str(opts.engine) == "torchao":
+        for key, value, default in (("activation_kernel", str(opts.activation_kernel), "auto"),
+                                    ("gemm_kernel", str(opts.gemm_kernel), "auto"),
+                                    ("fast_accum", bool(opts.fast_accum), True)):
+            if value != default:
+                problems.append(f"Option 'quant.{key}' chooses nexfort's own kernels; with quant.engine 'torchao' "
+                                f"torchao's run and it would be ignored (leave it {shown(default)}), got "
+                                f"{shown(value)}.")
     from nexfort.passes.quant.fp8 import Float8DynamicConfig, Float8WeightOnlyConfig
 
     qcls = api._BY_NAME.get(str(opts.type))
@@ -158,6 +180,8 @@ def nexfort_transform_module(module: Any, config: Any) -> Optional[str]:
         kwargs["activation_kernel"] = str(opts.activation_kernel)
     if not bool(opts.fast_accum):
         kwargs["fast_accum"] = False
+    if str(opts.gemm_kernel) != "auto":
+        kwargs["gemm_kernel"] = str(opts.gemm_kernel)
     qcfg = config_for(str(opts.type), **kwargs)
     if str(opts.engine) == "torchao":
         from nexfort.passes.quant.torchao_engine import quantize_with_torchao
