@@ -73,3 +73,18 @@ def test_qk_norm_rope_script_smoke_run_on_the_cpu(monkeypatch, capsys):
     for r in rows:
         assert r["op_rel_l2"] == 0.0 and r["inductor_rel_l2"] < 1e-2 and r["op_us"] > 0 and r["inductor_us"] > 0
     assert "speedup" in capsys.readouterr().out
+
+
+def test_int8_gemm_script_smoke_run_on_the_cpu(monkeypatch, capsys):
+    """benchmarks/gpu/int8_gemm.py end to end with --device cpu (tiny shapes): each GEMM timed, the op's error
+    against the float GEMM within the int8 rounding and against the int_mm path within one output rounding."""
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks", "gpu"))
+    script = load_script("benchmarks/gpu/int8_gemm.py")
+    rows = script.main(["--device", "cpu", "--dtype", "bf16", "--shape", "40x64x48", "--shape", "17x256x32"])
+    assert [r["shape"] for r in rows] == ["40x64x48", "17x256x32"]
+    for r in rows:
+        assert r["op_us"] > 0 and r["int_mm_us"] > 0 and r["fp16_us"] > 0 and "fp8_us" not in r
+        assert 0 < r["op_rel_l2"] < 3e-2 and r["op_vs_int_mm_rel_l2"] < 1e-2
+    assert "op/int_mm" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        script.main(["--device", "cpu", "--shape", "8192x1152"])
