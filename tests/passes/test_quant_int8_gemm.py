@@ -136,21 +136,25 @@ def test_linears_call_the_op_and_match_eager(activation_kernel):
 
 def test_linears_through_nexfort_compile_with_the_option():
     """``options={"quant.gemm_kernel": "triton"}`` reaches the int8 linears through nexfort_compile (Inductor on the
-    CPU compiles the graph with the op in it); the output matches eager within the int8 rounding."""
+    CPU compiles the graph with the op in it), with dynamic shapes: one graph over three token counts, the output
+    within the int8 rounding of eager's each time."""
     from nexfort.compilers import nexfort_compile
+    from nexfort.core.counters import counters, reset
 
     torch.manual_seed(0)
     model = Block().eval()
-    x = torch.randn(2, 24, 64)
-    with torch.no_grad():
-        eager = model(x)
-        torch._dynamo.reset()
-        compiled = nexfort_compile(copy.deepcopy(model), mode="quant", options={
-            "quant.type": "int8_dynamic", "quant.min_features": 16, "quant.gemm_kernel": "triton"})
-        out = compiled(x)
+    torch._dynamo.reset()
+    reset()
+    compiled = nexfort_compile(copy.deepcopy(model), mode="quant", dynamic=True, options={
+        "quant.type": "int8_dynamic", "quant.min_features": 16, "quant.gemm_kernel": "triton"})
+    for tokens in (24, 40, 72):
+        x = torch.randn(2, tokens, 64)
+        with torch.no_grad():
+            eager, out = model(x), compiled(x)
+        assert torch.isfinite(out).all() and 0 < rel_l2(out, eager) < 3e-2, tokens
     layers = [m for m in compiled.modules() if hasattr(m, "gemm_kernel")]
     assert len(layers) == 3 and {m.gemm_kernel for m in layers} == {"triton"}
-    assert torch.isfinite(out).all() and 0 < rel_l2(out, eager) < 3e-2
+    assert counters["backend"]["graphs"] == 1 and counters["backend"]["dynamic_graphs"] == 1
 
 
 def test_bad_gemm_kernel_is_an_error_before_anything_changes():
