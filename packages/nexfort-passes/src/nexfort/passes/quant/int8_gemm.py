@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import inspect
 from typing import Any, Dict, Optional
 
 import torch
@@ -119,7 +120,10 @@ def _triton_kernel():
 
     configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=nw, num_stages=ns)
                for bm, bn, bk, nw, ns in CONFIGS]
-    tuned = triton.autotune(configs=configs, key=["M_BUCKET", "N", "K", "HAS_BIAS", "EVEN_K"])(int8_scaled_mm)
+    # the choice per shape bucket kept on disk (Triton's cache directory) where this Triton can: a warm start does
+    # not time the tiles again
+    cache = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
+    tuned = triton.autotune(configs=configs, key=["M_BUCKET", "N", "K", "HAS_BIAS", "EVEN_K"], **cache)(int8_scaled_mm)
     return int8_scaled_mm, tuned, triton
 
 
