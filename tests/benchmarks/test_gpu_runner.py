@@ -88,3 +88,26 @@ def test_int8_gemm_script_smoke_run_on_the_cpu(monkeypatch, capsys):
     assert "op/int_mm" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         script.main(["--device", "cpu", "--shape", "8192x1152"])
+
+
+@pytest.mark.parametrize("call", ["call1.sh", "call2.sh", "call3.sh"])
+def test_plan_calls_configurations_resolve(tmp_path, call, bench):
+    """benchmarks/gpu/plan's device calls with DRY=1: each benchmark command parses, and each nexfort configuration
+    in it (--compiler-config, --also-nexfort) resolves as compile_pipe will resolve it (a typo in an option would
+    otherwise cost a device call)."""
+    pytest.importorskip("diffusers")
+    from nexfort_bench import cli
+
+    out = subprocess.run(["bash", f"benchmarks/gpu/plan/{call}"], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "DRY": "1", "OUT": str(tmp_path)}, timeout=60)
+    assert out.returncode == 0, out.stderr
+    cmds = [shlex.split(line) for line in out.stdout.splitlines() if line.startswith("python3 ")]
+    benches = [c for c in cmds if c[1] == "benchmarks/text_to_image.py"]
+    assert benches and all(os.path.exists(os.path.join(ROOT, c[1])) or c[1] == "-m" for c in cmds)
+    for cmd in benches:
+        cfg, kw = cli.parse_compiler_config(_opt(cmd, "--compiler-config"))
+        cli._check_config(cfg, kw, "--compiler-config")
+        extras = cli.parse_also_nexfort([cmd[i + 1] for i, a in enumerate(cmd) if a == "--also-nexfort"])
+        assert extras
+        for label, xcfg, xkw in extras:
+            cli._check_config(xcfg, xkw, label)
