@@ -90,7 +90,7 @@ def test_int8_gemm_script_smoke_run_on_the_cpu(monkeypatch, capsys):
         script.main(["--device", "cpu", "--shape", "8192x1152"])
 
 
-@pytest.mark.parametrize("call", ["call1.sh", "call2.sh", "call3.sh"])
+@pytest.mark.parametrize("call", ["call1.sh", "call2.sh", "call3.sh", "call4.sh"])
 def test_plan_calls_configurations_resolve(tmp_path, call, bench):
     """benchmarks/gpu/plan's device calls with DRY=1: each benchmark command parses, and each nexfort configuration
     in it (--compiler-config, --also-nexfort) resolves as compile_pipe will resolve it (a typo in an option would
