@@ -38,6 +38,7 @@ FEATURES: List[Tuple[str, str]] = [
     ("GELU into the GEMM epilogue (linear_gelu pass)", r"tests/passes/test_linear_gelu(_matcher)?\.py::"),
     ("Attention kernel chosen per shape (attention_kernel pass)", r"tests/passes/test_attention_kernel\.py::"),
     ("Flux q/k RMSNorm + rotary embedding in one op (qk_norm_rope pass)", r"tests/passes/test_qk_norm_rope\.py::"),
+    ("A linear over a concatenation as one GEMM per part (cat_linear pass)", r"tests/passes/test_cat_linear\.py::"),
     ("int8 GEMM with its rescale in the epilogue (`quant.gemm_kernel`: int8_scaled_mm)",
      r"tests/passes/test_quant_int8_gemm\.py::"),
     ("Quantization (`quant`, `quantize_`, `quantize_pipe`: fp8 linears)",
