@@ -9,6 +9,7 @@ import shutil
 import subprocess
 
 import pytest
+import torch
 
 from tests.helpers import load_script
 
@@ -62,6 +63,9 @@ def test_unknown_kind_and_row_are_errors(tmp_path):
         assert out.returncode == 2 and "unknown" in out.stdout
 
 
+@pytest.mark.skipif(not hasattr(torch, "rms_norm") or not hasattr(torch.library, "custom_op"),
+                    reason=f"torch {torch.__version__} has no torch.rms_norm or torch.library.custom_op (the op's "
+                           f"torch 2.4+)")
 def test_qk_norm_rope_script_smoke_run_on_the_cpu(monkeypatch, capsys):
     """benchmarks/gpu/qk_norm_rope.py end to end with --device cpu (tiny sizes): both forms, the op's error against
     eager's functions (0 on the CPU: the same functions) and Inductor's, so that a GPU call does not find a broken

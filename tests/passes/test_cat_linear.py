@@ -84,6 +84,10 @@ def test_three_parts_and_functional_linear():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_within_one_rounding(dtype):
     """Each part's product is rounded before the sum: within the lossless bound (1e-2), well under it."""
+    try:
+        F.linear(torch.ones(2, 2, dtype=dtype), torch.ones(2, 2, dtype=dtype))
+    except RuntimeError as e:
+        pytest.skip(f"torch {torch.__version__} has no {dtype} GEMM on the CPU ({e})")
     torch.manual_seed(0)
     m = SingleBlockTail(dim=64, mlp=256).to(dtype).eval()
     args = tail_inputs(tokens=16, dim=64, dtype=dtype)
@@ -161,12 +165,17 @@ def _tiny_flux():
 
 
 def _flux_inputs(tokens=16, text=8):
+    import diffusers
+    from packaging.version import Version
+
     g = torch.Generator().manual_seed(1)
+    img_ids, txt_ids = torch.randn(tokens, 3, generator=g), torch.randn(text, 3, generator=g)
+    if Version(diffusers.__version__) < Version("0.31"):  # ids with a batch dim before diffusers 0.31
+        img_ids, txt_ids = img_ids[None], txt_ids[None]
     return dict(hidden_states=torch.randn(1, tokens, 4, generator=g),
                 encoder_hidden_states=torch.randn(1, text, 32, generator=g),
                 pooled_projections=torch.randn(1, 32, generator=g), timestep=torch.tensor([1.0]),
-                img_ids=torch.randn(tokens, 3, generator=g), txt_ids=torch.randn(text, 3, generator=g),
-                return_dict=False)
+                img_ids=img_ids, txt_ids=txt_ids, return_dict=False)
 
 
 def test_off_by_default_on_with_the_option():
@@ -180,16 +189,43 @@ def test_off_by_default_on_with_the_option():
     assert "cat_linear" not in names({}) and "cat_linear" in names({"cat_linear.enabled": True})
 
 
+def _opaque_single_blocks(m, inp) -> bool:
+    """Whether Dynamo keeps the single blocks as one opaque call each (torch 2.2 with diffusers'
+    ``@maybe_allow_in_graph`` blocks), so that no pass sees inside them."""
+    seen = []
+
+    def backend(gm, example_inputs):
+        seen.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_module")
+        return gm.forward
+
+    torch._dynamo.reset()
+    with torch.no_grad():
+        torch.compile(m, backend=backend)(**inp)
+    return any(t.endswith(("single_transformer_blocks_0", "single_transformer_blocks.0")) for t in seen)
+
+
 def test_flux_transformer_through_the_backend(counters):
     """Each single block's ``proj_out`` of a diffusers Flux transformer is rewritten through the backend (Inductor
     on the CPU), the joint blocks (no such concatenation) left alone; the output is eager's."""
     m = _tiny_flux()
     inp = _flux_inputs()
+    if _opaque_single_blocks(m, inp):
+        pytest.skip(f"torch {torch.__version__}'s Dynamo keeps diffusers' @maybe_allow_in_graph blocks as one opaque "
+                    f"call each: no graph pass sees inside them")
     with torch.no_grad():
         ref = m(**inp)[0]
         torch._dynamo.reset()
-        on = torch.compile(m, backend="nexfort", options={"mode": "max-optimize",
-                                                          "options": {"cat_linear.enabled": True}})(**inp)[0]
+        try:
+            on = torch.compile(m, backend="nexfort", options={"mode": "max-optimize",
+                                                              "options": {"cat_linear.enabled": True}})(**inp)[0]
+        except AssertionError as e:
+            torch._dynamo.reset()
+            try:  # the same compile without the pass: a failure of its own is this torch's, not the pass's
+                torch.compile(m, backend="nexfort", options={"mode": "max-optimize"})(**inp)
+            except AssertionError as base:
+                pytest.skip(f"torch {torch.__version__}'s Inductor fails on this diffusers' Flux with or without the "
+                            f"pass ({str(base)[:80]})")
+            raise e
     assert counters["pass"]["cat_linear"] == len(m.single_transformer_blocks) and rel_l2(on, ref) < 1e-5
 
 

@@ -87,10 +87,12 @@ def _linear_operands(gm: GraphModule, node: Node) -> Optional[Tuple[Any, Any, An
 
 
 def _static_int(value: Any) -> Optional[int]:
-    try:
-        return int(value) if not isinstance(value, torch.SymInt) else None
-    except (TypeError, ValueError):
-        return None
+    """``value`` as an int if it is one, or a SymInt whose value is known (torch 2.1's Dynamo keeps a specialized
+    input width as a SymInt of a constant); else ``None``."""
+    if isinstance(value, torch.SymInt):
+        known = getattr(value.node, "maybe_as_int", lambda: None)()
+        return None if known is None else int(known)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 class CatLinearPass(GraphPass):
