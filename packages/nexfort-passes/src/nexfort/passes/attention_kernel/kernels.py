@@ -1,7 +1,8 @@
 """Attention kernels beyond SDPA's, the op that picks one at run time, and the kernels' registry.
 
-``torch.ops.nexfort.attention(q, k, v, scale)`` computes ``scaled_dot_product_attention(q, k, v, scale=scale)``
-(no mask, no dropout, not causal; q/k/v ``(batch, heads, tokens, head_dim)`` as SDPA takes them). The first call
+``torch.ops.nexfort.attention(q, k, v, scale, attn_mask=m)`` computes ``scaled_dot_product_attention(q, k, v,
+attn_mask=m, scale=scale)`` (an optional additive mask, no dropout, not causal; q/k/v ``(batch, heads, tokens,
+head_dim)`` as SDPA takes them; with a mask only kernels that take one are candidates: :mod:`.short_kv`). The first call
 for a shape times SDPA (whatever backend torch picks, cuDNN on Hopper) and every registered kernel that supports
 the inputs, checks each one's output against SDPA's (relative L2 ``<= max_rel_l2``, finite), and keeps the
 fastest for that shape for the rest of the process; a kernel must beat SDPA by ``min_speedup`` to be chosen
@@ -54,7 +55,10 @@ class AttentionKernel:
     that installs it (for the error when one is asked for by name); ``suits(device)`` says whether the hardware is
     one it is made for (installed or not: where it suits and is missing, the backend says how to install it);
     ``describe()`` names it and its version for the one-line report. A ``lossy`` kernel (quantized arithmetic,
-    :mod:`.int8_qk`) is a candidate only where the options name it, never among "every registered kernel"."""
+    :mod:`.int8_qk`) is a candidate only where the options name it, never among "every registered kernel".
+    A kernel that ``takes_mask`` is also a candidate for calls with an additive ``attn_mask``: it is then called as
+    ``run(q, k, v, scale, attn_mask=m)`` and ``supports(q, k, v, attn_mask=m)`` (:mod:`.short_kv`); ``fits(q, k, v,
+    attn_mask)``, if given, is the pass's compile-time check on fake tensors (False: the call cannot suit it)."""
 
     name: str
     run: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Optional[float]], torch.Tensor]
@@ -65,6 +69,8 @@ class AttentionKernel:
     suits: Optional[Callable[[torch.device], bool]] = None
     describe: Optional[Callable[[], str]] = None
     lossy: bool = False
+    takes_mask: bool = False
+    fits: Optional[Callable[..., bool]] = None
 
 
 _KERNELS: Dict[str, AttentionKernel] = {}
@@ -155,15 +161,32 @@ def choices() -> Dict[tuple, str]:
     return dict(_choices)
 
 
-def _signature(q, k, v, scale, policy) -> tuple:
+def _signature(q, k, v, scale, policy, mask=None) -> tuple:
     """What the choice depends on: the inputs' device, dtype, sizes, strides and 16-byte alignment, the scale and the
-    graph's options (``policy``)."""
-    return (q.device, q.dtype, scale) + tuple((tuple(t.shape), tuple(t.stride()), t.data_ptr() % 16 == 0)
-                                              for t in (q, k, v)) + policy
+    graph's options (``policy``); with a mask, its dtype, sizes and strides too (a mask-less key is unchanged)."""
+    key = (q.device, q.dtype, scale) + tuple((tuple(t.shape), tuple(t.stride()), t.data_ptr() % 16 == 0)
+                                             for t in (q, k, v)) + policy
+    if mask is not None:
+        key += (("mask", str(mask.dtype), tuple(mask.shape), tuple(mask.stride())),)
+    return key
 
 
-def _sdpa(q, k, v, scale):
-    return F.scaled_dot_product_attention(q, k, v, scale=scale)
+def _sdpa(q, k, v, scale, mask=None):
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+def _run(kernel: "AttentionKernel", q, k, v, scale, mask=None):
+    return kernel.run(q, k, v, scale) if mask is None else kernel.run(q, k, v, scale, attn_mask=mask)
+
+
+def _candidate(kernel: "AttentionKernel", q, k, v, mask=None) -> bool:
+    if not kernel.available(q.device.type):
+        return False
+    if mask is None:
+        return kernel.supports(q, k, v)
+    return kernel.takes_mask and kernel.supports(q, k, v, attn_mask=mask)
 
 
 def _rel_l2(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -177,8 +200,8 @@ def _capturing(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
-def _choose(q, k, v, scale, policy) -> str:
-    key = _signature(q, k, v, scale, policy)
+def _choose(q, k, v, scale, policy, mask=None) -> str:
+    key = _signature(q, k, v, scale, policy, mask)
     name = _choices.get(key)
     if name is not None:
         return name
@@ -187,7 +210,7 @@ def _choose(q, k, v, scale, policy) -> str:
     with _lock:
         name = _choices.get(key)
         if name is None:
-            name = _choices[key] = _recalled_or_benchmarked(key, q, k, v, scale, policy)
+            name = _choices[key] = _recalled_or_benchmarked(key, q, k, v, scale, policy, mask)
     return name
 
 
@@ -214,57 +237,57 @@ def _fact_name(key: tuple) -> str:
     return "attention_kernel.choice." + hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def _usable(name: str, q, k, v) -> bool:
+def _usable(name: str, q, k, v, mask=None) -> bool:
     if name == SDPA:
         return True
     kernel = _KERNELS.get(name)
-    return kernel is not None and kernel.available(q.device.type) and kernel.supports(q, k, v)
+    return kernel is not None and _candidate(kernel, q, k, v, mask)
 
 
-def _recalled_or_benchmarked(key: tuple, q, k, v, scale, policy) -> str:
+def _recalled_or_benchmarked(key: tuple, q, k, v, scale, policy, mask=None) -> str:
     config = _fact_config
     if config is None:
-        return _benchmark(q, k, v, scale, *policy)
+        return _benchmark(q, k, v, scale, *policy, mask=mask)
     from nexfort.core.api import remembered_fact
 
     timed: List[str] = []
 
     def probe() -> Dict[str, str]:
-        timed.append(_benchmark(q, k, v, scale, *policy))
+        timed.append(_benchmark(q, k, v, scale, *policy, mask=mask))
         return {"kernel": timed[-1]}
 
     try:
         name = remembered_fact(_fact_name(key), {"kernel": str}, probe, config)["kernel"]
     except Exception as exc:  # noqa: BLE001 - a store that fails must not fail the model: time the kernels here
         logger.info("nexfort attention_kernel: choice not recalled (%s: %s)", type(exc).__name__, exc)
-        return timed[-1] if timed else _benchmark(q, k, v, scale, *policy)
+        return timed[-1] if timed else _benchmark(q, k, v, scale, *policy, mask=mask)
     if timed:
         return name
-    if not _usable(name, q, k, v):  # recorded for a kernel this process cannot run: choose again
-        return _benchmark(q, k, v, scale, *policy)
+    if not _usable(name, q, k, v, mask):  # recorded for a kernel this process cannot run: choose again
+        return _benchmark(q, k, v, scale, *policy, mask=mask)
     counters["attention_kernel"]["recalled"] += 1
     return name
 
 
-def _benchmark(q, k, v, scale, kernels: str, min_speedup: float, max_rel_l2: float) -> str:
+def _benchmark(q, k, v, scale, kernels: str, min_speedup: float, max_rel_l2: float, mask=None) -> str:
     reps = 10 if q.is_cuda else 3
     names = (tuple(n for n, k in _KERNELS.items() if not k.lossy) if kernels == ALL
              else tuple(n for n in kernels.split(",") if n))
     candidates = [_KERNELS[n] for n in names if n in _KERNELS and n != SDPA]
-    candidates = [c for c in candidates if c.available(q.device.type) and c.supports(q, k, v)]
+    candidates = [c for c in candidates if _candidate(c, q, k, v, mask)]
     if not candidates:
         return SDPA
-    ref = _sdpa(q, k, v, scale)
-    best, best_ms = SDPA, _time(lambda: _sdpa(q, k, v, scale), q.device, reps)
+    ref = _sdpa(q, k, v, scale, mask)
+    best, best_ms = SDPA, _time(lambda: _sdpa(q, k, v, scale, mask), q.device, reps)
     timings = {SDPA: round(best_ms, 4)}
     for kernel in candidates:
         try:
-            err = _rel_l2(kernel.run(q, k, v, scale), ref)
+            err = _rel_l2(_run(kernel, q, k, v, scale, mask), ref)
             if not err <= max_rel_l2:
                 logger.warning("nexfort attention_kernel: %s is off for %s: relative L2 %.3g against SDPA > %g",
                                kernel.name, tuple(q.shape), err, max_rel_l2)
                 continue
-            ms = _time(lambda kernel=kernel: kernel.run(q, k, v, scale), q.device, reps)
+            ms = _time(lambda kernel=kernel: _run(kernel, q, k, v, scale, mask), q.device, reps)
         except Exception as exc:  # noqa: BLE001 - a kernel that fails on these inputs is not chosen
             logger.warning("nexfort attention_kernel: %s failed on %s: %s", kernel.name, tuple(q.shape), exc)
             continue
@@ -272,8 +295,8 @@ def _benchmark(q, k, v, scale, kernels: str, min_speedup: float, max_rel_l2: flo
         if ms * min_speedup < best_ms:
             best, best_ms = kernel.name, ms
     counters["attention_kernel"][best] += 1
-    logger.info("nexfort attention_kernel: q %s k %s %s: %s (ms: %s)", tuple(q.shape), tuple(k.shape), q.dtype,
-                best, timings)
+    logger.info("nexfort attention_kernel: q %s k %s %s%s: %s (ms: %s)", tuple(q.shape), tuple(k.shape), q.dtype,
+                "" if mask is None else f" mask {tuple(mask.shape)}", best, timings)
     return best
 
 
@@ -284,19 +307,20 @@ def _out_strides(q: torch.Tensor, v: torch.Tensor) -> Tuple[Tuple[int, ...], Tup
 
 
 def attention_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: Optional[float] = None,
-                   kernels: str = ALL, min_speedup: float = 1.03, max_rel_l2: float = 1e-2) -> torch.Tensor:
+                   kernels: str = ALL, min_speedup: float = 1.03, max_rel_l2: float = 1e-2,
+                   attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     policy = (kernels, min_speedup, max_rel_l2)
-    name = _choose(q, k, v, scale, policy)
+    name = _choose(q, k, v, scale, policy, attn_mask)
     out = None
     if name != SDPA:
         try:
-            out = _KERNELS[name].run(q, k, v, scale)
+            out = _run(_KERNELS[name], q, k, v, scale, attn_mask)
         except Exception as exc:  # noqa: BLE001 - a kernel that fails later (or was unregistered) falls back to SDPA
             logger.warning("nexfort attention_kernel: %s failed on %s (%s); SDPA from now on", name, tuple(q.shape),
                            exc)
-            _choices[_signature(q, k, v, scale, policy)] = SDPA
+            _choices[_signature(q, k, v, scale, policy, attn_mask)] = SDPA
     if out is None:
-        out = _sdpa(q, k, v, scale)
+        out = _sdpa(q, k, v, scale, attn_mask)
     size, stride = _out_strides(q, v)
     if tuple(out.stride()) != stride:  # the layout the meta kernel promised the compiler
         out = torch.empty_strided(size, stride, dtype=out.dtype, device=out.device).copy_(out)
@@ -304,7 +328,8 @@ def attention_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: Opt
 
 
 def attention_meta(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: Optional[float] = None,
-                   kernels: str = ALL, min_speedup: float = 1.03, max_rel_l2: float = 1e-2) -> torch.Tensor:
+                   kernels: str = ALL, min_speedup: float = 1.03, max_rel_l2: float = 1e-2,
+                   attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     size, stride = _out_strides(q, v)
     return torch.empty_strided(size, stride, dtype=q.dtype, device=q.device)
 
@@ -317,7 +342,7 @@ def op() -> Callable[..., torch.Tensor]:
     """``torch.ops.nexfort.attention`` (defined once per process, through the Library API of every torch)."""
     lib = torch.library.Library("nexfort", "FRAGMENT")
     lib.define('attention(Tensor q, Tensor k, Tensor v, float? scale=None, str kernels="*", float min_speedup=1.03, '
-               'float max_rel_l2=0.01) -> Tensor')
+               'float max_rel_l2=0.01, Tensor? attn_mask=None) -> Tensor')
     lib.impl("attention", attention_impl, "CompositeExplicitAutograd")
     lib.impl("attention", attention_meta, "Meta")
     _LIBRARY.append(lib)
@@ -374,3 +399,7 @@ register_kernel(AttentionKernel("fa4", _fa4_run, _fa4_supports, _fa4_available,
 from nexfort.passes.attention_kernel import int8_qk as _int8_qk  # noqa: E402 - its kernel needs the registry above
 
 _int8_qk.register()
+
+from nexfort.passes.attention_kernel import short_kv as _short_kv  # noqa: E402
+
+_short_kv.register()

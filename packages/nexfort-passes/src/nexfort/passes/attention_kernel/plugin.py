@@ -18,10 +18,15 @@ Options (``options.attention_kernel.*``, :class:`AttentionKernelOptions`): ``ena
 max-optimize), ``kernels`` (the candidates; None: all registered), ``min_speedup`` and ``max_rel_l2`` (what a
 kernel must beat SDPA by, and how close its output must be).
 
-Left alone (the guard returns False, it never raises): an ``attn_mask`` (PixArt's cross-attention padding mask),
-``is_causal``, a non-zero or symbolic ``dropout_p``, ``enable_gqa``, a symbolic ``scale``, inputs that are not
-4-D or need gradients, mixed dtypes or devices, dtypes no installed kernel takes, and nodes without Dynamo's
-fake-tensor metadata.
+An additive ``attn_mask`` (PixArt's cross-attention padding mask, ``(B, H, 1, keys)``) is rewritten too, into
+``torch.ops.nexfort.attention(q, k, v, scale, attn_mask=mask)``, where a kernel that takes masks is installed and
+may fit the call (:mod:`.short_kv`: up to 128 keys, a floating mask broadcast over the queries); any other mask
+stays with SDPA.
+
+Left alone (the guard returns False, it never raises): a mask no installed kernel takes (boolean, per query, or
+with no such kernel for the device), ``is_causal``, a non-zero or symbolic ``dropout_p``, ``enable_gqa``, a
+symbolic ``scale``, inputs that are not 4-D or need gradients, mixed dtypes or devices, dtypes no installed
+kernel takes, and nodes without Dynamo's fake-tensor metadata.
 """
 
 from __future__ import annotations
@@ -127,7 +132,7 @@ class AttentionKernelPass(GraphPass):
                     K.report_kernels(fq.device)
                     return
 
-    def match(self, node: Node) -> Optional[Tuple[Node, Node, Node, Optional[float]]]:
+    def match(self, node: Node) -> Optional[Tuple[Node, Node, Node, Optional[float], Optional[Node]]]:
         # q, k, v positional or by keyword (diffusers' attention dispatcher, Flux/Wan/Qwen-Image: query=, key=, ...)
         if not is_op(node, SDPA_FUNCTIONS) or len(node.args) > 3 + len(_ARGS):
             return None
@@ -138,7 +143,10 @@ class AttentionKernelPass(GraphPass):
         if not all(isinstance(t, Node) for t in (q, k, v)):
             return None
         values = {name: arg(node, 3 + i, name, default) for i, (name, default) in enumerate(_ARGS)}
-        if values["attn_mask"] is not None or values["is_causal"] is not False or values["enable_gqa"] is not False:
+        mask = values["attn_mask"]
+        if mask is not None and not isinstance(mask, Node):
+            return None
+        if values["is_causal"] is not False or values["enable_gqa"] is not False:
             return None
         dropout, scale = values["dropout_p"], values["scale"]
         if type(dropout) not in (int, float) or dropout != 0:
@@ -152,21 +160,39 @@ class AttentionKernelPass(GraphPass):
             return None
         if len({t.dtype for t in (fq, fk, fv)}) != 1 or len({t.device for t in (fq, fk, fv)}) != 1:
             return None
-        if not self._kernel_for(fq.device.type, fq.dtype):
+        fm = None
+        if mask is not None:
+            fm = fake(mask)
+            if fm is None or fm.requires_grad or fm.device != fq.device or not fm.is_floating_point():
+                return None
+        if not self._kernel_for(fq, fk, fv, fm):
             return None
-        return q, k, v, None if scale is None else float(scale)
+        return q, k, v, None if scale is None else float(scale), mask
 
-    def _kernel_for(self, device_type: str, dtype: torch.dtype) -> bool:
-        """An installed kernel beyond SDPA takes this device and dtype (else a rewrite could only cost time)."""
+    def _kernel_for(self, fq, fk, fv, fm=None) -> bool:
+        """An installed kernel beyond SDPA takes this device and dtype (and, with a mask, masks) and may fit the
+        call by its compile-time check (else a rewrite could only cost time)."""
         registered = K.registered_kernels()
-        return any(dtype in registered[n].dtypes for n in K.available_kernels(device_type, self.names))
+        for name in K.available_kernels(fq.device.type, self.names):
+            kernel = registered[name]
+            if fq.dtype not in kernel.dtypes or (fm is not None and not kernel.takes_mask):
+                continue
+            try:
+                if kernel.fits is None or kernel.fits(fq, fk, fv, fm):
+                    return True
+            except Exception:  # noqa: BLE001 - a check that cannot read these sizes: the op checks at run time
+                return True
+        return False
 
-    def replace(self, gm: GraphModule, node: Node, q: Node, k: Node, v: Node, scale: Optional[float]) -> None:
+    def replace(self, gm: GraphModule, node: Node, q: Node, k: Node, v: Node, scale: Optional[float],
+                mask: Optional[Node] = None) -> None:
         graph = gm.graph
+        kwargs = {"scale": scale, "kernels": K.ALL if self.names is None else ",".join(self.names),
+                  "min_speedup": float(self.options.min_speedup), "max_rel_l2": float(self.options.max_rel_l2)}
+        if mask is not None:
+            kwargs["attn_mask"] = mask  # only then: a mask-less call is the graph it was before masks were read
         with graph.inserting_before(node):
-            out = graph.call_function(K.op(), (q, k, v), {
-                "scale": scale, "kernels": K.ALL if self.names is None else ",".join(self.names),
-                "min_speedup": float(self.options.min_speedup), "max_rel_l2": float(self.options.max_rel_l2)})
+            out = graph.call_function(K.op(), (q, k, v), kwargs)
         out.meta.update(node.meta)
         fq = fake(q)
         mode = getattr(fq, "fake_mode", None)
