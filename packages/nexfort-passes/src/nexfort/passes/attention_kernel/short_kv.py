@@ -48,7 +48,7 @@ def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: Optional
     if attn_mask is not None:
         s = s + attn_mask.float()
     p = torch.softmax(s, dim=-1)
-    return (p.to(v.dtype).float() @ v.float() if v.dtype != torch.float32 else p @ v).to(v.dtype)
+    return (p.to(v.dtype).float() @ v.float()).to(v.dtype)
 
 
 def mask_fits(attn_mask: Any, b: Any, h: Any, nk: Any) -> bool:
@@ -121,8 +121,8 @@ def _triton_kernel():
 def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: Optional[float] = None,
            attn_mask: Optional[torch.Tensor] = None, block_m: int = 64, num_warps: Optional[int] = None
            ) -> torch.Tensor:
-    """The Triton kernel with a given tile (``benchmarks/gpu/attention_kernels.py`` sweeps them): ``(B, H, Sq,
-    Dv)`` with the strides of ``(B, Sq, H, Dv)`` seen through ``transpose(1, 2)``."""
+    """The Triton kernel with a given tile (for tuning by hand; no benchmark sweeps it yet): ``(B, H, Sq, Dv)``
+    with the strides of ``(B, Sq, H, Dv)`` seen through ``transpose(1, 2)``."""
     b, h, nq, d = q.shape
     nk, dvn = k.shape[2], v.shape[-1]
     if nk > MAX_KEYS or d > MAX_DIM or dvn > MAX_DIM:
